@@ -1,0 +1,13 @@
+/* SPDX-License-Identifier: MIT */
+/* timer.c: monotonic wall clock. */
+#include "base/timer.h"
+
+#include <time.h>
+
+double tpm_time_now(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
