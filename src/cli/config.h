@@ -1,0 +1,95 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * config.h: the resolved run configuration. One option table in config.c gives
+ * the getopt_long options, the TPMPI_* environment overrides, --help and the
+ * config dump; nothing else parses options.
+ *
+ * Precedence: built-in default < --model preset < TPMPI_<NAME> environment <
+ * command line. Parsing is strict: unknown options, malformed numbers and
+ * out-of-range values are errors that name the option.
+ */
+#ifndef TPM_CLI_CONFIG_H
+#define TPM_CLI_CONFIG_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include "base/status.h"
+
+#define TPM_PATH_MAX   1024
+#define TPM_MAX_INPUTS 64
+
+typedef enum {
+    TPM_MODE_TRAIN = 0,
+    TPM_MODE_PREPARE,
+    TPM_MODE_SERVE,
+    TPM_MODE_EXPORT,
+    TPM_MODE_EVAL,
+} tpm_mode_t;
+
+typedef struct tpm_config {
+    tpm_mode_t mode;
+
+    /* model: preset, then overrides (0 = take from preset / data) */
+    char model[32]; /* tiny | small | gpt2-124m | gpt2-350m */
+    int  n_layer;
+    int  n_head;
+    int  n_embd;
+    int  seq_len;    /* T used for training (<= n_ctx) */
+    int  n_ctx;      /* position table size maxT */
+    int  vocab_size; /* 0: from the tokenizer of the data */
+
+    /* data */
+    char data[TPM_PATH_MAX]; /* "" = built-in fortunes corpus */
+    char out[TPM_PATH_MAX];  /* output directory (prepare: data dir; train: run dir) */
+    char input[TPM_MAX_INPUTS][TPM_PATH_MAX]; /* prepare: input text files */
+    int  n_input;
+    double val_fraction; /* prepare: share of documents sent to the val split */
+
+    /* training */
+    int64_t  steps;
+    int      batch;      /* micro-batch per rank */
+    int      grad_accum; /* micro-batches per rank per step */
+    double   lr;
+    double   min_lr;
+    int64_t  warmup;
+    double   weight_decay;
+    double   grad_clip; /* 0 = off */
+    double   beta1;
+    double   beta2;
+    double   eps;
+    uint64_t seed;
+    int      threads;    /* 0 = OpenMP default */
+    int64_t  eval_every; /* 0 = only at the end */
+    int      eval_batches;
+    int64_t  log_every;
+    char     metrics[TPM_PATH_MAX]; /* JSONL metrics file ("" = none) */
+    char     device[16];            /* cpu | cuda */
+    int      debug_collectives;
+    char     log_level[16];
+} tpm_config_t;
+
+/** Fill @p cfg with the built-in defaults. */
+void tpm_config_defaults(tpm_config_t *cfg);
+
+/**
+ * Parse argv (and TPMPI_* environment variables) into @p cfg.
+ * On --help / --version prints to @p out and sets *exit_now_p = 1 (status TPM_OK).
+ * On a bad option logs a message naming it and returns TPM_ERR_INVALID_ARG.
+ * Pure: no MPI; every rank parses the same argv and main verifies agreement.
+ */
+tpm_status_t tpm_config_parse(tpm_config_t *cfg, int argc, char **argv, FILE *out,
+                              int *exit_now_p);
+
+/** Apply --model preset values for fields still 0 (n_layer, n_head, n_embd, seq_len). */
+tpm_status_t tpm_config_apply_preset(tpm_config_t *cfg);
+
+/** Write the resolved configuration as one JSON object (no trailing newline). */
+void tpm_config_dump_json(const tpm_config_t *cfg, FILE *f);
+
+/** 64-bit hash of the configuration, used to check that every rank agrees. */
+uint64_t tpm_config_hash(const tpm_config_t *cfg);
+
+const char *tpm_mode_name(tpm_mode_t mode);
+
+#endif /* TPM_CLI_CONFIG_H */
