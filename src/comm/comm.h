@@ -1,0 +1,146 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * comm.h: collectives behind one op table (MPI now, NCCL with the CUDA backend).
+ *
+ * Every call is collective over the communicator: all ranks must make the same
+ * calls in the same order. The tpm_comm_*() macros pass the call site so that
+ * --debug-collectives can report where two ranks diverged instead of hanging:
+ * before each collective the ranks exchange (sequence number, kind, count, call
+ * site) and stop with both call sites on a mismatch.
+ *
+ * Byte counters: for each collective kind the bytes this rank puts on the wire
+ * under a bandwidth-optimal algorithm (ring / pairwise): all-gather and
+ * reduce-scatter (N-1)/N of the full buffer, all-to-all (N-1) chunks,
+ * all-reduce 2(N-1)/N, broadcast the buffer on the root. Nothing at N = 1.
+ */
+#ifndef TPM_COMM_H
+#define TPM_COMM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "base/status.h"
+
+typedef enum {
+    TPM_DT_FLOAT = 0,
+    TPM_DT_DOUBLE,
+    TPM_DT_INT32,
+    TPM_DT_INT64,
+    TPM_DT_BYTE,
+    TPM_DT_N
+} tpm_dtype_t;
+
+typedef enum {
+    TPM_RED_SUM = 0,
+    TPM_RED_MAX,
+    TPM_RED_MIN,
+    TPM_RED_N
+} tpm_redop_t;
+
+typedef enum {
+    TPM_COLL_ALLGATHER = 0,
+    TPM_COLL_REDUCE_SCATTER,
+    TPM_COLL_ALLTOALL,
+    TPM_COLL_ALLREDUCE,
+    TPM_COLL_BCAST,
+    TPM_COLL_BARRIER,
+    TPM_COLL_N
+} tpm_coll_kind_t;
+
+typedef struct tpm_comm_stats {
+    uint64_t calls[TPM_COLL_N];
+    uint64_t bytes[TPM_COLL_N]; /* bytes sent by this rank (see above) */
+} tpm_comm_stats_t;
+
+/** A non-blocking collective in flight; opaque storage for the implementation's handle. */
+typedef struct tpm_comm_req {
+    unsigned char opaque[32];
+    int           active;
+} tpm_comm_req_t;
+
+typedef struct tpm_comm tpm_comm_t;
+
+typedef struct tpm_comm_ops {
+    const char *name;
+    /* recv (size*count) = concatenation of every rank's send (count); req NULL = blocking */
+    tpm_status_t (*all_gather)(tpm_comm_t *c, const void *send, void *recv, size_t count,
+                               tpm_dtype_t dt, tpm_comm_req_t *req);
+    /* recv (count) = op over ranks of send[rank*count ...]; send is (size*count) */
+    tpm_status_t (*reduce_scatter)(tpm_comm_t *c, const void *send, void *recv, size_t count,
+                                   tpm_dtype_t dt, tpm_redop_t op, tpm_comm_req_t *req);
+    /* chunk i of send (count each) goes to rank i; chunk j of recv came from rank j */
+    tpm_status_t (*all_to_all)(tpm_comm_t *c, const void *send, void *recv, size_t count,
+                               tpm_dtype_t dt, tpm_comm_req_t *req);
+    /* send == recv allowed (in place) */
+    tpm_status_t (*all_reduce)(tpm_comm_t *c, const void *send, void *recv, size_t count,
+                               tpm_dtype_t dt, tpm_redop_t op);
+    tpm_status_t (*bcast)(tpm_comm_t *c, void *buf, size_t count, tpm_dtype_t dt, int root);
+    tpm_status_t (*barrier)(tpm_comm_t *c);
+    tpm_status_t (*wait)(tpm_comm_t *c, tpm_comm_req_t *req);
+    /* *done_p = 1 when finished (then the request is released); drives progress */
+    tpm_status_t (*test)(tpm_comm_t *c, tpm_comm_req_t *req, int *done_p);
+    void (*destroy)(tpm_comm_t *c);
+} tpm_comm_ops_t;
+
+struct tpm_comm {
+    const tpm_comm_ops_t *ops;
+    int                   rank;
+    int                   size;
+    int                   local_rank; /* rank among the ranks of this node */
+    int                   debug;      /* --debug-collectives */
+    uint64_t              seq;        /* collectives issued so far */
+    int                   bcast_root; /* root of the broadcast being accounted */
+    tpm_comm_stats_t      stats;
+    void                 *priv;
+};
+
+/**
+ * Create the MPI communicator over MPI_COMM_WORLD (MPI must be initialised).
+ * Errors return (MPI_ERRORS_RETURN) instead of aborting. Caller owns *comm_p.
+ */
+tpm_status_t tpm_comm_mpi_create(int debug, tpm_comm_t **comm_p);
+void tpm_comm_destroy(tpm_comm_t *c); /* no-op on NULL */
+
+size_t tpm_dtype_size(tpm_dtype_t dt);
+const char *tpm_coll_kind_name(tpm_coll_kind_t kind);
+
+/* Dispatchers with call-site tracking (the functions are the implementation). */
+tpm_status_t tpm_comm_all_gather_at(tpm_comm_t *c, const void *send, void *recv, size_t count,
+                                    tpm_dtype_t dt, tpm_comm_req_t *req, const char *file,
+                                    int line);
+tpm_status_t tpm_comm_reduce_scatter_at(tpm_comm_t *c, const void *send, void *recv, size_t count,
+                                        tpm_dtype_t dt, tpm_redop_t op, tpm_comm_req_t *req,
+                                        const char *file, int line);
+tpm_status_t tpm_comm_all_to_all_at(tpm_comm_t *c, const void *send, void *recv, size_t count,
+                                    tpm_dtype_t dt, tpm_comm_req_t *req, const char *file,
+                                    int line);
+tpm_status_t tpm_comm_all_reduce_at(tpm_comm_t *c, const void *send, void *recv, size_t count,
+                                    tpm_dtype_t dt, tpm_redop_t op, const char *file, int line);
+tpm_status_t tpm_comm_bcast_at(tpm_comm_t *c, void *buf, size_t count, tpm_dtype_t dt, int root,
+                               const char *file, int line);
+tpm_status_t tpm_comm_barrier_at(tpm_comm_t *c, const char *file, int line);
+/** Wait for @p req; a no-op on an inactive request. */
+tpm_status_t tpm_comm_wait(tpm_comm_t *c, tpm_comm_req_t *req);
+/** Poll @p req (no-op when inactive); lets MPI progress a non-blocking collective. */
+tpm_status_t tpm_comm_test(tpm_comm_t *c, tpm_comm_req_t *req);
+
+/**
+ * Agree-then-branch: every rank passes its local status; returns TPM_OK on all
+ * ranks only if every rank passed TPM_OK, else TPM_ERR_REMOTE (or the local
+ * error on the failing rank). Collective.
+ */
+tpm_status_t tpm_comm_agree(tpm_comm_t *c, tpm_status_t local);
+
+#define tpm_comm_all_gather(_c, _s, _r, _n, _dt, _req)                                             \
+    tpm_comm_all_gather_at((_c), (_s), (_r), (_n), (_dt), (_req), __FILE__, __LINE__)
+#define tpm_comm_reduce_scatter(_c, _s, _r, _n, _dt, _op, _req)                                    \
+    tpm_comm_reduce_scatter_at((_c), (_s), (_r), (_n), (_dt), (_op), (_req), __FILE__, __LINE__)
+#define tpm_comm_all_to_all(_c, _s, _r, _n, _dt, _req)                                             \
+    tpm_comm_all_to_all_at((_c), (_s), (_r), (_n), (_dt), (_req), __FILE__, __LINE__)
+#define tpm_comm_all_reduce(_c, _s, _r, _n, _dt, _op)                                              \
+    tpm_comm_all_reduce_at((_c), (_s), (_r), (_n), (_dt), (_op), __FILE__, __LINE__)
+#define tpm_comm_bcast(_c, _b, _n, _dt, _root)                                                     \
+    tpm_comm_bcast_at((_c), (_b), (_n), (_dt), (_root), __FILE__, __LINE__)
+#define tpm_comm_barrier(_c) tpm_comm_barrier_at((_c), __FILE__, __LINE__)
+
+#endif /* TPM_COMM_H */

@@ -1,0 +1,162 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * test_comm.c: the MPI comm layer under mpirun (any rank count): results of
+ * every collective, blocking and non-blocking, the byte counters, and
+ * agree-then-branch. Rank 0 prints "N passed, N failed"; exit 1 on failure.
+ */
+#include <mpi.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "comm/comm.h"
+
+static int n_pass, n_fail;
+
+static void abort_hook(int code)
+{
+    MPI_Abort(MPI_COMM_WORLD, code);
+}
+
+static void check(tpm_comm_t *c, int ok, const char *what)
+{
+    int all = 0;
+
+    MPI_Allreduce(&ok, &all, 1, MPI_INT, MPI_LAND, MPI_COMM_WORLD);
+    if (all) {
+        n_pass++;
+    } else {
+        n_fail++;
+        if (c->rank == 0) {
+            fprintf(stderr, "FAIL: %s\n", what);
+        }
+    }
+}
+
+int main(int argc, char **argv)
+{
+    tpm_comm_t    *c;
+    const size_t   n = 1000;
+    int            N, r, ok;
+    float         *send, *recv;
+    tpm_comm_req_t req;
+
+    MPI_Init(&argc, &argv);
+    tpm_set_abort_hook(abort_hook);
+    if (tpm_comm_mpi_create(1, &c) != TPM_OK) {
+        MPI_Abort(MPI_COMM_WORLD, 1);
+    }
+    N    = c->size;
+    r    = c->rank;
+    if (argc > 1 && strcmp(argv[1], "--mismatch") == 0) {
+        /* a deliberate divergence: --debug-collectives must report it, not hang */
+        double d = 1.0;
+        if (r == N - 1) {
+            tpm_comm_barrier(c);
+        } else {
+            tpm_comm_all_reduce(c, &d, &d, 1, TPM_DT_DOUBLE, TPM_RED_SUM);
+        }
+        MPI_Finalize();
+        return 0;
+    }
+    send = malloc(n * N * sizeof(float));
+    recv = malloc(n * N * sizeof(float));
+
+    /* all-gather, blocking and non-blocking */
+    for (int nb = 0; nb < 2; nb++) {
+        for (size_t i = 0; i < n; i++) {
+            send[i] = (float)(r * 100000 + (int)i);
+        }
+        memset(&req, 0, sizeof(req));
+        tpm_comm_all_gather(c, send, recv, n, TPM_DT_FLOAT, nb ? &req : NULL);
+        tpm_comm_wait(c, &req);
+        ok = 1;
+        for (int j = 0; j < N; j++) {
+            for (size_t i = 0; i < n; i++) {
+                ok &= recv[(size_t)j * n + i] == (float)(j * 100000 + (int)i);
+            }
+        }
+        check(c, ok, nb ? "iallgather" : "allgather");
+    }
+
+    /* reduce-scatter: chunk j of every rank's send is summed on rank j */
+    for (int nb = 0; nb < 2; nb++) {
+        for (int j = 0; j < N; j++) {
+            for (size_t i = 0; i < n; i++) {
+                send[(size_t)j * n + i] = (float)(r + 1) * (float)(j + 1) + (float)i;
+            }
+        }
+        memset(&req, 0, sizeof(req));
+        tpm_comm_reduce_scatter(c, send, recv, n, TPM_DT_FLOAT, TPM_RED_SUM, nb ? &req : NULL);
+        tpm_comm_wait(c, &req);
+        ok = 1;
+        for (size_t i = 0; i < n; i++) {
+            float want = (float)(N * (N + 1) / 2) * (float)(r + 1) + (float)N * (float)i;
+            ok &= recv[i] == want;
+        }
+        check(c, ok, nb ? "ireduce_scatter" : "reduce_scatter");
+    }
+
+    /* all-to-all: chunk j goes to rank j */
+    for (int j = 0; j < N; j++) {
+        for (size_t i = 0; i < n; i++) {
+            send[(size_t)j * n + i] = (float)(r * 1000 + j);
+        }
+    }
+    tpm_comm_all_to_all(c, send, recv, n, TPM_DT_FLOAT, NULL);
+    ok = 1;
+    for (int j = 0; j < N; j++) {
+        ok &= recv[(size_t)j * n + 5] == (float)(j * 1000 + r);
+    }
+    check(c, ok, "all_to_all");
+
+    /* all-reduce in place, double and int */
+    {
+        double d = r + 0.5, dsum = 0;
+        int64_t i64 = r, imax = -1;
+        tpm_comm_all_reduce(c, &d, &dsum, 1, TPM_DT_DOUBLE, TPM_RED_SUM);
+        tpm_comm_all_reduce(c, &i64, &imax, 1, TPM_DT_INT64, TPM_RED_MAX);
+        check(c, dsum == N * (N - 1) / 2.0 + 0.5 * N && imax == N - 1, "all_reduce");
+        d = 1.0;
+        tpm_comm_all_reduce(c, &d, &d, 1, TPM_DT_DOUBLE, TPM_RED_SUM);
+        check(c, d == (double)N, "all_reduce in place");
+    }
+
+    /* broadcast */
+    {
+        char buf[16] = {0};
+        if (r == 0) {
+            strcpy(buf, "hello");
+        }
+        tpm_comm_bcast(c, buf, sizeof(buf), TPM_DT_BYTE, 0);
+        check(c, strcmp(buf, "hello") == 0, "bcast");
+    }
+
+    /* agree: one failing rank makes everyone see a failure */
+    check(c, tpm_comm_agree(c, TPM_OK) == TPM_OK, "agree all ok");
+    {
+        tpm_status_t s = tpm_comm_agree(c, r == N - 1 ? TPM_ERR_IO : TPM_OK);
+        check(c, s != TPM_OK && (r != N - 1 || s == TPM_ERR_IO), "agree one failure");
+    }
+
+    /* byte counters: all-gather of n floats sends (N-1)*n*4 bytes */
+    {
+        tpm_comm_stats_t before = c->stats;
+        tpm_comm_all_gather(c, send, recv, n, TPM_DT_FLOAT, NULL);
+        check(c,
+              c->stats.bytes[TPM_COLL_ALLGATHER] - before.bytes[TPM_COLL_ALLGATHER] ==
+                      (uint64_t)(N - 1) * n * 4 &&
+                  c->stats.calls[TPM_COLL_ALLGATHER] == before.calls[TPM_COLL_ALLGATHER] + 1,
+              "byte counters");
+    }
+    check(c, c->seq > 0, "sequence numbers advance");
+
+    if (r == 0) {
+        printf("test_comm np=%d: %d passed, %d failed\n", N, n_pass, n_fail);
+    }
+    free(send);
+    free(recv);
+    tpm_comm_destroy(c);
+    MPI_Finalize();
+    return n_fail == 0 ? 0 : 1;
+}
