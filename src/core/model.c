@@ -1,0 +1,360 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * model.c: GPT-2 forward and backward in layer order, on full tensor views,
+ * through backend ops only. Layout and math: docs/MODEL.md. Notation:
+ * B batch, T time, C channels, NH heads, V vocab, Vp padded vocab.
+ */
+#include "core/model.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "base/mem.h"
+#include "base/rng.h"
+
+#define TPM_MAX_DIM (1 << 20)
+
+tpm_status_t tpm_model_config_finish(tpm_model_config_t *cfg)
+{
+    if (cfg->L < 1 || cfg->L > 1024) {
+        tpm_log_error("model: n_layer %d out of range [1, 1024]", cfg->L);
+        return TPM_ERR_INVALID_ARG;
+    }
+    if (cfg->C < 1 || cfg->C > 65536 || cfg->NH < 1 || cfg->NH > cfg->C) {
+        tpm_log_error("model: n_embd %d / n_head %d out of range", cfg->C, cfg->NH);
+        return TPM_ERR_INVALID_ARG;
+    }
+    if (cfg->C % cfg->NH != 0) {
+        tpm_log_error("model: n_head %d does not divide n_embd %d", cfg->NH, cfg->C);
+        return TPM_ERR_INVALID_ARG;
+    }
+    if (cfg->V < 2 || cfg->V > TPM_MAX_DIM) {
+        tpm_log_error("model: vocab_size %d out of range [2, %d]", cfg->V, TPM_MAX_DIM);
+        return TPM_ERR_INVALID_ARG;
+    }
+    if (cfg->maxT < 1 || cfg->maxT > 65536) {
+        tpm_log_error("model: seq_len %d out of range [1, 65536]", cfg->maxT);
+        return TPM_ERR_INVALID_ARG;
+    }
+    cfg->Vp = (cfg->V + TPM_VOCAB_PAD - 1) / TPM_VOCAB_PAD * TPM_VOCAB_PAD;
+    return TPM_OK;
+}
+
+static void set_desc(tpm_param_desc_t *d, const char *name, int64_t rows, int64_t cols, int decay,
+                     tpm_init_kind_t init, float value)
+{
+    snprintf(d->name, sizeof(d->name), "%s", name);
+    d->rows       = rows;
+    d->cols       = cols;
+    d->valid_rows = rows;
+    d->decay      = decay;
+    d->init       = init;
+    d->init_value = value;
+}
+
+int tpm_model_group_desc(const tpm_model_config_t *cfg, int g, tpm_param_desc_t *d)
+{
+    const int64_t C        = cfg->C;
+    const float   std      = 0.02f;
+    const float   proj_std = 0.02f / sqrtf(2.0f * (float)cfg->L);
+
+    if (g == cfg->L) {
+        set_desc(&d[TPM_E_WTE], "wte", cfg->Vp, C, 1, TPM_INIT_NORMAL, std);
+        d[TPM_E_WTE].valid_rows = cfg->V;
+        set_desc(&d[TPM_E_WPE], "wpe", cfg->maxT, C, 1, TPM_INIT_NORMAL, std);
+        set_desc(&d[TPM_E_LNFW], "lnfw", C, 1, 0, TPM_INIT_CONST, 1.0f);
+        set_desc(&d[TPM_E_LNFB], "lnfb", C, 1, 0, TPM_INIT_CONST, 0.0f);
+        return TPM_EMB_NT;
+    }
+    set_desc(&d[TPM_B_LN1W], "ln1w", C, 1, 0, TPM_INIT_CONST, 1.0f);
+    set_desc(&d[TPM_B_LN1B], "ln1b", C, 1, 0, TPM_INIT_CONST, 0.0f);
+    set_desc(&d[TPM_B_QKVW], "qkvw", 3 * C, C, 1, TPM_INIT_NORMAL, std);
+    set_desc(&d[TPM_B_QKVB], "qkvb", 3 * C, 1, 0, TPM_INIT_CONST, 0.0f);
+    set_desc(&d[TPM_B_ATTPROJW], "attprojw", C, C, 1, TPM_INIT_NORMAL, proj_std);
+    set_desc(&d[TPM_B_ATTPROJB], "attprojb", C, 1, 0, TPM_INIT_CONST, 0.0f);
+    set_desc(&d[TPM_B_LN2W], "ln2w", C, 1, 0, TPM_INIT_CONST, 1.0f);
+    set_desc(&d[TPM_B_LN2B], "ln2b", C, 1, 0, TPM_INIT_CONST, 0.0f);
+    set_desc(&d[TPM_B_FCW], "fcw", 4 * C, C, 1, TPM_INIT_NORMAL, std);
+    set_desc(&d[TPM_B_FCB], "fcb", 4 * C, 1, 0, TPM_INIT_CONST, 0.0f);
+    set_desc(&d[TPM_B_FCPROJW], "fcprojw", 4 * C, C, 1, TPM_INIT_NORMAL, proj_std);
+    set_desc(&d[TPM_B_FCPROJB], "fcprojb", C, 1, 0, TPM_INIT_CONST, 0.0f);
+    return TPM_BLOCK_NT;
+}
+
+size_t tpm_model_num_params(const tpm_model_config_t *cfg)
+{
+    tpm_param_desc_t d[TPM_GROUP_MAX_NT];
+    size_t           n = 0;
+
+    for (int g = 0; g < tpm_model_n_groups(cfg); g++) {
+        int nt = tpm_model_group_desc(cfg, g, d);
+        for (int t = 0; t < nt; t++) {
+            n += (size_t)d[t].rows * (size_t)d[t].cols;
+        }
+    }
+    return n;
+}
+
+float tpm_model_init_value(const tpm_param_desc_t *d, uint64_t seed, int g, int t, int64_t row,
+                           int64_t col)
+{
+    if (row >= d->valid_rows) {
+        return 0.0f;
+    }
+    if (d->init == TPM_INIT_CONST) {
+        return d->init_value;
+    }
+    return d->init_value *
+           tpm_rng_normal(seed, (uint64_t)g * 64 + (uint64_t)t, (uint64_t)(row * d->cols + col));
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* activations */
+
+tpm_status_t tpm_acts_create(tpm_backend_t *be, const tpm_model_config_t *cfg, int B, int T,
+                             tpm_acts_t **acts_p)
+{
+    const size_t BT = (size_t)B * T, C = (size_t)cfg->C, L = (size_t)cfg->L;
+    const size_t per_block = BT * C * 5 + BT * 3 * C + BT * 4 * C * 2 + BT * 4 +
+                             (size_t)B * cfg->NH * T;
+    size_t       nfloat, off = 0;
+    tpm_acts_t  *a;
+    tpm_status_t status;
+    char        *base;
+
+    if (B < 1 || T < 1 || T > cfg->maxT) {
+        tpm_log_error("model: batch %d x seq %d does not fit the position table (%d)", B, T,
+                      cfg->maxT);
+        return TPM_ERR_INVALID_ARG;
+    }
+    nfloat = per_block * L + (L + 1) * BT * C + BT * C + 2 * BT + BT * (size_t)cfg->Vp + BT +
+             BT * C * 3 + BT * 3 * C + BT * 4 * C * 2;
+    TPM_CHECK(tpm_calloc(1, sizeof(*a), (void **)&a));
+    TPM_CHECK_GOTO(tpm_calloc(L, sizeof(*a->blk), (void **)&a->blk), status, err_free_a);
+    TPM_CHECK_GOTO(tpm_calloc(BT, sizeof(float), (void **)&a->losses_h), status, err_free_blk);
+    /* floats, then the two int32 token arrays; 64-byte align every sub-buffer */
+    a->nbytes = (nfloat + 64 * 40) * sizeof(float) + 2 * BT * sizeof(int32_t) + 128;
+    TPM_CHECK_GOTO(be->ops->alloc(be, a->nbytes, &a->mem), status, err_free_blk);
+    TPM_CHECK_GOTO(be->ops->memzero(be, a->mem, a->nbytes), status, err_free_mem);
+    base = a->mem;
+
+#define TAKE(_n)                                                                                   \
+    ((void *)(base + off));                                                                        \
+    off += ((_n) * sizeof(float) + 63) / 64 * 64
+    for (size_t l = 0; l < L; l++) {
+        tpm_block_acts_t *b = &a->blk[l];
+        b->ln1              = TAKE(BT * C);
+        b->ln1_mean         = TAKE(BT);
+        b->ln1_rstd         = TAKE(BT);
+        b->qkv              = TAKE(BT * 3 * C);
+        b->atty             = TAKE(BT * C);
+        b->att_lse          = TAKE((size_t)B * cfg->NH * T);
+        b->res2             = TAKE(BT * C);
+        b->ln2              = TAKE(BT * C);
+        b->ln2_mean         = TAKE(BT);
+        b->ln2_rstd         = TAKE(BT);
+        b->fch              = TAKE(BT * 4 * C);
+        b->fch_gelu         = TAKE(BT * 4 * C);
+    }
+    a->resid    = TAKE((L + 1) * BT * C);
+    a->lnf      = TAKE(BT * C);
+    a->lnf_mean = TAKE(BT);
+    a->lnf_rstd = TAKE(BT);
+    a->logits   = TAKE(BT * (size_t)cfg->Vp);
+    a->losses   = TAKE(BT);
+    a->dresid   = TAKE(BT * C);
+    a->dbtc     = TAKE(BT * C);
+    a->dbtc2    = TAKE(BT * C);
+    a->dqkv     = TAKE(BT * 3 * C);
+    a->dfch     = TAKE(BT * 4 * C);
+    a->dfch2    = TAKE(BT * 4 * C);
+    a->tokens   = TAKE(BT);
+    a->targets  = TAKE(BT);
+#undef TAKE
+    TPM_ASSERT(off <= a->nbytes);
+    a->B    = B;
+    a->T    = T;
+    *acts_p = a;
+    return TPM_OK;
+
+err_free_mem:
+    be->ops->free(be, a->mem);
+err_free_blk:
+    tpm_free(a->losses_h);
+    tpm_free(a->blk);
+err_free_a:
+    tpm_free(a);
+    return status;
+}
+
+void tpm_acts_destroy(tpm_backend_t *be, tpm_acts_t *a)
+{
+    if (a == NULL) {
+        return;
+    }
+    be->ops->free(be, a->mem);
+    tpm_free(a->losses_h);
+    tpm_free(a->blk);
+    tpm_free(a);
+}
+
+tpm_status_t tpm_model_set_batch(tpm_backend_t *be, tpm_acts_t *a, const int32_t *tokens,
+                                 const int32_t *targets)
+{
+    const size_t n = (size_t)a->B * a->T * sizeof(int32_t);
+
+    TPM_CHECK(be->ops->copy(be, a->tokens, tokens, n, TPM_COPY_H2D));
+    a->n_valid = 0;
+    if (targets != NULL) {
+        TPM_CHECK(be->ops->copy(be, a->targets, targets, n, TPM_COPY_H2D));
+        for (size_t i = 0; i < (size_t)a->B * a->T; i++) {
+            a->n_valid += targets[i] >= 0;
+        }
+    }
+    return TPM_OK;
+}
+
+static inline void progress(tpm_acts_t *a)
+{
+    if (a->progress != NULL) {
+        a->progress(a->progress_ctx);
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* forward */
+
+tpm_status_t tpm_model_embed_fwd(tpm_backend_t *be, const tpm_model_config_t *cfg,
+                                 const tpm_group_view_t *emb, tpm_acts_t *a)
+{
+    return be->ops->encoder_fwd(be, a->resid, a->tokens, emb->t[TPM_E_WTE], emb->t[TPM_E_WPE],
+                                a->B, a->T, cfg->C);
+}
+
+tpm_status_t tpm_model_block_fwd(tpm_backend_t *be, const tpm_model_config_t *cfg, int l,
+                                 const tpm_group_view_t *p, tpm_acts_t *a)
+{
+    const tpm_backend_ops_t *op = be->ops;
+    const int                B = a->B, T = a->T, C = cfg->C, N = B * T;
+    tpm_block_acts_t        *b    = &a->blk[l];
+    const float             *x    = a->resid + (size_t)l * N * C;
+    float                   *xout = a->resid + (size_t)(l + 1) * N * C;
+    float *const            *w    = p->t;
+
+    TPM_CHECK(op->layernorm_fwd(be, b->ln1, b->ln1_mean, b->ln1_rstd, x, w[TPM_B_LN1W],
+                                w[TPM_B_LN1B], N, C));
+    TPM_CHECK(op->matmul_fwd(be, b->qkv, b->ln1, w[TPM_B_QKVW], w[TPM_B_QKVB], N, C, 3 * C, 0));
+    progress(a);
+    TPM_CHECK(op->attention_fwd(be, b->atty, b->att_lse, b->qkv, B, T, C, cfg->NH));
+    progress(a);
+    /* res2 = x + atty @ attprojw + attprojb (projection into res2, then add the residual) */
+    TPM_CHECK(op->matmul_fwd(be, b->res2, b->atty, w[TPM_B_ATTPROJW], w[TPM_B_ATTPROJB], N, C, C,
+                             1));
+    TPM_CHECK(op->add(be, b->res2, b->res2, x, (size_t)N * C));
+    TPM_CHECK(op->layernorm_fwd(be, b->ln2, b->ln2_mean, b->ln2_rstd, b->res2, w[TPM_B_LN2W],
+                                w[TPM_B_LN2B], N, C));
+    progress(a);
+    TPM_CHECK(op->matmul_fwd(be, b->fch, b->ln2, w[TPM_B_FCW], w[TPM_B_FCB], N, C, 4 * C, 0));
+    TPM_CHECK(op->gelu_fwd(be, b->fch_gelu, b->fch, (size_t)N * 4 * C));
+    progress(a);
+    TPM_CHECK(op->matmul_fwd(be, xout, b->fch_gelu, w[TPM_B_FCPROJW], w[TPM_B_FCPROJB], N, 4 * C,
+                             C, 1));
+    TPM_CHECK(op->add(be, xout, xout, b->res2, (size_t)N * C));
+    progress(a);
+    return TPM_OK;
+}
+
+tpm_status_t tpm_model_head_fwd_bwd(tpm_backend_t *be, const tpm_model_config_t *cfg,
+                                    const tpm_group_view_t *emb, const tpm_group_view_t *demb,
+                                    float dloss_scale, tpm_acts_t *a, float *loss_p)
+{
+    const tpm_backend_ops_t *op = be->ops;
+    const int                N  = a->B * a->T, C = cfg->C;
+    const float             *x  = a->resid + (size_t)cfg->L * N * C;
+    double                   sum = 0.0;
+
+    TPM_CHECK(op->layernorm_fwd(be, a->lnf, a->lnf_mean, a->lnf_rstd, x, emb->t[TPM_E_LNFW],
+                                emb->t[TPM_E_LNFB], N, C));
+    TPM_CHECK(op->matmul_fwd(be, a->logits, a->lnf, emb->t[TPM_E_WTE], NULL, N, C, cfg->Vp, 0));
+    progress(a);
+
+    TPM_CHECK(op->xent_fwd_bwd(be, a->losses, demb != NULL ? a->logits : NULL, a->logits,
+                               a->targets, N, cfg->V, cfg->Vp,
+                               a->n_valid > 0 ? dloss_scale / (float)a->n_valid : 0.0f));
+    TPM_CHECK(op->copy(be, a->losses_h, a->losses, (size_t)N * sizeof(float), TPM_COPY_D2H));
+    for (int i = 0; i < N; i++) {
+        sum += a->losses_h[i];
+    }
+    *loss_p = a->n_valid > 0 ? (float)(sum / a->n_valid) : 0.0f;
+
+    if (demb != NULL) {
+        /* logits now hold dlogits: d lnf = dlogits @ wte, d wte += dlogits^T @ lnf */
+        TPM_CHECK(op->memzero(be, a->dbtc, (size_t)N * C * sizeof(float)));
+        TPM_CHECK(op->matmul_bwd(be, a->dbtc, demb->t[TPM_E_WTE], NULL, a->logits, a->lnf,
+                                 emb->t[TPM_E_WTE], N, C, cfg->Vp, 0));
+        progress(a);
+        TPM_CHECK(op->memzero(be, a->dresid, (size_t)N * C * sizeof(float)));
+        TPM_CHECK(op->layernorm_bwd(be, a->dresid, demb->t[TPM_E_LNFW], demb->t[TPM_E_LNFB],
+                                    a->dbtc, x, emb->t[TPM_E_LNFW], a->lnf_mean, a->lnf_rstd, N,
+                                    C));
+    }
+    return TPM_OK;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* backward */
+
+tpm_status_t tpm_model_block_bwd(tpm_backend_t *be, const tpm_model_config_t *cfg, int l,
+                                 const tpm_group_view_t *p, const tpm_group_view_t *dp,
+                                 tpm_acts_t *a)
+{
+    const tpm_backend_ops_t *op = be->ops;
+    const int                B = a->B, T = a->T, C = cfg->C, N = B * T;
+    const size_t             NC = (size_t)N * C;
+    tpm_block_acts_t        *b  = &a->blk[l];
+    const float             *x  = a->resid + (size_t)l * NC;
+    float *const            *w  = p->t;
+    float *const            *dw = dp->t;
+
+    /*
+     * a->dresid holds d/d xout. xout = res2 + mlp(res2): the MLP branch gets dresid,
+     * and dresid keeps flowing to res2 (the residual path), then gets the LN2 input
+     * gradient added. Same again through the attention branch to x.
+     */
+    TPM_CHECK(op->memzero(be, a->dfch, (size_t)N * 4 * C * sizeof(float)));
+    TPM_CHECK(op->matmul_bwd(be, a->dfch, dw[TPM_B_FCPROJW], dw[TPM_B_FCPROJB], a->dresid,
+                             b->fch_gelu, w[TPM_B_FCPROJW], N, 4 * C, C, 1));
+    progress(a);
+    TPM_CHECK(op->memzero(be, a->dfch2, (size_t)N * 4 * C * sizeof(float)));
+    TPM_CHECK(op->gelu_bwd(be, a->dfch2, b->fch, a->dfch, (size_t)N * 4 * C));
+    TPM_CHECK(op->memzero(be, a->dbtc, NC * sizeof(float)));
+    TPM_CHECK(op->matmul_bwd(be, a->dbtc, dw[TPM_B_FCW], dw[TPM_B_FCB], a->dfch2, b->ln2,
+                             w[TPM_B_FCW], N, C, 4 * C, 0));
+    progress(a);
+    TPM_CHECK(op->layernorm_bwd(be, a->dresid, dw[TPM_B_LN2W], dw[TPM_B_LN2B], a->dbtc, b->res2,
+                                w[TPM_B_LN2W], b->ln2_mean, b->ln2_rstd, N, C));
+    /* a->dresid is now d/d res2 */
+    TPM_CHECK(op->memzero(be, a->dbtc, NC * sizeof(float)));
+    TPM_CHECK(op->matmul_bwd(be, a->dbtc, dw[TPM_B_ATTPROJW], dw[TPM_B_ATTPROJB], a->dresid,
+                             b->atty, w[TPM_B_ATTPROJW], N, C, C, 1));
+    progress(a);
+    TPM_CHECK(op->memzero(be, a->dqkv, NC * 3 * sizeof(float)));
+    TPM_CHECK(op->attention_bwd(be, a->dqkv, a->dbtc, b->qkv, b->atty, b->att_lse, B, T, C,
+                                cfg->NH));
+    progress(a);
+    TPM_CHECK(op->memzero(be, a->dbtc2, NC * sizeof(float)));
+    TPM_CHECK(op->matmul_bwd(be, a->dbtc2, dw[TPM_B_QKVW], dw[TPM_B_QKVB], a->dqkv, b->ln1,
+                             w[TPM_B_QKVW], N, C, 3 * C, 0));
+    progress(a);
+    TPM_CHECK(op->layernorm_bwd(be, a->dresid, dw[TPM_B_LN1W], dw[TPM_B_LN1B], a->dbtc2, x,
+                                w[TPM_B_LN1W], b->ln1_mean, b->ln1_rstd, N, C));
+    return TPM_OK;
+}
+
+tpm_status_t tpm_model_embed_bwd(tpm_backend_t *be, const tpm_model_config_t *cfg,
+                                 const tpm_group_view_t *demb, tpm_acts_t *a)
+{
+    return be->ops->encoder_bwd(be, demb->t[TPM_E_WTE], demb->t[TPM_E_WPE], a->dresid, a->tokens,
+                                a->B, a->T, cfg->C);
+}

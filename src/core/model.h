@@ -1,0 +1,193 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * model.h: the GPT-2 definition: configuration, the parameter tensor table
+ * (names, logical shapes, weight decay, init rule; layout in docs/MODEL.md),
+ * the activation buffers, and the forward/backward pass of one transformer
+ * block, of the embedding and of the output head with the loss.
+ *
+ * The model does not know it is sharded: it computes on full tensors handed to
+ * it as views (tpm_block_view_t), which the ZeRO-3 engine gathers, and it
+ * calls only backend ops. Gradients are ADDED into the gradient views.
+ */
+#ifndef TPM_CORE_MODEL_H
+#define TPM_CORE_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "backend/backend.h"
+#include "base/status.h"
+
+#define TPM_VOCAB_PAD 128 /* Vp = roundup(V, TPM_VOCAB_PAD), independent of the rank count */
+
+typedef struct tpm_model_config {
+    int L;    /* layers */
+    int C;    /* channels */
+    int NH;   /* heads */
+    int V;    /* vocabulary */
+    int Vp;   /* padded vocabulary (derived) */
+    int maxT; /* position table size */
+} tpm_model_config_t;
+
+/* tensors of one transformer block, in storage order */
+enum {
+    TPM_B_LN1W = 0, /* (C) */
+    TPM_B_LN1B,     /* (C) */
+    TPM_B_QKVW,     /* (3C, C) rows grouped by head */
+    TPM_B_QKVB,     /* (3C) */
+    TPM_B_ATTPROJW, /* (C, C) stored [in, out] */
+    TPM_B_ATTPROJB, /* (C) */
+    TPM_B_LN2W,     /* (C) */
+    TPM_B_LN2B,     /* (C) */
+    TPM_B_FCW,      /* (4C, C) */
+    TPM_B_FCB,      /* (4C) */
+    TPM_B_FCPROJW,  /* (4C, C) stored [in, out] */
+    TPM_B_FCPROJB,  /* (C) */
+    TPM_BLOCK_NT
+};
+
+/* tensors of the embedding group */
+enum {
+    TPM_E_WTE = 0, /* (Vp, C) */
+    TPM_E_WPE,     /* (maxT, C) */
+    TPM_E_LNFW,    /* (C) */
+    TPM_E_LNFB,    /* (C) */
+    TPM_EMB_NT
+};
+
+#define TPM_GROUP_MAX_NT TPM_BLOCK_NT
+
+typedef enum {
+    TPM_INIT_NORMAL = 0, /* N(0, std) */
+    TPM_INIT_CONST,      /* value */
+} tpm_init_kind_t;
+
+/** One parameter tensor: a (rows, cols) matrix; a vector is (n, 1). */
+typedef struct tpm_param_desc {
+    char            name[16];
+    int64_t         rows;
+    int64_t         cols;
+    int64_t         valid_rows; /* rows holding real values (wte: V; others: rows) */
+    int             decay;      /* AdamW weight decay applies (2-D tensors) */
+    tpm_init_kind_t init;
+    float           init_value; /* std for NORMAL, value for CONST */
+} tpm_param_desc_t;
+
+/**
+ * Groups: 0..L-1 are the transformer blocks, L is the embedding group
+ * (wte, wpe, lnfw, lnfb). A group is the unit ZeRO-3 gathers.
+ */
+static inline int tpm_model_n_groups(const tpm_model_config_t *cfg)
+{
+    return cfg->L + 1;
+}
+
+/**
+ * Check the configuration (heads divide C, sizes positive and within limits)
+ * and fill Vp. Logs a message naming the problem; TPM_ERR_INVALID_ARG.
+ */
+tpm_status_t tpm_model_config_finish(tpm_model_config_t *cfg);
+
+/** Tensor descriptors of group @p g into @p desc; returns the tensor count. */
+int tpm_model_group_desc(const tpm_model_config_t *cfg, int g, tpm_param_desc_t *desc);
+
+/** Logical parameter count (padded vocabulary rows included). */
+size_t tpm_model_num_params(const tpm_model_config_t *cfg);
+
+/** Pointers to the full tensors of one group (parameters or gradients). */
+typedef struct tpm_group_view {
+    float *t[TPM_GROUP_MAX_NT];
+} tpm_group_view_t;
+
+/** Saved activations of one block for a (B, T) micro-batch. */
+typedef struct tpm_block_acts {
+    float *ln1;      /* (B,T,C) */
+    float *ln1_mean; /* (B,T) */
+    float *ln1_rstd; /* (B,T) */
+    float *qkv;      /* (B,T,3C) */
+    float *atty;     /* (B,T,C) */
+    float *att_lse;  /* (B,NH,T) */
+    float *res2;     /* (B,T,C) residual after attention */
+    float *ln2;      /* (B,T,C) */
+    float *ln2_mean; /* (B,T) */
+    float *ln2_rstd; /* (B,T) */
+    float *fch;      /* (B,T,4C) pre-GELU */
+    float *fch_gelu; /* (B,T,4C) */
+} tpm_block_acts_t;
+
+/** All activations and activation-gradient scratch of one micro-batch shape. */
+typedef struct tpm_acts {
+    int               B, T;
+    tpm_block_acts_t *blk;      /* (L) */
+    float            *resid;    /* (L+1, B, T, C): resid[l] is the input of block l */
+    float            *lnf;      /* (B,T,C) */
+    float            *lnf_mean; /* (B,T) */
+    float            *lnf_rstd; /* (B,T) */
+    float            *logits;   /* (B,T,Vp), overwritten by dlogits in training */
+    float            *losses;   /* (B,T) */
+    int32_t          *tokens;   /* (B,T) device copy of the inputs */
+    int32_t          *targets;  /* (B,T) */
+    /* gradient scratch, reused by every block */
+    float *dresid; /* (B,T,C) gradient of the residual stream */
+    float *dbtc;   /* (B,T,C) */
+    float *dbtc2;  /* (B,T,C) */
+    float *dqkv;   /* (B,T,3C) */
+    float *dfch;   /* (B,T,4C) */
+    float *dfch2;  /* (B,T,4C) */
+    int    n_valid;  /* targets >= 0 in the current batch (set by tpm_model_set_batch) */
+    float *losses_h; /* (B,T) host copy of the losses */
+    /* (optional) called between ops so that non-blocking collectives progress */
+    void (*progress)(void *ctx);
+    void  *progress_ctx;
+    void  *mem; /* the one allocation all of the above point into */
+    size_t nbytes;
+} tpm_acts_t;
+
+/** Allocate activations for micro-batch (B, T) on @p be, once. */
+tpm_status_t tpm_acts_create(tpm_backend_t *be, const tpm_model_config_t *cfg, int B, int T,
+                             tpm_acts_t **acts_p);
+void tpm_acts_destroy(tpm_backend_t *be, tpm_acts_t *acts); /* no-op on NULL */
+
+/** Copy host tokens/targets (B*T each; targets may be NULL) into the activations. */
+tpm_status_t tpm_model_set_batch(tpm_backend_t *be, tpm_acts_t *a, const int32_t *tokens,
+                                 const int32_t *targets);
+
+/** resid[0] = wte[tokens] + wpe. */
+tpm_status_t tpm_model_embed_fwd(tpm_backend_t *be, const tpm_model_config_t *cfg,
+                                 const tpm_group_view_t *emb, tpm_acts_t *a);
+
+/** resid[l+1] = block_l(resid[l]). */
+tpm_status_t tpm_model_block_fwd(tpm_backend_t *be, const tpm_model_config_t *cfg, int l,
+                                 const tpm_group_view_t *p, tpm_acts_t *a);
+
+/**
+ * Final LayerNorm, logits, per-position losses. Returns the mean loss over
+ * positions with a target >= 0 in *loss_p. If @p demb is not NULL, also runs
+ * the backward of the head with d(loss)/d(position loss) = dloss_scale / n_valid:
+ * logits become dlogits, demb (wte, lnfw, lnfb) gets its gradients added, and
+ * a->dresid is SET to the gradient of resid[L].
+ */
+tpm_status_t tpm_model_head_fwd_bwd(tpm_backend_t *be, const tpm_model_config_t *cfg,
+                                    const tpm_group_view_t *emb, const tpm_group_view_t *demb,
+                                    float dloss_scale, tpm_acts_t *a, float *loss_p);
+
+/**
+ * Backward of block l: in: a->dresid = d/d resid[l+1]; out: a->dresid = d/d resid[l].
+ * Parameter gradients are added into @p dp.
+ */
+tpm_status_t tpm_model_block_bwd(tpm_backend_t *be, const tpm_model_config_t *cfg, int l,
+                                 const tpm_group_view_t *p, const tpm_group_view_t *dp,
+                                 tpm_acts_t *a);
+
+/** Backward of the embedding: dwte, dwpe += from a->dresid (= d/d resid[0]). */
+tpm_status_t tpm_model_embed_bwd(tpm_backend_t *be, const tpm_model_config_t *cfg,
+                                 const tpm_group_view_t *demb, tpm_acts_t *a);
+
+/**
+ * Deterministic initial value of element (row, col) of tensor @p t of group @p g,
+ * independent of the rank count (counter RNG keyed by seed, group, tensor, element).
+ */
+float tpm_model_init_value(const tpm_param_desc_t *d, uint64_t seed, int g, int t, int64_t row,
+                           int64_t col);
+
+#endif /* TPM_CORE_MODEL_H */
