@@ -1,0 +1,413 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * zero3.c: the ZeRO-3 engine (see zero3.h for the schedule). Buffers, all
+ * allocated once at create:
+ *   gather_stage  <- non-blocking all-gather of the next block (prefetch)
+ *   blk_full      <- the block being computed (unpacked from gather_stage)
+ *   blk_gfull     <- that block's gradients, then packed into rs_stage
+ *   rs_stage/recv <- the non-blocking reduce-scatter in flight
+ * so at most two gathered blocks exist at any time (current + prefetched).
+ */
+#include "zero3/zero3.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "base/mem.h"
+#include "base/timer.h"
+
+static tpm_status_t be_alloc(tpm_zero3_t *z, size_t nfloat, float **p)
+{
+    void *ptr;
+
+    TPM_CHECK(z->be->ops->alloc(z->be, nfloat * sizeof(float), &ptr));
+    TPM_CHECK(z->be->ops->memzero(z->be, ptr, nfloat * sizeof(float)));
+    *p = ptr;
+    return TPM_OK;
+}
+
+static void be_free(tpm_zero3_t *z, float *p)
+{
+    if (p != NULL) {
+        z->be->ops->free(z->be, p);
+    }
+}
+
+tpm_status_t tpm_zero3_create(tpm_backend_t *be, tpm_comm_t *comm, const tpm_model_config_t *cfg,
+                              int B, int T, tpm_zero3_t **z_p)
+{
+    tpm_zero3_t *z;
+    tpm_status_t status;
+    size_t       n, emb_full, max_shard = 0;
+
+    TPM_CHECK(tpm_calloc(1, sizeof(*z), (void **)&z));
+    z->be           = be;
+    z->comm         = comm;
+    z->cfg          = *cfg;
+    z->B            = B;
+    z->T            = T;
+    z->gather_group = -1;
+    z->rs_group     = -1;
+    TPM_CHECK_GOTO(tpm_shard_layout_init(&z->lay, cfg, comm->size), status, err);
+    n = z->lay.shard_numel;
+    TPM_CHECK_GOTO(be_alloc(z, n, &z->param), status, err);
+    TPM_CHECK_GOTO(be_alloc(z, n, &z->grad), status, err);
+    TPM_CHECK_GOTO(be_alloc(z, n, &z->m), status, err);
+    TPM_CHECK_GOTO(be_alloc(z, n, &z->v), status, err);
+    z->mem.param_bytes = n * sizeof(float);
+    z->mem.grad_bytes  = n * sizeof(float);
+    z->mem.optim_bytes = 2 * n * sizeof(float);
+
+    if (comm->size > 1) {
+        const size_t blk = z->lay.max_full_block;
+        for (int g = 0; g < z->lay.n_groups; g++) {
+            if (z->lay.g[g].shard_numel > max_shard) {
+                max_shard = z->lay.g[g].shard_numel;
+            }
+        }
+        emb_full = z->lay.g[cfg->L].full_numel;
+        TPM_CHECK_GOTO(be_alloc(z, blk, &z->gather_stage), status, err);
+        TPM_CHECK_GOTO(be_alloc(z, blk, &z->blk_full), status, err);
+        TPM_CHECK_GOTO(be_alloc(z, blk, &z->blk_gfull), status, err);
+        TPM_CHECK_GOTO(be_alloc(z, blk, &z->rs_stage), status, err);
+        TPM_CHECK_GOTO(be_alloc(z, max_shard, &z->rs_recv), status, err);
+        TPM_CHECK_GOTO(be_alloc(z, emb_full, &z->emb_full), status, err);
+        TPM_CHECK_GOTO(be_alloc(z, emb_full, &z->emb_gfull), status, err);
+        TPM_CHECK_GOTO(be_alloc(z, emb_full, &z->emb_stage), status, err);
+        z->mem.gather_bytes = (4 * blk + max_shard + 3 * emb_full) * sizeof(float);
+    }
+    TPM_CHECK_GOTO(tpm_acts_create(be, cfg, B, T, &z->acts), status, err);
+    z->mem.act_bytes = z->acts->nbytes;
+    *z_p             = z;
+    return TPM_OK;
+
+err:
+    tpm_zero3_destroy(z);
+    return status;
+}
+
+void tpm_zero3_destroy(tpm_zero3_t *z)
+{
+    if (z == NULL) {
+        return;
+    }
+    tpm_comm_wait(z->comm, &z->gather_req);
+    tpm_comm_wait(z->comm, &z->rs_req);
+    tpm_acts_destroy(z->be, z->acts);
+    be_free(z, z->param);
+    be_free(z, z->grad);
+    be_free(z, z->m);
+    be_free(z, z->v);
+    be_free(z, z->gather_stage);
+    be_free(z, z->blk_full);
+    be_free(z, z->blk_gfull);
+    be_free(z, z->rs_stage);
+    be_free(z, z->rs_recv);
+    be_free(z, z->emb_full);
+    be_free(z, z->emb_gfull);
+    be_free(z, z->emb_stage);
+    tpm_shard_layout_cleanup(&z->lay);
+    tpm_free(z);
+}
+
+tpm_status_t tpm_zero3_init_params(tpm_zero3_t *z, uint64_t seed)
+{
+    const int    rank = z->comm->rank;
+    float       *host;
+    tpm_status_t status;
+
+    TPM_CHECK(tpm_calloc(z->lay.shard_numel, sizeof(float), (void **)&host));
+    for (int gi = 0; gi < z->lay.n_groups; gi++) {
+        const tpm_shard_group_t *g = &z->lay.g[gi];
+        for (int t = 0; t < g->n_tensors; t++) {
+            const tpm_shard_tensor_t *st = &g->t[t];
+            const int64_t             cols = st->desc.cols;
+            float  *dst = host + g->shard_base + st->shard_off;
+            int64_t row0, nrows;
+
+            tpm_shard_rows(st, rank, &row0, &nrows);
+            for (int64_t r = 0; r < nrows; r++) {
+                for (int64_t c = 0; c < cols; c++) {
+                    dst[r * cols + c] = tpm_model_init_value(&st->desc, seed, gi, t, row0 + r, c);
+                }
+            }
+        }
+    }
+    status = z->be->ops->copy(z->be, z->param, host, z->lay.shard_numel * sizeof(float),
+                              TPM_COPY_H2D);
+    tpm_free(host);
+    TPM_CHECK(status);
+    TPM_CHECK(z->be->ops->memzero(z->be, z->m, z->lay.shard_numel * sizeof(float)));
+    TPM_CHECK(z->be->ops->memzero(z->be, z->v, z->lay.shard_numel * sizeof(float)));
+    return TPM_OK;
+}
+
+void tpm_zero3_print_layout(const tpm_zero3_t *z)
+{
+    const int N = z->lay.world;
+
+    if (z->comm->rank != 0) {
+        return;
+    }
+    tpm_log_info("shard layout: %d rank(s), %zu parameters, %zu floats per rank (%.1f MiB)", N,
+                 z->lay.logical_numel, z->lay.shard_numel,
+                 (double)z->lay.shard_numel * 4.0 / 1048576.0);
+    tpm_log_info("  %-16s %14s %14s %14s", "tensor", "shape", "rows/rank", "bytes/rank");
+    for (int gi = 0; gi < z->lay.n_groups; gi++) {
+        const tpm_shard_group_t *g = &z->lay.g[gi];
+        /* blocks are identical: show the first and the embedding group */
+        if (gi > 0 && gi < z->cfg.L) {
+            continue;
+        }
+        for (int t = 0; t < g->n_tensors; t++) {
+            const tpm_shard_tensor_t *st = &g->t[t];
+            char name[32], shape[32];
+            if (gi < z->cfg.L) {
+                snprintf(name, sizeof(name), "h.*.%s", st->desc.name);
+            } else {
+                snprintf(name, sizeof(name), "%s", st->desc.name);
+            }
+            if (st->desc.cols > 1) {
+                snprintf(shape, sizeof(shape), "(%lld, %lld)", (long long)st->desc.rows,
+                         (long long)st->desc.cols);
+            } else {
+                snprintf(shape, sizeof(shape), "(%lld)", (long long)st->desc.rows);
+            }
+            tpm_log_info("  %-16s %14s %14lld %14zu", name, shape, (long long)st->rows_per_rank,
+                         (size_t)st->rows_per_rank * (size_t)st->desc.cols * sizeof(float));
+        }
+    }
+    if (z->cfg.L > 1) {
+        tpm_log_info("  (h.* repeats for all %d blocks; every tensor is split in %d row blocks, "
+                     "the last padded)",
+                     z->cfg.L, N);
+    }
+}
+
+tpm_status_t tpm_zero3_zero_grad(tpm_zero3_t *z)
+{
+    return z->be->ops->memzero(z->be, z->grad, z->lay.shard_numel * sizeof(float));
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* gather / reduce-scatter */
+
+static tpm_group_view_t group_view(const tpm_shard_group_t *g, float *full)
+{
+    tpm_group_view_t v;
+
+    memset(&v, 0, sizeof(v));
+    for (int t = 0; t < g->n_tensors; t++) {
+        v.t[t] = full + g->t[t].full_off;
+    }
+    return v;
+}
+
+static void progress_cb(void *ctx)
+{
+    tpm_zero3_t *z = ctx;
+
+    /* Open MPI moves non-blocking collectives forward only inside MPI calls */
+    (void)tpm_comm_test(z->comm, &z->gather_req);
+    (void)tpm_comm_test(z->comm, &z->rs_req);
+}
+
+static tpm_status_t timed_wait(tpm_zero3_t *z, tpm_comm_req_t *req)
+{
+    double t0 = tpm_time_now();
+
+    TPM_CHECK(tpm_comm_wait(z->comm, req));
+    z->times.wait_s += tpm_time_now() - t0;
+    return TPM_OK;
+}
+
+static tpm_status_t gather_start(tpm_zero3_t *z, int gi)
+{
+    const tpm_shard_group_t *g = &z->lay.g[gi];
+
+    TPM_ASSERT(z->gather_group < 0);
+    TPM_CHECK(tpm_comm_all_gather(z->comm, z->param + g->shard_base, z->gather_stage,
+                                  g->shard_numel, TPM_DT_FLOAT, &z->gather_req));
+    z->gather_group = gi;
+    return TPM_OK;
+}
+
+static tpm_status_t gather_finish(tpm_zero3_t *z, int gi)
+{
+    TPM_ASSERT(z->gather_group == gi);
+    TPM_CHECK(timed_wait(z, &z->gather_req));
+    z->gather_group = -1;
+    tpm_shard_unpack(&z->lay.g[gi], z->lay.world, z->gather_stage, z->blk_full);
+    return TPM_OK;
+}
+
+static tpm_status_t rs_finish(tpm_zero3_t *z)
+{
+    const tpm_shard_group_t *g;
+
+    if (z->rs_group < 0) {
+        return TPM_OK;
+    }
+    g = &z->lay.g[z->rs_group];
+    TPM_CHECK(timed_wait(z, &z->rs_req));
+    TPM_CHECK(z->be->ops->axpy(z->be, z->grad + g->shard_base, 1.0f, z->rs_recv, g->shard_numel));
+    z->rs_group = -1;
+    return TPM_OK;
+}
+
+static tpm_status_t rs_start(tpm_zero3_t *z, int gi)
+{
+    const tpm_shard_group_t *g = &z->lay.g[gi];
+
+    TPM_ASSERT(z->rs_group < 0);
+    tpm_shard_pack(g, z->lay.world, z->blk_gfull, z->rs_stage);
+    TPM_CHECK(tpm_comm_reduce_scatter(z->comm, z->rs_stage, z->rs_recv, g->shard_numel,
+                                      TPM_DT_FLOAT, TPM_RED_SUM, &z->rs_req));
+    z->rs_group = gi;
+    return TPM_OK;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* forward / backward */
+
+static tpm_status_t forward_pass(tpm_zero3_t *z, const int32_t *x, const int32_t *y, int grads,
+                                 float dloss_scale, float *loss_p, tpm_group_view_t *emb_p,
+                                 tpm_group_view_t *demb_p)
+{
+    const int                L   = z->cfg.L;
+    const int                N   = z->lay.world;
+    const tpm_shard_group_t *ge  = &z->lay.g[L];
+    tpm_acts_t              *a   = z->acts;
+    double                   t0;
+
+    TPM_CHECK(tpm_model_set_batch(z->be, a, x, y));
+    a->progress     = progress_cb;
+    a->progress_ctx = z;
+    if (N == 1) {
+        *emb_p  = group_view(ge, z->param + ge->shard_base);
+        *demb_p = group_view(ge, z->grad + ge->shard_base);
+    } else {
+        double tw = tpm_time_now();
+        TPM_CHECK(tpm_comm_all_gather(z->comm, z->param + ge->shard_base, z->emb_stage,
+                                      ge->shard_numel, TPM_DT_FLOAT, NULL));
+        z->times.wait_s += tpm_time_now() - tw;
+        tpm_shard_unpack(ge, N, z->emb_stage, z->emb_full);
+        *emb_p  = group_view(ge, z->emb_full);
+        *demb_p = group_view(ge, z->emb_gfull);
+        if (grads) {
+            TPM_CHECK(z->be->ops->memzero(z->be, z->emb_gfull, ge->full_numel * sizeof(float)));
+        }
+        TPM_CHECK(gather_start(z, 0));
+    }
+    t0 = tpm_time_now();
+    TPM_CHECK(tpm_model_embed_fwd(z->be, &z->cfg, emb_p, a));
+    for (int l = 0; l < L; l++) {
+        tpm_group_view_t p;
+        if (N == 1) {
+            p = group_view(&z->lay.g[l], z->param + z->lay.g[l].shard_base);
+        } else {
+            TPM_CHECK(gather_finish(z, l));
+            if (l + 1 < L) {
+                TPM_CHECK(gather_start(z, l + 1));
+            }
+            p = group_view(&z->lay.g[l], z->blk_full);
+        }
+        TPM_CHECK(tpm_model_block_fwd(z->be, &z->cfg, l, &p, a));
+    }
+    TPM_CHECK(tpm_model_head_fwd_bwd(z->be, &z->cfg, emb_p, grads ? demb_p : NULL, dloss_scale, a,
+                                     loss_p));
+    z->times.compute_s += tpm_time_now() - t0;
+    return TPM_OK;
+}
+
+tpm_status_t tpm_zero3_forward(tpm_zero3_t *z, const int32_t *x, const int32_t *y, float *loss_p)
+{
+    tpm_group_view_t emb, demb;
+
+    return forward_pass(z, x, y, 0, 0.0f, loss_p, &emb, &demb);
+}
+
+tpm_status_t tpm_zero3_fwd_bwd(tpm_zero3_t *z, const int32_t *x, const int32_t *y,
+                               float dloss_scale, float *loss_p)
+{
+    const int                L  = z->cfg.L;
+    const int                N  = z->lay.world;
+    const tpm_shard_group_t *ge = &z->lay.g[L];
+    tpm_group_view_t         emb, demb;
+    double                   t0, tc = 0.0;
+
+    TPM_CHECK(forward_pass(z, x, y, 1, dloss_scale, loss_p, &emb, &demb));
+    /* the last block's parameters are still in blk_full: no re-gather for it */
+    for (int l = L - 1; l >= 0; l--) {
+        const tpm_shard_group_t *g = &z->lay.g[l];
+        tpm_group_view_t         p, dp;
+        if (N == 1) {
+            p  = group_view(g, z->param + g->shard_base);
+            dp = group_view(g, z->grad + g->shard_base);
+        } else {
+            if (l != L - 1) {
+                TPM_CHECK(gather_finish(z, l));
+            }
+            if (l > 0) {
+                TPM_CHECK(gather_start(z, l - 1));
+            }
+            p  = group_view(g, z->blk_full);
+            dp = group_view(g, z->blk_gfull);
+            TPM_CHECK(z->be->ops->memzero(z->be, z->blk_gfull, g->full_numel * sizeof(float)));
+        }
+        t0 = tpm_time_now();
+        TPM_CHECK(tpm_model_block_bwd(z->be, &z->cfg, l, &p, &dp, z->acts));
+        tc += tpm_time_now() - t0;
+        if (N > 1) {
+            TPM_CHECK(rs_finish(z));
+            TPM_CHECK(rs_start(z, l));
+        }
+    }
+    t0 = tpm_time_now();
+    TPM_CHECK(tpm_model_embed_bwd(z->be, &z->cfg, &demb, z->acts));
+    tc += tpm_time_now() - t0;
+    z->times.compute_s += tc;
+    if (N > 1) {
+        double tw;
+        TPM_CHECK(rs_finish(z));
+        tpm_shard_pack(ge, N, z->emb_gfull, z->emb_stage);
+        tw = tpm_time_now();
+        TPM_CHECK(tpm_comm_reduce_scatter(z->comm, z->emb_stage, z->rs_recv, ge->shard_numel,
+                                          TPM_DT_FLOAT, TPM_RED_SUM, NULL));
+        z->times.wait_s += tpm_time_now() - tw;
+        TPM_CHECK(z->be->ops->axpy(z->be, z->grad + ge->shard_base, 1.0f, z->rs_recv,
+                                   ge->shard_numel));
+    }
+    return TPM_OK;
+}
+
+tpm_status_t tpm_zero3_grad_norm(tpm_zero3_t *z, double *norm_p)
+{
+    double local = 0.0, total = 0.0;
+
+    TPM_CHECK(z->be->ops->sumsq(z->be, z->grad, z->lay.shard_numel, &local));
+    TPM_CHECK(tpm_comm_all_reduce(z->comm, &local, &total, 1, TPM_DT_DOUBLE, TPM_RED_SUM));
+    *norm_p = total > 0.0 ? sqrt(total) : 0.0;
+    return TPM_OK;
+}
+
+tpm_status_t tpm_zero3_adamw(tpm_zero3_t *z, float lr, float beta1, float beta2, float eps,
+                             float wd, float clip_scale, int t)
+{
+    if (clip_scale != 1.0f) {
+        TPM_CHECK(z->be->ops->scale(z->be, z->grad, clip_scale, z->lay.shard_numel));
+    }
+    for (int gi = 0; gi < z->lay.n_groups; gi++) {
+        const tpm_shard_group_t *g = &z->lay.g[gi];
+        for (int k = 0; k < g->n_tensors; k++) {
+            const tpm_shard_tensor_t *st  = &g->t[k];
+            const size_t              off = g->shard_base + st->shard_off;
+            const size_t              n   = (size_t)st->rows_per_rank * (size_t)st->desc.cols;
+            TPM_CHECK(z->be->ops->adamw(z->be, z->param + off, z->grad + off, z->m + off,
+                                        z->v + off, n, lr, beta1, beta2, eps,
+                                        st->desc.decay ? wd : 0.0f, t));
+        }
+    }
+    return TPM_OK;
+}

@@ -1,0 +1,103 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * zero3.h: the ZeRO-3 engine. Each rank keeps 1/N of every parameter, of its
+ * gradient and of the AdamW moments (fp32), in the layout of shard.h. Around
+ * the model's per-block forward and backward it:
+ *  - all-gathers one whole group (transformer block) at a time into a
+ *    preallocated buffer, prefetching block i+1 (forward) or i-1 (backward)
+ *    with a non-blocking all-gather while block i computes, and releases a
+ *    block by reusing its buffer for the next;
+ *  - reduce-scatters a block's gradients (fp32 sum) as soon as its backward is
+ *    done, overlapped with the next block's backward, and adds them into the
+ *    gradient shard (so gradient accumulation over micro-batches is a sum);
+ *  - runs clipping (one scalar all-reduce) and AdamW on the local shard only.
+ * At N = 1 the full and shard layouts coincide and no buffer or copy is used.
+ * All buffers are allocated in tpm_zero3_create(); nothing is allocated per step.
+ * Every function taking a tpm_zero3_t is collective over its communicator.
+ */
+#ifndef TPM_ZERO3_H
+#define TPM_ZERO3_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "backend/backend.h"
+#include "comm/comm.h"
+#include "core/model.h"
+#include "zero3/shard.h"
+
+typedef struct tpm_zero3_mem {
+    size_t param_bytes;  /* parameter shard */
+    size_t grad_bytes;   /* gradient shard */
+    size_t optim_bytes;  /* AdamW m and v */
+    size_t gather_bytes; /* gather/prefetch and reduce-scatter buffers */
+    size_t act_bytes;    /* activations and their gradients */
+} tpm_zero3_mem_t;
+
+typedef struct tpm_zero3_times {
+    double wait_s;    /* time blocked waiting for collectives (not hidden by compute) */
+    double compute_s; /* time in forward/backward compute */
+} tpm_zero3_times_t;
+
+typedef struct tpm_zero3 {
+    tpm_backend_t     *be;
+    tpm_comm_t        *comm;
+    tpm_model_config_t cfg;
+    tpm_shard_layout_t lay;
+    tpm_acts_t        *acts;
+    int                B, T;
+
+    float *param; /* (shard_numel) this rank's parameters */
+    float *grad;  /* (shard_numel) accumulated gradients */
+    float *m, *v; /* (shard_numel) AdamW moments */
+
+    /* N > 1 only */
+    float         *gather_stage;  /* (max_full_block) all-gather destination, rank-major */
+    float         *blk_full;      /* (max_full_block) current block, full layout */
+    float         *blk_gfull;     /* (max_full_block) current block's gradients, full layout */
+    float         *rs_stage;      /* (max_full_block) gradients packed rank-major for RS */
+    float         *rs_recv;       /* (max block shard) reduce-scatter result */
+    float         *emb_full;      /* embedding group, full layout */
+    float         *emb_gfull;     /* its gradients */
+    float         *emb_stage;     /* its gather / reduce-scatter staging */
+    tpm_comm_req_t gather_req;
+    int            gather_group; /* group in flight in gather_req, -1 none */
+    tpm_comm_req_t rs_req;
+    int            rs_group; /* group in flight in rs_req, -1 none */
+
+    tpm_zero3_mem_t   mem;
+    tpm_zero3_times_t times;
+} tpm_zero3_t;
+
+/** Allocate shards, buffers and activations for micro-batch (B, T). Collective. */
+tpm_status_t tpm_zero3_create(tpm_backend_t *be, tpm_comm_t *comm, const tpm_model_config_t *cfg,
+                              int B, int T, tpm_zero3_t **z_p);
+void tpm_zero3_destroy(tpm_zero3_t *z); /* no-op on NULL */
+
+/** Fill this rank's parameter shard from the counter RNG (same model at any N); zero m, v. */
+tpm_status_t tpm_zero3_init_params(tpm_zero3_t *z, uint64_t seed);
+
+/** Print the layout table (tensor, shape, rows per rank, bytes per rank) on rank 0. */
+void tpm_zero3_print_layout(const tpm_zero3_t *z);
+
+tpm_status_t tpm_zero3_zero_grad(tpm_zero3_t *z);
+
+/**
+ * One micro-batch: forward, loss, backward; gradients of d(dloss_scale * loss)
+ * are added into the gradient shard. x, y are host (B*T) arrays. *loss_p is
+ * this rank's micro-batch loss.
+ */
+tpm_status_t tpm_zero3_fwd_bwd(tpm_zero3_t *z, const int32_t *x, const int32_t *y,
+                               float dloss_scale, float *loss_p);
+
+/** Forward only (evaluation); *loss_p is this rank's mean loss. */
+tpm_status_t tpm_zero3_forward(tpm_zero3_t *z, const int32_t *x, const int32_t *y, float *loss_p);
+
+/** Global L2 norm of the gradient: local sum of squares, one scalar all-reduce. */
+tpm_status_t tpm_zero3_grad_norm(tpm_zero3_t *z, double *norm_p);
+
+/** Scale the gradient shard by @p clip_scale, then AdamW on the local shard (t 1-based). */
+tpm_status_t tpm_zero3_adamw(tpm_zero3_t *z, float lr, float beta1, float beta2, float eps,
+                             float wd, float clip_scale, int t);
+
+#endif /* TPM_ZERO3_H */
