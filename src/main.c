@@ -1,0 +1,133 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * main.c: MPI start-up, configuration agreement and mode dispatch.
+ * Exit codes: 0 success, 1 runtime failure, 2 bad command line or input.
+ */
+#include "config.h"
+
+#include <mpi.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/status.h"
+#include "cli/config.h"
+#include "comm/comm.h"
+#include "data/prepare.h"
+#include "train/train.h"
+
+static void mpi_abort_hook(int code)
+{
+    MPI_Abort(MPI_COMM_WORLD, code);
+}
+
+static tpm_status_t run_prepare(const tpm_config_t *cfg, tpm_comm_t *comm)
+{
+    tpm_status_t status = TPM_OK;
+
+    if (comm->rank == 0) {
+        const char *inputs[TPM_MAX_INPUTS];
+        if (cfg->n_input == 0) {
+            tpm_log_error("--mode=prepare needs input text files (--input=FILE, repeatable)");
+            status = TPM_ERR_INVALID_ARG;
+        } else if (cfg->out[0] == '\0') {
+            tpm_log_error("--mode=prepare needs --out=DIR for the tokenizer and token shards");
+            status = TPM_ERR_INVALID_ARG;
+        } else {
+            for (int i = 0; i < cfg->n_input; i++) {
+                inputs[i] = cfg->input[i];
+            }
+            status = tpm_prepare_run(inputs, cfg->n_input, cfg->out,
+                                     cfg->vocab_size > 0 ? cfg->vocab_size : TPM_BUILTIN_VOCAB,
+                                     cfg->val_fraction);
+        }
+    }
+    return tpm_comm_agree(comm, status);
+}
+
+/* every rank parsed the same argv; make sure the environment did not make them differ */
+static tpm_status_t check_config_agreement(const tpm_config_t *cfg, tpm_comm_t *comm)
+{
+    uint64_t h = tpm_config_hash(cfg), hmin = 0, hmax = 0;
+
+    TPM_CHECK(tpm_comm_all_reduce(comm, &h, &hmin, 1, TPM_DT_INT64, TPM_RED_MIN));
+    TPM_CHECK(tpm_comm_all_reduce(comm, &h, &hmax, 1, TPM_DT_INT64, TPM_RED_MAX));
+    if (hmin != hmax) {
+        tpm_log_error("ranks disagree on the configuration (different TPMPI_* environment "
+                      "variables on different nodes?)");
+        return TPM_ERR_INVALID_ARG;
+    }
+    return TPM_OK;
+}
+
+int main(int argc, char **argv)
+{
+    tpm_config_t    cfg;
+    tpm_comm_t     *comm   = NULL;
+    tpm_status_t    status = TPM_OK;
+    tpm_log_level_t level;
+    int             rank = 0, provided, exit_now = 0, all_ok;
+    FILE           *out  = stdout;
+
+    MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided);
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    tpm_log_set_rank(rank);
+    tpm_set_abort_hook(mpi_abort_hook);
+
+    /* parse on every rank; only rank 0 speaks */
+    if (rank != 0) {
+        tpm_log_set_level((tpm_log_level_t)-1);
+        out = fopen("/dev/null", "w");
+    }
+    tpm_config_defaults(&cfg);
+    status = tpm_config_parse(&cfg, argc, argv, out != NULL ? out : stdout, &exit_now);
+    if (status == TPM_OK && !exit_now) {
+        status = tpm_config_apply_preset(&cfg);
+    }
+    if (out != stdout && out != NULL) {
+        fclose(out);
+    }
+    tpm_log_set_level(TPM_LOG_INFO);
+    if (status == TPM_OK && tpm_log_level_parse(cfg.log_level, &level) == 0) {
+        tpm_log_set_level(level);
+    }
+    {
+        int ok = status == TPM_OK;
+        MPI_Allreduce(&ok, &all_ok, 1, MPI_INT, MPI_LAND, MPI_COMM_WORLD);
+    }
+    if (!all_ok || exit_now) {
+        if (!all_ok && rank == 0) {
+            fprintf(stderr, "try 'tpmpi --help'\n");
+        }
+        MPI_Finalize();
+        return all_ok ? 0 : 2;
+    }
+
+    status = tpm_comm_mpi_create(cfg.debug_collectives, &comm);
+    if (status != TPM_OK) {
+        tpm_fatal(status, "cannot set up the MPI communicator");
+    }
+    TPM_CHECK_GOTO(check_config_agreement(&cfg, comm), status, out);
+
+    switch (cfg.mode) {
+    case TPM_MODE_TRAIN: status = tpm_train_run(&cfg, comm); break;
+    case TPM_MODE_PREPARE: status = run_prepare(&cfg, comm); break;
+    default:
+        tpm_info0("error: --mode=%s is not implemented yet in this version (available: train, "
+                  "prepare)",
+                  tpm_mode_name(cfg.mode));
+        status = TPM_ERR_UNSUPPORTED;
+        break;
+    }
+
+out:
+    tpm_comm_destroy(comm);
+    MPI_Finalize();
+    if (status == TPM_OK) {
+        return 0;
+    }
+    return (status == TPM_ERR_INVALID_ARG || status == TPM_ERR_FORMAT ||
+            status == TPM_ERR_NOT_FOUND || status == TPM_ERR_UNSUPPORTED)
+               ? 2
+               : 1;
+}
