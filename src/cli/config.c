@@ -42,6 +42,9 @@ typedef enum {
     CONFIG_GROUP_DATA,
     CONFIG_GROUP_TRAINING,
     CONFIG_GROUP_LOGGING,
+    CONFIG_GROUP_CKPT,
+    CONFIG_GROUP_COMPRESS,
+    CONFIG_GROUP_SERVE,
     CONFIG_GROUP_COUNT,
 } config_group_t;
 
@@ -82,10 +85,13 @@ typedef struct {
 static const char *const mode_names[]   = {"train", "prepare", "serve", "export", "eval", NULL};
 static const char *const model_names[]  = {"tiny", "small", "gpt2-124m", "gpt2-350m", NULL};
 static const char *const device_names[] = {"cpu", "cuda", NULL};
+static const char *const format_names[] = {"llmc", NULL};
+static const char *const compression_names[] = {"none", "2bit", NULL};
+static const char *const residual_names[]    = {"fp32", "bf16", "none", NULL};
 static const char *const level_names[]  = {"error", "warn", "info", "debug", NULL};
 
 static const char *const group_titles[CONFIG_GROUP_COUNT] = {
-    "General", "Model", "Data", "Training", "Logging",
+    "General", "Model", "Data", "Training", "Logging", "Checkpoints", "Compression", "Serving",
 };
 
 typedef struct {
@@ -200,6 +206,63 @@ static const config_opt_t options[] = {
     {"debug-collectives", "TPMPI_DEBUG_COLLECTIVES", "0", NULL,
      "check that every rank issues the same collectives in the same order (slow)",
      CONFIG_GROUP_LOGGING, CONFIG_TYPE_FLAG, OFF(debug_collectives), 0, 0, 1, 0, 0, 0, NULL},
+
+    /* checkpoints */
+    {"ckpt-dir", "TPMPI_CKPT_DIR", "", "DIR", "train: write checkpoints into DIR (empty = none)",
+     CONFIG_GROUP_CKPT, CONFIG_TYPE_STR, OFF(ckpt_dir), SZ(ckpt_dir), 0, 0, 0, 0, 0, NULL},
+    {"ckpt-every", "TPMPI_CKPT_EVERY", "0", "N", "checkpoint every N steps (0 = only at the end)",
+     CONFIG_GROUP_CKPT, CONFIG_TYPE_I64, OFF(ckpt_every), 0, 0, I64_MAX, 0, 0, 0, NULL},
+    {"keep", "TPMPI_KEEP", "3", "K", "keep the newest K checkpoints",
+     CONFIG_GROUP_CKPT, CONFIG_TYPE_INT, OFF(keep), 0, 1, 1000000, 0, 0, 0, NULL},
+    {"resume", "TPMPI_RESUME", "0", NULL,
+     "resume from the newest complete checkpoint in --ckpt-dir",
+     CONFIG_GROUP_CKPT, CONFIG_TYPE_FLAG, OFF(resume), 0, 0, 1, 0, 0, 0, NULL},
+    {"init-from", "TPMPI_INIT_FROM", "", "FILE",
+     "start from the weights of FILE (a checkpoint, or llmc:FILE for an llm.c model file); "
+     "fresh optimizer",
+     CONFIG_GROUP_CKPT, CONFIG_TYPE_STR, OFF(init_from), SZ(init_from), 0, 0, 0, 0, 0, NULL},
+    {"ckpt", "TPMPI_CKPT", "", "PATH",
+     "serve/export/eval: checkpoint file, or a --ckpt-dir (its latest checkpoint)",
+     CONFIG_GROUP_CKPT, CONFIG_TYPE_STR, OFF(ckpt), SZ(ckpt), 0, 0, 0, 0, 0, NULL},
+    {"format", "TPMPI_FORMAT", "llmc", NULL, "export: output format",
+     CONFIG_GROUP_CKPT, CONFIG_TYPE_CHOICE, OFF(format), SZ(format), 0, 0, 0, 0, 0, format_names},
+
+    /* compression */
+    {"grad-compression", "TPMPI_GRAD_COMPRESSION", "none", NULL,
+     "gradient reduce-scatter: none (fp32) or 2bit (ternary codes + scales, all-to-all)",
+     CONFIG_GROUP_COMPRESS, CONFIG_TYPE_CHOICE, OFF(grad_compression), SZ(grad_compression), 0,
+     0, 0, 0, 0, compression_names},
+    {"compression-residual", "TPMPI_COMPRESSION_RESIDUAL", "fp32", NULL,
+     "error-feedback residual precision (none = unbiased stochastic ternary, no residual)",
+     CONFIG_GROUP_COMPRESS, CONFIG_TYPE_CHOICE, OFF(compression_residual),
+     SZ(compression_residual), 0, 0, 0, 0, 0, residual_names},
+    {"compression-warmup", "TPMPI_COMPRESSION_WARMUP", "0", "K",
+     "first K steps use the uncompressed reduce-scatter",
+     CONFIG_GROUP_COMPRESS, CONFIG_TYPE_INT, OFF(compression_warmup), 0, 0, INT_MAX, 0, 0, 0,
+     NULL},
+    {"compression-block", "TPMPI_COMPRESSION_BLOCK", "256", "B",
+     "values per scale in the 2-bit codec (multiple of 4)",
+     CONFIG_GROUP_COMPRESS, CONFIG_TYPE_INT, OFF(compression_block), 0, 4, 1048576, 0, 0, 0,
+     NULL},
+
+    /* serving */
+    {"host", "TPMPI_HOST", "127.0.0.1", "ADDR", "serve: listen address",
+     CONFIG_GROUP_SERVE, CONFIG_TYPE_STR, OFF(host), SZ(host), 0, 0, 0, 0, 0, NULL},
+    {"port", "TPMPI_PORT", "8080", "N", "serve: TCP port",
+     CONFIG_GROUP_SERVE, CONFIG_TYPE_INT, OFF(port), 0, 1, 65535, 0, 0, 0, NULL},
+    {"api-key", "TPMPI_API_KEY", "", "KEY", "serve: require 'Authorization: Bearer KEY'",
+     CONFIG_GROUP_SERVE, CONFIG_TYPE_STR, OFF(api_key), SZ(api_key), 0, 0, 0, 0, 0, NULL},
+    {"parallel", "TPMPI_PARALLEL", "4", "S", "serve: sequence slots (continuous batching)",
+     CONFIG_GROUP_SERVE, CONFIG_TYPE_INT, OFF(parallel), 0, 1, 4096, 0, 0, 0, NULL},
+    {"ctx-size", "TPMPI_CTX_SIZE", "0", "N", "serve: KV cache tokens per slot (0 = n_ctx)",
+     CONFIG_GROUP_SERVE, CONFIG_TYPE_INT, OFF(ctx_size), 0, 0, 1048576, 0, 0, 0, NULL},
+    {"max-tokens", "TPMPI_MAX_TOKENS", "1024", "N", "serve: largest max_tokens a request may ask",
+     CONFIG_GROUP_SERVE, CONFIG_TYPE_INT, OFF(max_tokens), 0, 1, 1048576, 0, 0, 0, NULL},
+    {"max-queue", "TPMPI_MAX_QUEUE", "64", "N", "serve: waiting requests before 503",
+     CONFIG_GROUP_SERVE, CONFIG_TYPE_INT, OFF(max_queue), 0, 0, 1000000, 0, 0, 0, NULL},
+    {"max-body-bytes", "TPMPI_MAX_BODY_BYTES", "1048576", "N", "serve: request body limit",
+     CONFIG_GROUP_SERVE, CONFIG_TYPE_INT, OFF(max_body_bytes), 0, 64, 1073741824, 0, 0, 0,
+     NULL},
 };
 /* clang-format on */
 

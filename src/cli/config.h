@@ -67,6 +67,31 @@ typedef struct tpm_config {
     char     device[16];            /* cpu | cuda */
     int      debug_collectives;
     char     log_level[16];
+
+    /* checkpoints (train, export, serve) */
+    char    ckpt_dir[TPM_PATH_MAX]; /* train: where checkpoints go ("" = none) */
+    int64_t ckpt_every;             /* steps between checkpoints (0 = only at the end) */
+    int     keep;                   /* newest K checkpoints kept */
+    int     resume;                 /* resume from the newest complete checkpoint in ckpt_dir */
+    char    init_from[TPM_PATH_MAX]; /* weights only: FILE.h5 or llmc:FILE.bin */
+    char    ckpt[TPM_PATH_MAX];      /* serve/export/eval: checkpoint file or directory */
+    char    format[16];              /* export: llmc */
+
+    /* gradient compression */
+    char grad_compression[16];     /* none | 2bit */
+    char compression_residual[16]; /* fp32 | bf16 | none (stochastic, no residual) */
+    int  compression_warmup;       /* first K steps uncompressed */
+    int  compression_block;        /* values per scale */
+
+    /* serving */
+    char host[256];
+    int  port;
+    char api_key[256];
+    int  parallel;        /* sequence slots */
+    int  ctx_size;        /* KV cache length per slot (0 = n_ctx) */
+    int  max_tokens;      /* upper bound for a request's max_tokens */
+    int  max_queue;       /* waiting requests before 503 */
+    int  max_body_bytes;  /* request body limit */
 } tpm_config_t;
 
 /** Fill @p cfg with the built-in defaults. */
