@@ -1,0 +1,134 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * backend.h: the op table every device implements (CPU now, CUDA later).
+ *
+ * All math is fp32 on buffers that belong to the backend's device (pointers
+ * from ops->alloc). The model (src/core) calls only these ops, never BLAS or
+ * CUDA directly. Conventions, as in llm.c:
+ *   B batch, T sequence length, C channels, NH heads, hs = C / NH head size,
+ *   N = B*T rows of activations, V vocabulary, Vp padded vocabulary.
+ * Every *_bwd op ADDS (+=) into its gradient outputs; the caller zeroes them.
+ * Dispatchers are the static inline tpm_be_*() wrappers below.
+ *
+ * Attention layout. qkv is (B, T, 3C) grouped by head: for head h the columns
+ * [h*3*hs, h*3*hs + hs) are q, the next hs are k, the next hs are v. This is the
+ * row order of the QKV weight (ARCHITECTURE.md §3), so a tensor-parallel rank
+ * that owns heads [h0, h1) holds a contiguous slice of it.
+ */
+#ifndef TPM_BACKEND_H
+#define TPM_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "base/status.h"
+
+typedef enum {
+    TPM_COPY_H2D = 0,
+    TPM_COPY_D2H = 1,
+    TPM_COPY_D2D = 2,
+} tpm_copy_kind_t;
+
+typedef struct tpm_backend tpm_backend_t;
+
+typedef struct tpm_backend_ops {
+    const char *name;
+
+    /* memory */
+    tpm_status_t (*alloc)(tpm_backend_t *be, size_t nbytes, void **ptr_p);
+    void (*free)(tpm_backend_t *be, void *ptr); /* no-op on NULL */
+    tpm_status_t (*memzero)(tpm_backend_t *be, void *ptr, size_t nbytes);
+    tpm_status_t (*copy)(tpm_backend_t *be, void *dst, const void *src, size_t nbytes,
+                         tpm_copy_kind_t kind);
+    tpm_status_t (*sync)(tpm_backend_t *be);
+
+    /* out (B,T,C) = wte[tokens] + wpe[t]; tokens (B,T) in [0, Vp) */
+    tpm_status_t (*encoder_fwd)(tpm_backend_t *be, float *out, const int32_t *tokens,
+                                const float *wte, const float *wpe, int B, int T, int C);
+    /* dwte[tokens] += dout, dwpe[t] += dout (deterministic: no atomics) */
+    tpm_status_t (*encoder_bwd)(tpm_backend_t *be, float *dwte, float *dwpe, const float *dout,
+                                const int32_t *tokens, int B, int T, int C);
+
+    /* out (N,C) = (inp - mean) * rstd * w + b; mean, rstd (N) saved for backward; eps 1e-5 */
+    tpm_status_t (*layernorm_fwd)(tpm_backend_t *be, float *out, float *mean, float *rstd,
+                                  const float *inp, const float *w, const float *b, int N, int C);
+    tpm_status_t (*layernorm_bwd)(tpm_backend_t *be, float *dinp, float *dw, float *db,
+                                  const float *dout, const float *inp, const float *w,
+                                  const float *mean, const float *rstd, int N, int C);
+
+    /*
+     * out (N,OC) = inp (N,IC) x W + bias (bias may be NULL).
+     * w_trans = 0: w is (OC, IC) row-major, out = inp @ w^T (column-parallel storage);
+     * w_trans = 1: w is (IC, OC) row-major, out = inp @ w   (row-parallel, stored transposed).
+     * out is overwritten.
+     */
+    tpm_status_t (*matmul_fwd)(tpm_backend_t *be, float *out, const float *inp, const float *w,
+                               const float *bias, int N, int IC, int OC, int w_trans);
+    /* dinp += dout @ W^T-ish, dw += ..., dbias += colsum(dout); any of dinp/dw/dbias may be NULL */
+    tpm_status_t (*matmul_bwd)(tpm_backend_t *be, float *dinp, float *dw, float *dbias,
+                               const float *dout, const float *inp, const float *w, int N, int IC,
+                               int OC, int w_trans);
+
+    /*
+     * Causal multi-head attention, softmax scale 1/sqrt(hs).
+     * out (B,T,C) (head h at columns [h*hs, (h+1)*hs)), lse (B,NH,T) log-sum-exp of each
+     * score row, kept for the backward pass. Memory-efficient: no (B,NH,T,T) tensor is kept.
+     */
+    tpm_status_t (*attention_fwd)(tpm_backend_t *be, float *out, float *lse, const float *qkv,
+                                  int B, int T, int C, int NH);
+    /* dqkv (B,T,3C) += gradient, recomputing probabilities from qkv and lse */
+    tpm_status_t (*attention_bwd)(tpm_backend_t *be, float *dqkv, const float *dout,
+                                  const float *qkv, const float *out, const float *lse, int B,
+                                  int T, int C, int NH);
+
+    /* GELU, tanh approximation (GPT-2) */
+    tpm_status_t (*gelu_fwd)(tpm_backend_t *be, float *out, const float *inp, size_t n);
+    tpm_status_t (*gelu_bwd)(tpm_backend_t *be, float *dinp, const float *inp, const float *dout,
+                             size_t n);
+
+    /* out = a + b (out may alias a) */
+    tpm_status_t (*add)(tpm_backend_t *be, float *out, const float *a, const float *b, size_t n);
+    /* y += alpha * x */
+    tpm_status_t (*axpy)(tpm_backend_t *be, float *y, float alpha, const float *x, size_t n);
+    /* x *= alpha */
+    tpm_status_t (*scale)(tpm_backend_t *be, float *x, float alpha, size_t n);
+    /* *sumsq_p = sum x^2, accumulated in double (host scalar out) */
+    tpm_status_t (*sumsq)(tpm_backend_t *be, const float *x, size_t n, double *sumsq_p);
+
+    /*
+     * Fused softmax + cross-entropy over the first V of Vp logit columns.
+     * logits (N, Vp); targets (N) in [0, V), or -1 for "no loss at this position".
+     * losses (N): -log softmax(logits)[target] (0 where target is -1).
+     * If dlogits is not NULL: dlogits (N, Vp) = dloss * (softmax - onehot) for columns < V,
+     * 0 for padded columns and ignored rows; dlogits may alias logits (in place).
+     */
+    tpm_status_t (*xent_fwd_bwd)(tpm_backend_t *be, float *losses, float *dlogits,
+                                 const float *logits, const int32_t *targets, int N, int V,
+                                 int Vp, float dloss);
+
+    /*
+     * AdamW on n elements, in place on param, m, v. t is the 1-based step for bias
+     * correction. Decoupled decay: param -= lr * (mhat / (sqrt(vhat) + eps) + wd * param).
+     */
+    tpm_status_t (*adamw)(tpm_backend_t *be, float *param, const float *grad, float *m, float *v,
+                          size_t n, float lr, float beta1, float beta2, float eps, float wd, int t);
+} tpm_backend_ops_t;
+
+struct tpm_backend {
+    const tpm_backend_ops_t *ops;
+    int                      n_threads; /* CPU: OpenMP/OpenBLAS threads */
+    void                    *priv;      /* implementation state (optional) */
+};
+
+/** The CPU backend (OpenBLAS sgemm + OpenMP); the numerical reference. */
+extern const tpm_backend_ops_t tpm_backend_cpu_ops;
+
+/**
+ * Create the backend called @p name ("cpu"; "cuda" when built with it), using
+ * @p n_threads threads (0: leave the runtime default). Caller owns *be_p.
+ */
+tpm_status_t tpm_backend_create(const char *name, int n_threads, tpm_backend_t **be_p);
+/** No-op on NULL. */
+void tpm_backend_destroy(tpm_backend_t *be);
+
+#endif /* TPM_BACKEND_H */
