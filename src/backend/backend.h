@@ -107,6 +107,20 @@ typedef struct tpm_backend_ops {
                                  int Vp, float dloss);
 
     /*
+     * Attention with a KV cache (serving: prefill and decode in one op).
+     * qkv (N, 3C) head-grouped as above, for N tokens of possibly different sequences;
+     * token i belongs to cache slot slot[i] at position pos[i] (0-based, < ctx).
+     * kcache, vcache: (n_slots, ctx, C), head h at columns [h*hs, (h+1)*hs).
+     * First the k and v of every token are written to their cache rows; then each
+     * token's q attends causally over its slot's rows [0, pos[i]] (so a prompt
+     * given in one call attends to itself). out (N, C). Tokens of one slot must
+     * have distinct positions. C and NH are the local (tensor-parallel) sizes.
+     */
+    tpm_status_t (*attention_kv)(tpm_backend_t *be, float *out, const float *qkv, float *kcache,
+                                 float *vcache, const int32_t *slot, const int32_t *pos, int N,
+                                 int C, int NH, int ctx);
+
+    /*
      * AdamW on n elements, in place on param, m, v. t is the 1-based step for bias
      * correction. Decoupled decay: param -= lr * (mhat / (sqrt(vhat) + eps) + wd * param).
      */

@@ -1,0 +1,80 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * serve.h: the contract between the HTTP front-end (rank 0 threads) and the
+ * tensor-parallel engine (every rank's main thread, in lockstep).
+ *
+ * The front-end turns an HTTP request into a tpm_serve_job_t (token ids and
+ * sampling parameters) and submits it to the queue; the engine loop takes jobs
+ * from the queue at every iteration (continuous batching), broadcasts a small
+ * batch descriptor to all ranks, runs one forward pass, samples on rank 0, and
+ * reports each new token and the end of each job through the job's callbacks,
+ * which the front-end uses to answer or stream. Ownership: the front-end owns a
+ * job; after submit the engine borrows it until it has called on_done exactly
+ * once; the front-end frees it after on_done (or after a failed submit).
+ */
+#ifndef TPM_SERVE_H
+#define TPM_SERVE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "base/status.h"
+
+#define TPM_SERVE_MAX_STOP 4
+
+typedef enum {
+    TPM_FINISH_LENGTH = 0, /* max_tokens reached (or the context is full) */
+    TPM_FINISH_STOP,       /* end-of-text token or a stop string */
+    TPM_FINISH_CANCELLED,  /* client went away / cancelled */
+    TPM_FINISH_ERROR,      /* engine failure */
+} tpm_finish_t;
+
+typedef struct tpm_serve_job tpm_serve_job_t;
+
+struct tpm_serve_job {
+    /* input, set by the front-end before submit */
+    int32_t *prompt; /* (n_prompt) token ids, owned by the job */
+    int      n_prompt;
+    int      max_tokens;
+    float    temperature; /* 0 = greedy */
+    int      top_k;       /* 0 = off */
+    float    top_p;       /* 1 = off */
+    uint64_t seed;
+    char    *stop[TPM_SERVE_MAX_STOP]; /* stop strings (NULL-terminated list), owned by the job */
+    int      logprobs;                 /* reserved */
+
+    /* called by the engine thread (rank 0); must be quick and must not block */
+    void (*on_token)(tpm_serve_job_t *job, int32_t token, const char *text, size_t text_len);
+    void (*on_done)(tpm_serve_job_t *job, tpm_finish_t finish);
+    void *user; /* front-end state */
+
+    /* set by the front-end at any time (e.g. client disconnect): the engine drops the job */
+    volatile int cancel;
+
+    /* engine results, valid in on_done */
+    int    n_generated;
+    double t_submit, t_first_token, t_done; /* tpm_time_now() stamps */
+};
+
+typedef struct tpm_serve_queue tpm_serve_queue_t;
+
+/** A bounded, thread-safe FIFO of jobs (capacity = --max-queue waiting jobs). */
+tpm_status_t tpm_serve_queue_create(int capacity, tpm_serve_queue_t **q_p);
+void tpm_serve_queue_destroy(tpm_serve_queue_t *q); /* no-op on NULL */
+/** TPM_ERR_OVERFLOW when full (the front-end answers 503), TPM_OK otherwise. */
+tpm_status_t tpm_serve_queue_push(tpm_serve_queue_t *q, tpm_serve_job_t *job);
+/** Non-blocking pop; NULL when empty. */
+tpm_serve_job_t *tpm_serve_queue_pop(tpm_serve_queue_t *q);
+int tpm_serve_queue_len(tpm_serve_queue_t *q);
+
+/** Live counters the engine keeps for /metrics (read by the front-end without locks). */
+typedef struct tpm_serve_stats {
+    volatile int      running; /* sequences in the batch */
+    volatile int      waiting; /* jobs in the queue */
+    volatile uint64_t prompt_tokens;
+    volatile uint64_t generated_tokens;
+    volatile int      ready; /* weights loaded: /health answers 200 */
+    volatile int      stop;  /* set on SIGTERM: the engine loop finishes and all ranks exit */
+} tpm_serve_stats_t;
+
+#endif /* TPM_SERVE_H */
