@@ -195,5 +195,8 @@ tpm_status_t tpm_comm_agree(tpm_comm_t *c, tpm_status_t local)
     if (all_ok) {
         return TPM_OK;
     }
+    if (local == TPM_OK && c->rank == 0) {
+        tpm_log_error("stopping: another rank failed (its message is above)");
+    }
     return local != TPM_OK ? local : TPM_ERR_REMOTE;
 }
