@@ -145,6 +145,25 @@ tpm_status_t tpm_comm_all_to_all_at(tpm_comm_t *c, const void *send, void *recv,
     return c->ops->all_to_all(c, send, recv, count, dt, req);
 }
 
+tpm_status_t tpm_comm_all_to_allv_at(tpm_comm_t *c, const void *send, const size_t *send_counts,
+                                     const size_t *send_displs, void *recv,
+                                     const size_t *recv_counts, const size_t *recv_displs,
+                                     tpm_dtype_t dt, const char *file, int line)
+{
+    size_t out = 0;
+
+    for (int r = 0; r < c->size; r++) {
+        out += r == c->rank ? 0 : send_counts[r];
+    }
+    /* the debug check compares the kind only: counts legitimately differ per rank */
+    debug_check(c, TPM_COLL_ALLTOALL, 0, file, line);
+    c->seq++;
+    c->stats.calls[TPM_COLL_ALLTOALL]++;
+    c->stats.bytes[TPM_COLL_ALLTOALL] += out * tpm_dtype_size(dt);
+    return c->ops->all_to_allv(c, send, send_counts, send_displs, recv, recv_counts, recv_displs,
+                               dt);
+}
+
 tpm_status_t tpm_comm_all_reduce_at(tpm_comm_t *c, const void *send, void *recv, size_t count,
                                     tpm_dtype_t dt, tpm_redop_t op, const char *file, int line)
 {

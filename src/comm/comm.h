@@ -71,6 +71,10 @@ typedef struct tpm_comm_ops {
     /* chunk i of send (count each) goes to rank i; chunk j of recv came from rank j */
     tpm_status_t (*all_to_all)(tpm_comm_t *c, const void *send, void *recv, size_t count,
                                tpm_dtype_t dt, tpm_comm_req_t *req);
+    /* variable chunks: counts/displs per rank, in elements (blocking) */
+    tpm_status_t (*all_to_allv)(tpm_comm_t *c, const void *send, const size_t *send_counts,
+                                const size_t *send_displs, void *recv, const size_t *recv_counts,
+                                const size_t *recv_displs, tpm_dtype_t dt);
     /* send == recv allowed (in place) */
     tpm_status_t (*all_reduce)(tpm_comm_t *c, const void *send, void *recv, size_t count,
                                tpm_dtype_t dt, tpm_redop_t op);
@@ -114,6 +118,10 @@ tpm_status_t tpm_comm_reduce_scatter_at(tpm_comm_t *c, const void *send, void *r
 tpm_status_t tpm_comm_all_to_all_at(tpm_comm_t *c, const void *send, void *recv, size_t count,
                                     tpm_dtype_t dt, tpm_comm_req_t *req, const char *file,
                                     int line);
+tpm_status_t tpm_comm_all_to_allv_at(tpm_comm_t *c, const void *send, const size_t *send_counts,
+                                     const size_t *send_displs, void *recv,
+                                     const size_t *recv_counts, const size_t *recv_displs,
+                                     tpm_dtype_t dt, const char *file, int line);
 tpm_status_t tpm_comm_all_reduce_at(tpm_comm_t *c, const void *send, void *recv, size_t count,
                                     tpm_dtype_t dt, tpm_redop_t op, const char *file, int line);
 tpm_status_t tpm_comm_bcast_at(tpm_comm_t *c, void *buf, size_t count, tpm_dtype_t dt, int root,
@@ -137,6 +145,9 @@ tpm_status_t tpm_comm_agree(tpm_comm_t *c, tpm_status_t local);
     tpm_comm_reduce_scatter_at((_c), (_s), (_r), (_n), (_dt), (_op), (_req), __FILE__, __LINE__)
 #define tpm_comm_all_to_all(_c, _s, _r, _n, _dt, _req)                                             \
     tpm_comm_all_to_all_at((_c), (_s), (_r), (_n), (_dt), (_req), __FILE__, __LINE__)
+#define tpm_comm_all_to_allv(_c, _s, _sc, _sd, _r, _rc, _rd, _dt)                                  \
+    tpm_comm_all_to_allv_at((_c), (_s), (_sc), (_sd), (_r), (_rc), (_rd), (_dt), __FILE__,         \
+                            __LINE__)
 #define tpm_comm_all_reduce(_c, _s, _r, _n, _dt, _op)                                              \
     tpm_comm_all_reduce_at((_c), (_s), (_r), (_n), (_dt), (_op), __FILE__, __LINE__)
 #define tpm_comm_bcast(_c, _b, _n, _dt, _root)                                                     \

@@ -6,6 +6,7 @@
  */
 #include "comm/comm.h"
 
+#include <limits.h>
 #include <mpi.h>
 #include <stdlib.h>
 #include <string.h>
@@ -118,6 +119,34 @@ static tpm_status_t mpi_all_to_all(tpm_comm_t *c, const void *send, void *recv, 
     return TPM_OK;
 }
 
+static tpm_status_t mpi_all_to_allv(tpm_comm_t *c, const void *send, const size_t *send_counts,
+                                    const size_t *send_displs, void *recv,
+                                    const size_t *recv_counts, const size_t *recv_displs,
+                                    tpm_dtype_t dt)
+{
+    const int    n = c->size;
+    int         *ibuf;
+    tpm_status_t status;
+
+    TPM_CHECK(tpm_malloc(4 * (size_t)n * sizeof(int), (void **)&ibuf));
+    for (int r = 0; r < n; r++) {
+        if (send_counts[r] > INT_MAX || send_displs[r] > INT_MAX || recv_counts[r] > INT_MAX ||
+            recv_displs[r] > INT_MAX) {
+            tpm_log_error("all_to_allv: counts or displacements exceed MPI's int range");
+            tpm_free(ibuf);
+            return TPM_ERR_OVERFLOW;
+        }
+        ibuf[r]         = (int)send_counts[r];
+        ibuf[n + r]     = (int)send_displs[r];
+        ibuf[2 * n + r] = (int)recv_counts[r];
+        ibuf[3 * n + r] = (int)recv_displs[r];
+    }
+    status = TPM_MPI_CALL(MPI_Alltoallv(send, ibuf, ibuf + n, mpi_dtype(dt), recv, ibuf + 2 * n,
+                                        ibuf + 3 * n, mpi_dtype(dt), comm_of(c)));
+    tpm_free(ibuf);
+    return status;
+}
+
 static tpm_status_t mpi_all_reduce(tpm_comm_t *c, const void *send, void *recv, size_t count,
                                    tpm_dtype_t dt, tpm_redop_t op)
 {
@@ -173,6 +202,7 @@ static const tpm_comm_ops_t comm_mpi_ops = {
     .all_gather     = mpi_all_gather,
     .reduce_scatter = mpi_reduce_scatter,
     .all_to_all     = mpi_all_to_all,
+    .all_to_allv    = mpi_all_to_allv,
     .all_reduce     = mpi_all_reduce,
     .bcast          = mpi_bcast,
     .barrier        = mpi_barrier,

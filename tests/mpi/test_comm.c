@@ -110,6 +110,32 @@ int main(int argc, char **argv)
     }
     check(c, ok, "all_to_all");
 
+    /* all-to-allv: rank r sends j+1 values r*100+j to rank j */
+    {
+        size_t sc[64], sd[64], rc[64], rd[64], off = 0, roff = 0;
+        if (N <= 64) {
+            for (int j = 0; j < N; j++) {
+                sc[j] = (size_t)j + 1;
+                sd[j] = off;
+                for (size_t i = 0; i < sc[j]; i++) {
+                    send[off + i] = (float)(r * 100 + j);
+                }
+                off += sc[j];
+                rc[j] = (size_t)r + 1;
+                rd[j] = roff;
+                roff += rc[j];
+            }
+            tpm_comm_all_to_allv(c, send, sc, sd, recv, rc, rd, TPM_DT_FLOAT);
+            ok = 1;
+            for (int j = 0; j < N; j++) {
+                for (size_t i = 0; i < rc[j]; i++) {
+                    ok &= recv[rd[j] + i] == (float)(j * 100 + r);
+                }
+            }
+            check(c, ok, "all_to_allv");
+        }
+    }
+
     /* all-reduce in place, double and int */
     {
         double d = r + 0.5, dsum = 0;
