@@ -11,9 +11,12 @@
 #include <string.h>
 
 #include "base/status.h"
+#include "ckpt/ckpt.h"
+#include "ckpt/ckpt_llmc.h"
 #include "cli/config.h"
 #include "comm/comm.h"
 #include "data/prepare.h"
+#include "serve/engine.h"
 #include "train/train.h"
 
 static void mpi_abort_hook(int code)
@@ -43,6 +46,32 @@ static tpm_status_t run_prepare(const tpm_config_t *cfg, tpm_comm_t *comm)
         }
     }
     return tpm_comm_agree(comm, status);
+}
+
+/* --mode=export: a checkpoint (file, or a --ckpt-dir's latest) to an llm.c model file */
+static tpm_status_t run_export(const tpm_config_t *cfg, tpm_comm_t *comm)
+{
+    char         path[TPM_PATH_MAX];
+    tpm_status_t status = TPM_OK;
+
+    if (cfg->ckpt[0] == '\0') {
+        tpm_info0("error: --mode=export needs --ckpt=FILE (a checkpoint, or a checkpoint "
+                  "directory)");
+        status = TPM_ERR_INVALID_ARG;
+    } else if (cfg->out[0] == '\0') {
+        tpm_info0("error: --mode=export needs --out=FILE for the %s model file", cfg->format);
+        status = TPM_ERR_INVALID_ARG;
+    } else if (strcmp(cfg->format, "llmc") != 0) {
+        tpm_info0("error: --format=%s cannot be exported (available: llmc)", cfg->format);
+        status = TPM_ERR_UNSUPPORTED;
+    }
+    TPM_CHECK(tpm_ckpt_agree(comm, status));
+    if (comm->rank == 0) {
+        status = tpm_ckpt_resolve(cfg->ckpt, path, sizeof(path));
+    }
+    TPM_CHECK(tpm_ckpt_agree(comm, status));
+    TPM_CHECK(tpm_comm_bcast(comm, path, sizeof(path), TPM_DT_BYTE, 0));
+    return tpm_ckpt_export_llmc(comm, path, cfg->out);
 }
 
 /* every rank parsed the same argv; make sure the environment did not make them differ */
@@ -103,18 +132,25 @@ int main(int argc, char **argv)
         return all_ok ? 0 : 2;
     }
 
-    status = tpm_comm_mpi_create(cfg.debug_collectives, &comm);
-    if (status != TPM_OK) {
-        tpm_fatal(status, "cannot set up the MPI communicator");
+    if (strcmp(cfg.device, "cuda") == 0) {
+        /* device buffers: NCCL; its failures (no GPU) are agreed on, so exiting is clean */
+        TPM_CHECK_GOTO(tpm_comm_nccl_create(cfg.debug_collectives, &comm), status, out);
+    } else {
+        status = tpm_comm_mpi_create(cfg.debug_collectives, &comm);
+        if (status != TPM_OK) {
+            tpm_fatal(status, "cannot set up the MPI communicator");
+        }
     }
     TPM_CHECK_GOTO(check_config_agreement(&cfg, comm), status, out);
 
     switch (cfg.mode) {
     case TPM_MODE_TRAIN: status = tpm_train_run(&cfg, comm); break;
     case TPM_MODE_PREPARE: status = run_prepare(&cfg, comm); break;
+    case TPM_MODE_EXPORT: status = run_export(&cfg, comm); break;
+    case TPM_MODE_SERVE: status = tpm_serve_run(&cfg, comm); break;
     default:
         tpm_info0("error: --mode=%s is not implemented yet in this version (available: train, "
-                  "prepare)",
+                  "prepare, export, serve)",
                   tpm_mode_name(cfg.mode));
         status = TPM_ERR_UNSUPPORTED;
         break;

@@ -29,14 +29,19 @@ typedef struct tpm_ckpt_meta {
     tpm_model_config_t model;
     int64_t            step;        /* optimizer steps done */
     int64_t            tokens_seen; /* training tokens consumed */
-    uint64_t           seed;        /* data order and init seed (counter RNG: the whole RNG state) */
-    int                world_size;  /* ranks that wrote the file (informational) */
+    uint64_t           seed;       /* data order and init seed (counter RNG: the whole RNG state) */
+    int                world_size; /* ranks that wrote the file (informational) */
     const char        *config_json; /* resolved configuration (borrowed on save, owned on load) */
     const void        *tokenizer;   /* serialized tokenizer (borrowed on save, owned on load) */
     size_t             tokenizer_len;
+    /* the run that wrote the file (resume compares them; 0 when unknown) */
+    int    batch;      /* micro-batch per rank */
+    int    grad_accum; /* micro-batches per rank per step */
+    int    seq_len;    /* training sequence length T */
+    double lr;         /* learning rate of the last step taken (schedule position = step) */
 } tpm_ckpt_meta_t;
 
-/** Free what tpm_ckpt_load / tpm_ckpt_read_meta allocated inside @p meta. */
+/** Free what tpm_ckpt_load allocated inside @p meta (config_json, tokenizer); no-op on NULL. */
 void tpm_ckpt_meta_cleanup(tpm_ckpt_meta_t *meta);
 
 /**
@@ -70,9 +75,45 @@ const tpm_ckpt_meta_t *tpm_ckpt_meta(const tpm_ckpt_t *ck);
  */
 tpm_status_t tpm_ckpt_read_rows(tpm_ckpt_t *ck, const char *name, int64_t row0, int64_t nrows,
                                 float *buf);
-void tpm_ckpt_close(tpm_ckpt_t *ck); /* collective; no-op on NULL */
+void         tpm_ckpt_close(tpm_ckpt_t *ck); /* collective; no-op on NULL */
 
 /** Resolve a --ckpt argument: a file, or a directory (its "latest" pointer). */
 tpm_status_t tpm_ckpt_resolve(const char *path_or_dir, char *buf, size_t cap);
+
+/* ---- checkpoint directories (ckpt_dir.c; plain POSIX, not collective) --------------------- */
+
+/** "DIR/ckpt_<step, 8 digits>.h5" into @p buf; TPM_ERR_OVERFLOW if it does not fit. */
+tpm_status_t tpm_ckpt_path(const char *dir, int64_t step, char *buf, size_t cap);
+
+/**
+ * The newest complete checkpoint of @p dir: the file "latest" names, or (no or a dangling
+ * pointer) the highest-step ckpt_*.h5. Temporaries (*.tmp) never count. TPM_ERR_NOT_FOUND
+ * (no message: the caller knows why it asked) when there is none.
+ */
+tpm_status_t tpm_ckpt_find_latest(const char *dir, char *buf, size_t cap);
+
+/**
+ * After @p path (inside @p dir) is complete: point DIR/latest at it atomically (temporary
+ * file, fsync, rename, fsync of the directory), then delete all but the newest @p keep
+ * checkpoints and any stale temporaries. Call on one rank only, between collectives.
+ */
+tpm_status_t tpm_ckpt_commit(const char *dir, const char *path, int keep);
+
+/**
+ * Agree on a local status so that every rank returns the same one: TPM_OK when all passed,
+ * else the lowest failing code (tpm_comm_agree would give the others TPM_ERR_REMOTE, and a
+ * different exit status). For local steps only (no HDF5 state involved). Collective.
+ */
+tpm_status_t tpm_ckpt_agree(tpm_comm_t *comm, tpm_status_t local);
+
+/* ---- integrity ----------------------------------------------------------------------------- */
+
+/**
+ * Hash of one row (docs/CHECKPOINT.md, "Checksums"): 4-lane multiply-rotate over the row's
+ * little-endian 32-bit words (a partial last word is zero-padded), keyed by the row index.
+ * A dataset's checksum is the sum (mod 2^64) of the hashes of its rows, so it can be
+ * computed from any split of the rows over ranks and combined with one all-reduce.
+ */
+uint64_t tpm_ckpt_row_hash(uint64_t row, const void *data, size_t nbytes);
 
 #endif /* TPM_CKPT_H */

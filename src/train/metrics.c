@@ -6,13 +6,13 @@
 #include <stdarg.h>
 #include <string.h>
 
-tpm_status_t tpm_metrics_open(tpm_metrics_t *m, const char *path)
+tpm_status_t tpm_metrics_open(tpm_metrics_t *m, const char *path, int append)
 {
     m->f = NULL;
     if (path == NULL || path[0] == '\0') {
         return TPM_OK;
     }
-    m->f = fopen(path, "w");
+    m->f = fopen(path, append ? "a" : "w");
     if (m->f == NULL) {
         tpm_log_error("cannot open metrics file %s: %s", path, strerror(errno));
         return TPM_ERR_IO;

@@ -15,8 +15,11 @@ typedef struct tpm_metrics {
     FILE *f; /* NULL: metrics off */
 } tpm_metrics_t;
 
-/** Open (truncate) @p path; an empty path turns metrics off. */
-tpm_status_t tpm_metrics_open(tpm_metrics_t *m, const char *path);
+/**
+ * Open @p path, truncating it, or appending when @p append (a resumed run keeps the
+ * records of the run it continues); an empty path turns metrics off.
+ */
+tpm_status_t tpm_metrics_open(tpm_metrics_t *m, const char *path, int append);
 /** Write one line (a complete JSON object, built by the caller) and flush it. */
 void tpm_metrics_line(tpm_metrics_t *m, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void tpm_metrics_close(tpm_metrics_t *m);

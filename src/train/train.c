@@ -5,12 +5,19 @@
  * depends only on the global batch N*A, never on how it is split across ranks
  * (the ZeRO-3 equivalence test relies on this). Every failure that one rank
  * can hit alone (files, memory) is agreed on before anyone proceeds.
+ *
+ * Checkpoints (docs/CHECKPOINT.md): the whole training state is the parameter
+ * and AdamW shards plus the step, because the data order and every random draw
+ * are functions of (seed, step). SIGTERM / SIGUSR1 only set a flag; the ranks
+ * agree on it once per step (one int all-reduce, MAX), then checkpoint and stop.
  */
 #include "train/train.h"
 
 #include <errno.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -18,6 +25,8 @@
 #include "backend/backend.h"
 #include "base/mem.h"
 #include "base/timer.h"
+#include "ckpt/ckpt.h"
+#include "ckpt/ckpt_llmc.h"
 #include "data/loader.h"
 #include "data/prepare.h"
 #include "data/tokenizer.h"
@@ -44,6 +53,8 @@ double tpm_train_lr(const tpm_config_t *cfg, int64_t step)
 typedef struct {
     char         dir[TPM_PATH_MAX];
     int          vocab; /* from tokenizer.bin, 0 if the folder has none */
+    void        *tok_bytes; /* serialized tokenizer for checkpoints (NULL: none) */
+    size_t       tok_len;
     tpm_tokens_t train;
     tpm_tokens_t val;
 } data_t;
@@ -88,6 +99,7 @@ static tpm_status_t data_load(const tpm_config_t *cfg, tpm_comm_t *comm, data_t 
         status = tpm_tokenizer_load(path, &tok);
         if (status == TPM_OK) {
             d->vocab = tpm_tokenizer_vocab_size(tok);
+            status   = tpm_tokenizer_to_bytes(tok, &d->tok_bytes, &d->tok_len);
             tpm_tokenizer_destroy(tok);
         }
     }
@@ -110,6 +122,8 @@ static tpm_status_t data_load(const tpm_config_t *cfg, tpm_comm_t *comm, data_t 
 
 static void data_cleanup(data_t *d)
 {
+    tpm_free(d->tok_bytes);
+    d->tok_bytes = NULL;
     tpm_tokens_cleanup(&d->train);
     tpm_tokens_cleanup(&d->val);
 }
@@ -234,7 +248,7 @@ static tpm_status_t open_outputs(const tpm_config_t *cfg, tpm_comm_t *comm, tpm_
             }
         }
         if (status == TPM_OK) {
-            status = tpm_metrics_open(m, mpath);
+            status = tpm_metrics_open(m, mpath, cfg->resume);
         }
     }
     return tpm_comm_agree(comm, status);
@@ -249,6 +263,225 @@ static void report_memory(tpm_zero3_t *z)
               "gather buffers %.1f MiB, activations %.1f MiB",
               mm->param_bytes / mib, mm->grad_bytes / mib, mm->optim_bytes / mib,
               mm->gather_bytes / mib, mm->act_bytes / mib);
+    if (z->copts.enabled) {
+        tpm_info0("2-bit compression per rank: residual %.1f MiB (does not shrink with the rank "
+                  "count), all-to-all buffers %.1f MiB",
+                  mm->residual_bytes / mib, mm->compress_buf_bytes / mib);
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* checkpoints and stop signals */
+
+static volatile sig_atomic_t stop_signal;
+
+static void on_stop_signal(int sig)
+{
+    stop_signal = sig;
+}
+
+/* SIGTERM and SIGUSR1 (Slurm's warning before the time limit) ask for checkpoint-and-exit */
+static void stop_handlers_install(struct sigaction *old_term, struct sigaction *old_usr1)
+{
+    struct sigaction sa;
+
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;
+    stop_signal = 0;
+    sigaction(SIGTERM, &sa, old_term);
+    sigaction(SIGUSR1, &sa, old_usr1);
+}
+
+static void stop_handlers_restore(const struct sigaction *old_term,
+                                  const struct sigaction *old_usr1)
+{
+    sigaction(SIGTERM, old_term, NULL);
+    sigaction(SIGUSR1, old_usr1, NULL);
+}
+
+static tpm_status_t mkdir_p(const char *dir)
+{
+    char path[TPM_PATH_MAX];
+
+    snprintf(path, sizeof(path), "%s", dir);
+    for (char *p = path + 1;; p++) {
+        if (*p == '/' || *p == '\0') {
+            char c = *p;
+            *p     = '\0';
+            if (mkdir(path, 0755) != 0 && errno != EEXIST) {
+                tpm_log_error("cannot create directory %s: %s", path, strerror(errno));
+                return TPM_ERR_IO;
+            }
+            *p = c;
+            if (c == '\0') {
+                return TPM_OK;
+            }
+        }
+    }
+}
+
+/* the resolved configuration as a JSON string, secrets blanked; caller frees with free() */
+static char *config_json(const tpm_config_t *cfg)
+{
+    char         *buf = NULL;
+    size_t        len = 0;
+    FILE         *f;
+    tpm_config_t *copy;
+
+    /* checkpoints get copied around: the serving API key must not travel with them */
+    if (tpm_malloc(sizeof(*copy), (void **)&copy) != TPM_OK) {
+        return NULL;
+    }
+    memcpy(copy, cfg, sizeof(*copy));
+    memset(copy->api_key, 0, sizeof(copy->api_key));
+    f = open_memstream(&buf, &len);
+    if (f != NULL) {
+        tpm_config_dump_json(copy, f);
+        if (fclose(f) != 0) {
+            free(buf);
+            buf = NULL;
+        }
+    }
+    tpm_free(copy);
+    return buf;
+}
+
+typedef struct {
+    int64_t step;        /* optimizer steps done */
+    int64_t tokens_seen; /* training tokens consumed, over every run */
+    int64_t last_saved;  /* step of the newest checkpoint of DIR (-1: none yet) */
+    char   *json;        /* resolved configuration (free()) */
+} run_state_t;
+
+/* write DIR/ckpt_<step>.h5, then (rank 0) move DIR/latest and prune; collective, agreed */
+static tpm_status_t ckpt_write(const tpm_config_t *cfg, tpm_zero3_t *z, const data_t *d,
+                               run_state_t *rs)
+{
+    char            path[TPM_PATH_MAX + 32];
+    tpm_ckpt_meta_t meta;
+    tpm_status_t    status;
+
+    TPM_CHECK(tpm_ckpt_agree(z->comm, tpm_ckpt_path(cfg->ckpt_dir, rs->step, path, sizeof(path))));
+    memset(&meta, 0, sizeof(meta));
+    meta.model         = z->cfg;
+    meta.step          = rs->step;
+    meta.tokens_seen   = rs->tokens_seen;
+    meta.seed          = cfg->seed;
+    meta.world_size    = z->comm->size;
+    meta.config_json   = rs->json;
+    meta.tokenizer     = d->tok_bytes;
+    meta.tokenizer_len = d->tok_len;
+    meta.batch         = cfg->batch;
+    meta.grad_accum    = cfg->grad_accum;
+    meta.seq_len       = cfg->seq_len;
+    meta.lr            = rs->step > 0 ? tpm_train_lr(cfg, rs->step - 1) : 0.0;
+    TPM_CHECK(tpm_ckpt_save(z, path, &meta));
+    status = TPM_OK;
+    if (z->comm->rank == 0) {
+        status = tpm_ckpt_commit(cfg->ckpt_dir, path, cfg->keep);
+    }
+    TPM_CHECK(tpm_ckpt_agree(z->comm, status));
+    rs->last_saved = rs->step;
+    return TPM_OK;
+}
+
+/* rank 0 picks the file, everyone learns it */
+static tpm_status_t ckpt_pick(tpm_comm_t *comm, const char *dir_or_file, int resume, char *path,
+                              size_t cap)
+{
+    tpm_status_t status = TPM_OK;
+
+    if (comm->rank == 0) {
+        if (resume) {
+            status = tpm_ckpt_find_latest(dir_or_file, path, cap);
+            if (status == TPM_ERR_NOT_FOUND) {
+                tpm_log_error("--resume: no checkpoint in %s (no 'latest' pointer and no "
+                              "ckpt_*.h5 file); run without --resume to start from scratch",
+                              dir_or_file);
+            }
+        } else {
+            status = tpm_ckpt_resolve(dir_or_file, path, cap);
+        }
+    }
+    TPM_CHECK(tpm_ckpt_agree(comm, status));
+    return tpm_comm_bcast(comm, path, cap, TPM_DT_BYTE, 0);
+}
+
+/* resume (--resume), weights only (--init-from) or a fresh model; sets rs->step and tokens */
+static tpm_status_t init_state(const tpm_config_t *cfg, tpm_zero3_t *z, const data_t *d,
+                               run_state_t *rs)
+{
+    tpm_comm_t     *comm = z->comm;
+    char            path[TPM_PATH_MAX + 32];
+    tpm_ckpt_meta_t meta;
+    tpm_status_t    status = TPM_OK;
+
+    memset(&meta, 0, sizeof(meta));
+    if (cfg->resume && cfg->init_from[0] != '\0') {
+        tpm_log_error("--resume and --init-from exclude each other (resume continues a run, "
+                      "init-from starts a new one from given weights)");
+        return TPM_ERR_INVALID_ARG;
+    }
+    if ((cfg->resume || cfg->ckpt_every > 0) && cfg->ckpt_dir[0] == '\0') {
+        tpm_log_error("%s needs --ckpt-dir=DIR", cfg->resume ? "--resume" : "--ckpt-every");
+        return TPM_ERR_INVALID_ARG;
+    }
+    if (cfg->ckpt_dir[0] != '\0' && comm->rank == 0) {
+        status = mkdir_p(cfg->ckpt_dir);
+    }
+    TPM_CHECK(tpm_ckpt_agree(comm, status));
+
+    if (cfg->resume) {
+        TPM_CHECK(ckpt_pick(comm, cfg->ckpt_dir, 1, path, sizeof(path)));
+        TPM_CHECK(tpm_ckpt_load(z, path, 1, &meta));
+        if (meta.seed != cfg->seed) {
+            /* the data order and every random draw derive from the seed: not resumable */
+            tpm_log_error("checkpoint %s was written with seed = %llu, but this run has seed = "
+                          "%llu (--seed)",
+                          path, (unsigned long long)meta.seed, (unsigned long long)cfg->seed);
+            status = TPM_ERR_INVALID_ARG;
+        }
+        if (status == TPM_OK && (int64_t)meta.world_size * meta.grad_accum * meta.batch !=
+                                    (int64_t)comm->size * cfg->grad_accum * cfg->batch) {
+            tpm_info0("note: the global batch was %d ranks x %d x %d sequences, it is now "
+                      "%d x %d x %d; the data order continues by step, not by sample",
+                      meta.world_size, meta.grad_accum, meta.batch, comm->size, cfg->grad_accum,
+                      cfg->batch);
+        }
+        if (status == TPM_OK && d->tok_bytes != NULL && meta.tokenizer != NULL &&
+            (meta.tokenizer_len != d->tok_len ||
+             memcmp(meta.tokenizer, d->tok_bytes, d->tok_len) != 0)) {
+            tpm_info0("warning: the tokenizer of the data differs from the one in %s", path);
+        }
+        if (status == TPM_OK) {
+            rs->step        = meta.step;
+            rs->tokens_seen = meta.tokens_seen;
+            rs->last_saved  = meta.step;
+            /* the 2-bit error-feedback residual is not in checkpoints (docs/COMPRESSION.md) */
+            tpm_zero3_reset_residual(z);
+            tpm_info0("resuming from %s: step %lld, %lld tokens seen (written on %d rank(s), "
+                      "now %d)",
+                      path, (long long)meta.step, (long long)meta.tokens_seen, meta.world_size,
+                      comm->size);
+        }
+        tpm_ckpt_meta_cleanup(&meta);
+        return status;
+    }
+    if (strncmp(cfg->init_from, "llmc:", 5) == 0) {
+        return tpm_ckpt_import_llmc(z, cfg->init_from + 5);
+    }
+    if (cfg->init_from[0] != '\0') {
+        TPM_CHECK(ckpt_pick(comm, cfg->init_from, 0, path, sizeof(path)));
+        TPM_CHECK(tpm_ckpt_load(z, path, 0, &meta));
+        tpm_info0("weights from %s (step %lld of its run); fresh optimizer, starting at step 0",
+                  path, (long long)meta.step);
+        tpm_ckpt_meta_cleanup(&meta);
+        return TPM_OK;
+    }
+    /* a failed host allocation is local to one rank: agree before anyone trains */
+    return tpm_comm_agree(z->comm, tpm_zero3_init_params(z, cfg->seed));
 }
 
 tpm_status_t tpm_train_run(const tpm_config_t *cfg, tpm_comm_t *comm)
@@ -263,9 +496,12 @@ tpm_status_t tpm_train_run(const tpm_config_t *cfg, tpm_comm_t *comm)
     tpm_status_t       status;
     int                T, tty = isatty(STDERR_FILENO);
     double             t_start, last_loss = 0.0, last_val = -1.0, wait0, tokens_per_step;
-    int64_t            step;
+    int64_t            step, start_step, n_run;
+    run_state_t        rs = {0, 0, -1, NULL};
+    struct sigaction   old_term, old_usr1;
 
     memset(&d, 0, sizeof(d));
+    stop_handlers_install(&old_term, &old_usr1);
     TPM_CHECK_GOTO(data_load(cfg, comm, &d), status, out);
     status = model_config_from(cfg, &d, &mc);
     TPM_CHECK_GOTO(tpm_comm_agree(comm, status), status, out);
@@ -276,6 +512,14 @@ tpm_status_t tpm_train_run(const tpm_config_t *cfg, tpm_comm_t *comm)
     TPM_CHECK_GOTO(tpm_comm_agree(comm, status), status, out);
     status = tpm_zero3_create(be, comm, &mc, B, T, &z);
     TPM_CHECK_GOTO(tpm_comm_agree(comm, status), status, out);
+    {
+        tpm_compress_opts_t copts;
+        status = tpm_compress_opts_from_config(cfg, &copts);
+        if (status == TPM_OK) {
+            status = tpm_zero3_set_compression(z, &copts);
+        }
+        TPM_CHECK_GOTO(tpm_comm_agree(comm, status), status, out);
+    }
     status = tpm_malloc(2 * (size_t)B * T * sizeof(int32_t), (void **)&x);
     TPM_CHECK_GOTO(tpm_comm_agree(comm, status), status, out);
     y = x + (size_t)B * T;
@@ -289,8 +533,15 @@ tpm_status_t tpm_train_run(const tpm_config_t *cfg, tpm_comm_t *comm)
               N, B, A, T, tokens_per_step, be->ops->name, be->n_threads);
     tpm_zero3_print_layout(z);
     report_memory(z);
-    status = tpm_zero3_init_params(z, cfg->seed);
+    rs.json = config_json(cfg);
+    status  = rs.json != NULL ? TPM_OK : TPM_ERR_NO_MEMORY;
     TPM_CHECK_GOTO(tpm_comm_agree(comm, status), status, out);
+    TPM_CHECK_GOTO(init_state(cfg, z, &d, &rs), status, out);
+    start_step = rs.step;
+    if (start_step >= cfg->steps) {
+        tpm_info0("the checkpoint is at step %lld and --steps is %lld: nothing to train",
+                  (long long)start_step, (long long)cfg->steps);
+    }
 
     /*
      * Inside the step loop every rank runs the same collectives; a failure on
@@ -304,10 +555,13 @@ tpm_status_t tpm_train_run(const tpm_config_t *cfg, tpm_comm_t *comm)
         }                                                                                          \
     } while (0)
     t_start = tpm_time_now();
-    for (step = 0; step < cfg->steps; step++) {
-        double t0 = tpm_time_now(), lr = tpm_train_lr(cfg, step), norm, sum = 0.0, loss_all;
-        float  clip = 1.0f, loss;
-        wait0       = z->times.wait_s;
+    for (step = start_step; step < cfg->steps; step++) {
+        double   t0 = tpm_time_now(), lr = tpm_train_lr(cfg, step), norm, sum = 0.0, loss_all;
+        float    clip = 1.0f, loss;
+        uint64_t gb0  = tpm_zero3_grad_bytes_sent(z);
+        wait0         = z->times.wait_s;
+
+        tpm_zero3_begin_step(z, step);
 
         STEP_CALL(tpm_zero3_zero_grad(z));
         for (int a = 0; a < A; a++) {
@@ -336,9 +590,10 @@ tpm_status_t tpm_train_run(const tpm_config_t *cfg, tpm_comm_t *comm)
                 tpm_metrics_line(&metrics,
                                  "{\"type\":\"step\",\"step\":%lld,\"loss\":%.7g,\"lr\":%.7g,"
                                  "\"grad_norm\":%.7g,\"tokens_per_s\":%.2f,\"step_ms\":%.3f,"
-                                 "\"comm_wait_ms\":%.3f}",
+                                 "\"comm_wait_ms\":%.3f,\"grad_bytes\":%llu}",
                                  (long long)step + 1, last_loss, lr, norm, tokens_per_step / dt,
-                                 dt * 1e3, (z->times.wait_s - wait0) * 1e3);
+                                 dt * 1e3, (z->times.wait_s - wait0) * 1e3,
+                                 (unsigned long long)(tpm_zero3_grad_bytes_sent(z) - gb0));
                 progress_line(cfg, step, last_loss, tokens_per_step / dt,
                               tpm_time_now() - t_start, tty);
             }
@@ -352,19 +607,47 @@ tpm_status_t tpm_train_run(const tpm_config_t *cfg, tpm_comm_t *comm)
                                  (long long)step + 1, last_val);
             }
         }
+        rs.step = step + 1;
+        rs.tokens_seen += (int64_t)tokens_per_step;
+        if (cfg->ckpt_dir[0] != '\0' && cfg->ckpt_every > 0 && rs.step % cfg->ckpt_every == 0) {
+            TPM_CHECK_GOTO(ckpt_write(cfg, z, &d, &rs), status, out);
+        }
+        {
+            /* a signal may reach only some ranks: agree on it before anyone acts */
+            int32_t sig = (int32_t)stop_signal, any = 0;
+            STEP_CALL(tpm_comm_all_reduce(comm, &sig, &any, 1, TPM_DT_INT32, TPM_RED_MAX));
+            if (any != 0) {
+                tpm_info0("%s received: stopping after step %lld%s", strsignal(any),
+                          (long long)rs.step,
+                          cfg->ckpt_dir[0] != '\0' ? " with a checkpoint"
+                                                   : " (no --ckpt-dir: no checkpoint)");
+                break;
+            }
+        }
+    }
+    if (cfg->ckpt_dir[0] != '\0' && rs.step != rs.last_saved) {
+        TPM_CHECK_GOTO(ckpt_write(cfg, z, &d, &rs), status, out);
+    }
+    n_run = rs.step - start_step;
+    if (n_run == 0) {
+        status = TPM_OK;
+        goto out;
     }
     {
         double   wall = tpm_time_now() - t_start, wait_frac;
         double   local[2] = {(double)tpm_peak_rss_bytes(), z->times.wait_s}, maxv[2];
         uint64_t gbytes   = z->comm->stats.bytes[TPM_COLL_REDUCE_SCATTER];
         uint64_t abytes   = z->comm->stats.bytes[TPM_COLL_ALLGATHER];
+        uint64_t a2abytes = z->comm->stats.bytes[TPM_COLL_ALLTOALL];
+        uint64_t g2bit    = z->gx != NULL ? z->gx->stats.bytes_2bit : 0;
+        double   codec_s  = z->gx != NULL ? z->gx->stats.codec_s : 0.0;
 
         TPM_CHECK_GOTO(tpm_comm_all_reduce(comm, local, maxv, 2, TPM_DT_DOUBLE, TPM_RED_MAX),
                        status, out);
         wait_frac = wall > 0 ? maxv[1] / wall : 0.0;
         tpm_info0("done: %lld steps, %.0f tokens in %.1f s (%.0f tok/s), final loss %.4f%s",
-                  (long long)cfg->steps, tokens_per_step * cfg->steps, wall,
-                  tokens_per_step * cfg->steps / wall, last_loss,
+                  (long long)n_run, tokens_per_step * n_run, wall, tokens_per_step * n_run / wall,
+                  last_loss,
                   last_val >= 0 ? "" : " (no validation split)");
         if (comm->rank == 0) {
             tpm_metrics_line(
@@ -375,19 +658,28 @@ tpm_status_t tpm_train_run(const tpm_config_t *cfg, tpm_comm_t *comm)
                 "\"mem\":{\"param_bytes\":%zu,\"grad_bytes\":%zu,\"optim_bytes\":%zu,"
                 "\"model_state_bytes\":%zu,\"gather_bytes\":%zu,\"act_bytes\":%zu},"
                 "\"comm\":{\"allgather_bytes\":%llu,\"reduce_scatter_bytes\":%llu,"
-                "\"wait_s\":%.3f,\"wait_frac\":%.4f},\"grad_bytes_sent\":%llu}",
-                (long long)cfg->steps, tokens_per_step * cfg->steps, wall,
-                tokens_per_step * cfg->steps / wall, last_loss, last_val, N, maxv[0],
+                "\"alltoall_bytes\":%llu,\"wait_s\":%.3f,\"wait_frac\":%.4f},"
+                "\"grad_bytes_sent\":%llu,\"grad_bytes_compressed\":%llu,"
+                "\"grad_compression\":\"%s\",\"compression_residual\":\"%s\","
+                "\"residual_bytes\":%zu,\"codec_s\":%.3f}",
+                (long long)rs.step, tokens_per_step * n_run, wall, tokens_per_step * n_run / wall,
+                last_loss, last_val, N, maxv[0],
                 z->lay.logical_numel, z->mem.param_bytes, z->mem.grad_bytes, z->mem.optim_bytes,
                 z->mem.param_bytes + z->mem.grad_bytes + z->mem.optim_bytes, z->mem.gather_bytes,
                 z->mem.act_bytes, (unsigned long long)abytes, (unsigned long long)gbytes,
-                maxv[1], wait_frac, (unsigned long long)gbytes);
+                (unsigned long long)a2abytes, maxv[1], wait_frac,
+                (unsigned long long)tpm_zero3_grad_bytes_sent(z), (unsigned long long)g2bit,
+                z->copts.enabled ? "2bit" : "none",
+                z->copts.enabled ? cfg->compression_residual : "none", z->mem.residual_bytes,
+                codec_s);
         }
     }
 #undef STEP_CALL
     status = TPM_OK;
 
 out:
+    stop_handlers_restore(&old_term, &old_usr1);
+    free(rs.json);
     tpm_metrics_close(&metrics);
     tpm_free(x);
     tpm_zero3_destroy(z);
