@@ -5,7 +5,8 @@
  *   gather_stage  <- non-blocking all-gather of the next block (prefetch)
  *   blk_full      <- the block being computed (unpacked from gather_stage)
  *   blk_gfull     <- that block's gradients, then packed into rs_stage
- *   rs_stage/recv <- the non-blocking reduce-scatter in flight
+ *   rs_stage/recv <- the non-blocking reduce-scatter in flight (fp32, or the
+ *                    2-bit all-to-all of compress/exchange.c encoding rs_stage)
  * so at most two gathered blocks exist at any time (current + prefetched).
  */
 #include "zero3/zero3.h"
@@ -16,6 +17,25 @@
 
 #include "base/mem.h"
 #include "base/timer.h"
+
+/* the gradient exchange: one chunk per owner and group = the group's shard */
+static tpm_status_t exchange_create(tpm_zero3_t *z, const tpm_compress_opts_t *opts)
+{
+    size_t      *chunk_n;
+    tpm_status_t status;
+
+    TPM_CHECK(tpm_calloc((size_t)z->lay.n_groups, sizeof(size_t), (void **)&chunk_n));
+    for (int g = 0; g < z->lay.n_groups; g++) {
+        chunk_n[g] = z->lay.g[g].shard_numel;
+    }
+    status = tpm_exchange_create(z->comm, opts, z->lay.n_groups, chunk_n, &z->gx);
+    tpm_free(chunk_n);
+    TPM_CHECK(status);
+    z->copts                  = *opts;
+    z->mem.residual_bytes     = z->gx->residual_bytes;
+    z->mem.compress_buf_bytes = z->gx->buffer_bytes;
+    return TPM_OK;
+}
 
 static tpm_status_t be_alloc(tpm_zero3_t *z, size_t nfloat, float **p)
 {
@@ -76,6 +96,11 @@ tpm_status_t tpm_zero3_create(tpm_backend_t *be, tpm_comm_t *comm, const tpm_mod
         TPM_CHECK_GOTO(be_alloc(z, emb_full, &z->emb_gfull), status, err);
         TPM_CHECK_GOTO(be_alloc(z, emb_full, &z->emb_stage), status, err);
         z->mem.gather_bytes = (4 * blk + max_shard + 3 * emb_full) * sizeof(float);
+        {
+            tpm_compress_opts_t off;
+            memset(&off, 0, sizeof(off));
+            TPM_CHECK_GOTO(exchange_create(z, &off), status, err);
+        }
     }
     TPM_CHECK_GOTO(tpm_acts_create(be, cfg, B, T, &z->acts), status, err);
     z->mem.act_bytes = z->acts->nbytes;
@@ -94,6 +119,7 @@ void tpm_zero3_destroy(tpm_zero3_t *z)
     }
     tpm_comm_wait(z->comm, &z->gather_req);
     tpm_comm_wait(z->comm, &z->rs_req);
+    tpm_exchange_destroy(z->gx);
     tpm_acts_destroy(z->be, z->acts);
     be_free(z, z->param);
     be_free(z, z->grad);
@@ -185,9 +211,56 @@ void tpm_zero3_print_layout(const tpm_zero3_t *z)
     }
 }
 
+tpm_status_t tpm_zero3_set_compression(tpm_zero3_t *z, const tpm_compress_opts_t *opts)
+{
+    z->copts = *opts;
+    if (!opts->enabled) {
+        return TPM_OK;
+    }
+    if (z->lay.world == 1) {
+        tpm_info0("--grad-compression=2bit has no effect on 1 rank: no gradient is sent");
+        z->copts.enabled = 0;
+        return TPM_OK;
+    }
+    if (strcmp(z->be->ops->name, "cpu") != 0) {
+        tpm_log_error("--grad-compression=2bit needs host-readable gradients; the %s backend "
+                      "has no 2-bit kernel yet",
+                      z->be->ops->name);
+        return TPM_ERR_UNSUPPORTED;
+    }
+    TPM_ASSERT(z->rs_group < 0);
+    tpm_exchange_destroy(z->gx);
+    z->gx = NULL;
+    return exchange_create(z, opts);
+}
+
+void tpm_zero3_begin_step(tpm_zero3_t *z, int64_t step)
+{
+    z->step         = step;
+    z->micro        = 0;
+    z->compress_now = z->copts.enabled && z->lay.world > 1 && step >= z->copts.warmup;
+}
+
+void tpm_zero3_reset_residual(tpm_zero3_t *z)
+{
+    tpm_exchange_reset_residual(z->gx);
+}
+
+uint64_t tpm_zero3_grad_bytes_sent(const tpm_zero3_t *z)
+{
+    if (z->gx == NULL) {
+        return 0;
+    }
+    return z->gx->stats.bytes_fp32 + z->gx->stats.bytes_2bit;
+}
+
 tpm_status_t tpm_zero3_zero_grad(tpm_zero3_t *z)
 {
-    return z->be->ops->memzero(z->be, z->grad, z->lay.shard_numel * sizeof(float));
+    double t0 = tpm_prof_begin(z->be);
+
+    TPM_CHECK(z->be->ops->memzero(z->be, z->grad, z->lay.shard_numel * sizeof(float)));
+    tpm_prof_end(z->be, TPM_PROF_ZERO_GRAD, t0);
+    return TPM_OK;
 }
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -242,6 +315,12 @@ static tpm_status_t gather_finish(tpm_zero3_t *z, int gi)
     return TPM_OK;
 }
 
+/* stochastic rounding key of this rank's current micro-batch */
+static uint64_t compress_key(const tpm_zero3_t *z)
+{
+    return tpm_compress_key(z->copts.seed, z->step, z->micro, z->comm->rank);
+}
+
 static tpm_status_t rs_finish(tpm_zero3_t *z)
 {
     const tpm_shard_group_t *g;
@@ -251,6 +330,7 @@ static tpm_status_t rs_finish(tpm_zero3_t *z)
     }
     g = &z->lay.g[z->rs_group];
     TPM_CHECK(timed_wait(z, &z->rs_req));
+    TPM_CHECK(tpm_exchange_finish(z->gx, &z->rs_req, z->rs_recv));
     TPM_CHECK(z->be->ops->axpy(z->be, z->grad + g->shard_base, 1.0f, z->rs_recv, g->shard_numel));
     z->rs_group = -1;
     return TPM_OK;
@@ -262,8 +342,8 @@ static tpm_status_t rs_start(tpm_zero3_t *z, int gi)
 
     TPM_ASSERT(z->rs_group < 0);
     tpm_shard_pack(g, z->lay.world, z->blk_gfull, z->rs_stage);
-    TPM_CHECK(tpm_comm_reduce_scatter(z->comm, z->rs_stage, z->rs_recv, g->shard_numel,
-                                      TPM_DT_FLOAT, TPM_RED_SUM, &z->rs_req));
+    TPM_CHECK(tpm_exchange_start(z->gx, gi, z->rs_stage, z->compress_now, compress_key(z),
+                                 z->rs_recv, &z->rs_req));
     z->rs_group = gi;
     return TPM_OK;
 }
@@ -372,31 +452,61 @@ tpm_status_t tpm_zero3_fwd_bwd(tpm_zero3_t *z, const int32_t *x, const int32_t *
         double tw;
         TPM_CHECK(rs_finish(z));
         tpm_shard_pack(ge, N, z->emb_gfull, z->emb_stage);
-        tw = tpm_time_now();
-        TPM_CHECK(tpm_comm_reduce_scatter(z->comm, z->emb_stage, z->rs_recv, ge->shard_numel,
-                                          TPM_DT_FLOAT, TPM_RED_SUM, NULL));
-        z->times.wait_s += tpm_time_now() - tw;
+        tw = tpm_time_now() - z->gx->stats.codec_s; /* blocking: all but the encoding is wait */
+        TPM_CHECK(tpm_exchange_start(z->gx, L, z->emb_stage, z->compress_now, compress_key(z),
+                                     z->rs_recv, NULL));
+        z->times.wait_s += tpm_time_now() - tw - z->gx->stats.codec_s;
+        TPM_CHECK(tpm_exchange_finish(z->gx, NULL, z->rs_recv));
         TPM_CHECK(z->be->ops->axpy(z->be, z->grad + ge->shard_base, 1.0f, z->rs_recv,
                                    ge->shard_numel));
     }
+    z->micro++;
     return TPM_OK;
 }
 
 tpm_status_t tpm_zero3_grad_norm(tpm_zero3_t *z, double *norm_p)
 {
-    double local = 0.0, total = 0.0;
+    double local = 0.0, total = 0.0, t0 = tpm_prof_begin(z->be);
 
     TPM_CHECK(z->be->ops->sumsq(z->be, z->grad, z->lay.shard_numel, &local));
+    tpm_prof_end(z->be, TPM_PROF_GRAD_NORM, t0);
     TPM_CHECK(tpm_comm_all_reduce(z->comm, &local, &total, 1, TPM_DT_DOUBLE, TPM_RED_SUM));
     *norm_p = total > 0.0 ? sqrt(total) : 0.0;
     return TPM_OK;
 }
 
+/*
+ * AdamW with the second moment frozen (1-bit Adam's remedy for Adam on compressed gradients):
+ * v keeps its value from the last uncompressed step K = warm-up, bias-corrected with
+ * 1 - beta2^K; m and the parameters update as in the backend's AdamW. Host memory only, like
+ * the codec (compression is refused on other backends).
+ */
+static void adamw_frozen_v(float *param, const float *grad, float *m, const float *v, size_t n,
+                           float lr, float beta1, float eps, float wd, float bc1, float bc2)
+{
+#pragma omp parallel for simd schedule(static)
+    for (size_t i = 0; i < n; i++) {
+        float mi = beta1 * m[i] + (1.0f - beta1) * grad[i];
+        float mh = mi / bc1;
+        float vh = v[i] / bc2;
+
+        m[i] = mi;
+        param[i] -= lr * (mh / (sqrtf(vh) + eps) + wd * param[i]);
+    }
+}
+
 tpm_status_t tpm_zero3_adamw(tpm_zero3_t *z, float lr, float beta1, float beta2, float eps,
                              float wd, float clip_scale, int t)
 {
+    const int frozen = z->compress_now && z->copts.freeze_v;
+    float     bc1 = 1.0f - powf(beta1, (float)t), bc2 = 1.0f - powf(beta2, (float)z->copts.warmup);
+
+    double t0 = tpm_prof_begin(z->be);
+
     if (clip_scale != 1.0f) {
         TPM_CHECK(z->be->ops->scale(z->be, z->grad, clip_scale, z->lay.shard_numel));
+        tpm_prof_end(z->be, TPM_PROF_CLIP, t0);
+        t0 = tpm_prof_begin(z->be);
     }
     for (int gi = 0; gi < z->lay.n_groups; gi++) {
         const tpm_shard_group_t *g = &z->lay.g[gi];
@@ -404,10 +514,16 @@ tpm_status_t tpm_zero3_adamw(tpm_zero3_t *z, float lr, float beta1, float beta2,
             const tpm_shard_tensor_t *st  = &g->t[k];
             const size_t              off = g->shard_base + st->shard_off;
             const size_t              n   = (size_t)st->rows_per_rank * (size_t)st->desc.cols;
+            if (frozen) {
+                adamw_frozen_v(z->param + off, z->grad + off, z->m + off, z->v + off, n, lr,
+                               beta1, eps, st->desc.decay ? wd : 0.0f, bc1, bc2);
+                continue;
+            }
             TPM_CHECK(z->be->ops->adamw(z->be, z->param + off, z->grad + off, z->m + off,
                                         z->v + off, n, lr, beta1, beta2, eps,
                                         st->desc.decay ? wd : 0.0f, t));
         }
     }
+    tpm_prof_end(z->be, TPM_PROF_ADAMW, t0);
     return TPM_OK;
 }

@@ -11,6 +11,8 @@
  *    done, overlapped with the next block's backward, and adds them into the
  *    gradient shard (so gradient accumulation over micro-batches is a sum);
  *  - runs clipping (one scalar all-reduce) and AdamW on the local shard only.
+ * The gradient reduce-scatter goes through compress/exchange.h: fp32, or, with
+ * tpm_zero3_set_compression(), 2-bit codes in one all-to-all per block.
  * At N = 1 the full and shard layouts coincide and no buffer or copy is used.
  * All buffers are allocated in tpm_zero3_create(); nothing is allocated per step.
  * Every function taking a tpm_zero3_t is collective over its communicator.
@@ -23,15 +25,18 @@
 
 #include "backend/backend.h"
 #include "comm/comm.h"
+#include "compress/exchange.h"
 #include "core/model.h"
 #include "zero3/shard.h"
 
 typedef struct tpm_zero3_mem {
-    size_t param_bytes;  /* parameter shard */
-    size_t grad_bytes;   /* gradient shard */
-    size_t optim_bytes;  /* AdamW m and v */
-    size_t gather_bytes; /* gather/prefetch and reduce-scatter buffers */
-    size_t act_bytes;    /* activations and their gradients */
+    size_t param_bytes;        /* parameter shard */
+    size_t grad_bytes;         /* gradient shard */
+    size_t optim_bytes;        /* AdamW m and v */
+    size_t gather_bytes;       /* gather/prefetch and reduce-scatter buffers */
+    size_t act_bytes;          /* activations and their gradients */
+    size_t residual_bytes;     /* 2-bit error-feedback residual (per rank, not / N) */
+    size_t compress_buf_bytes; /* 2-bit all-to-all send and receive buffers */
 } tpm_zero3_mem_t;
 
 typedef struct tpm_zero3_times {
@@ -65,6 +70,13 @@ typedef struct tpm_zero3 {
     tpm_comm_req_t rs_req;
     int            rs_group; /* group in flight in rs_req, -1 none */
 
+    /* gradient exchange (N > 1): fp32 reduce-scatter or compressed all-to-all */
+    tpm_exchange_t     *gx;
+    tpm_compress_opts_t copts;        /* copts.enabled: 2-bit after the warm-up */
+    int                 compress_now; /* the current step compresses */
+    int64_t             step;         /* current step (tpm_zero3_begin_step), 0-based */
+    int                 micro;        /* micro-batches done in the current step */
+
     tpm_zero3_mem_t   mem;
     tpm_zero3_times_t times;
 } tpm_zero3_t;
@@ -92,6 +104,28 @@ tpm_status_t tpm_zero3_fwd_bwd(tpm_zero3_t *z, const int32_t *x, const int32_t *
 
 /** Forward only (evaluation); *loss_p is this rank's mean loss. */
 tpm_status_t tpm_zero3_forward(tpm_zero3_t *z, const int32_t *x, const int32_t *y, float *loss_p);
+
+/**
+ * Use 2-bit gradient compression as @p opts says (opts->enabled = 0: fp32).
+ * Allocates the residual and the all-to-all buffers here, once. Local, before
+ * the step loop. At N = 1 nothing is sent, so it is accepted and ignored.
+ * Refused (TPM_ERR_UNSUPPORTED) on a backend whose memory the host codec
+ * cannot read (anything but cpu, until kernels/twobit.cu exists).
+ */
+tpm_status_t tpm_zero3_set_compression(tpm_zero3_t *z, const tpm_compress_opts_t *opts);
+
+/**
+ * Begin optimizer step @p step (0-based; a resumed run passes the restored
+ * step): compression is on for it when enabled, N > 1 and step >= warm-up.
+ * Without this call every step uses the fp32 reduce-scatter.
+ */
+void tpm_zero3_begin_step(tpm_zero3_t *z, int64_t step);
+
+/** Zero the error-feedback residual (policy: reset on checkpoint load, docs/COMPRESSION.md). */
+void tpm_zero3_reset_residual(tpm_zero3_t *z);
+
+/** Gradient bytes this rank has sent so far: fp32 reduce-scatter + compressed all-to-all. */
+uint64_t tpm_zero3_grad_bytes_sent(const tpm_zero3_t *z);
 
 /** Global L2 norm of the gradient: local sum of squares, one scalar all-reduce. */
 tpm_status_t tpm_zero3_grad_norm(tpm_zero3_t *z, double *norm_p);
