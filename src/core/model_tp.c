@@ -1,0 +1,433 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * model_tp.c: tensor-parallel GPT-2 forward with a KV cache (see model_tp.h).
+ * Notation: L layers, C channels, NH heads, hs = C / NH, V / Vp vocabulary, n tokens in
+ * the call; Cl = nh * hs local attention width, nf local MLP width, nv local vocabulary.
+ *
+ * Every op is the training op (backend.h) on the local slice; the sums that tensor
+ * parallelism splits are completed by an all-reduce. The row-parallel biases are added on
+ * rank 0 only, before the all-reduce, so that they count once. The embedding lookup is
+ * vocabulary-parallel: a rank writes the wte rows it owns and zeros elsewhere (a zero row
+ * is kept after the slice for that), the all-reduce assembles the rows exactly (x + 0 = x),
+ * and the replicated wpe rows are added after it, so the result has the bits of the
+ * training embedding.
+ */
+#include "core/model_tp.h"
+
+#include <string.h>
+
+#include "base/mem.h"
+
+/* the row rule of tpm_shard_split_rows (zero3/shard.h, a layer above core): ceil blocks */
+static void split_rows(int64_t rows, int world, int rank, int64_t *row0_p, int64_t *nrows_p)
+{
+    int64_t r    = (rows + world - 1) / world;
+    int64_t row0 = r * rank < rows ? r * rank : rows;
+    int64_t end  = row0 + r < rows ? row0 + r : rows;
+
+    *row0_p  = row0;
+    *nrows_p = end - row0;
+}
+
+void tpm_tp_partition(const tpm_model_config_t *cfg, int world, int rank, tpm_tp_part_t *p)
+{
+    int64_t h0 = (int64_t)rank * cfg->NH / world, h1 = (int64_t)(rank + 1) * cfg->NH / world;
+
+    /*
+     * Heads as evenly as possible. When world divides NH this is the row rule on the QKV
+     * rows (3C / world rows = NH / world whole heads); otherwise the row rule would cut
+     * heads apart, while a near-even split keeps every head whole on one rank.
+     */
+    p->h0 = (int)h0;
+    p->nh = (int)(h1 - h0);
+    split_rows(4 * (int64_t)cfg->C, world, rank, &p->f0, &p->nf);
+    split_rows(cfg->Vp, world, rank, &p->v0, &p->nv);
+    p->v_stride = ((int64_t)cfg->Vp + world - 1) / world;
+}
+
+tpm_tp_slice_t *tpm_tp_slice(tpm_tp_model_t *m, int g, int t)
+{
+    return &m->w[(size_t)g * TPM_GROUP_MAX_NT + (size_t)t];
+}
+
+/* rows [row0, row0 + nrows) of tensor t of group g on this rank */
+static void slice_rows(const tpm_tp_model_t *m, int g, int t, const tpm_param_desc_t *d,
+                       int64_t *row0_p, int64_t *nrows_p)
+{
+    const tpm_tp_part_t *p  = &m->part;
+    const int64_t        hs = m->cfg.C / m->cfg.NH;
+
+    *row0_p  = 0;
+    *nrows_p = d->rows; /* replicated unless split below */
+    if (g == m->cfg.L) {
+        if (t == TPM_E_WTE) {
+            *row0_p  = p->v0;
+            *nrows_p = p->nv;
+        }
+        return;
+    }
+    switch (t) {
+    case TPM_B_QKVW:
+    case TPM_B_QKVB:
+        *row0_p  = 3 * hs * p->h0;
+        *nrows_p = 3 * hs * p->nh;
+        break;
+    case TPM_B_ATTPROJW:
+        *row0_p  = hs * p->h0;
+        *nrows_p = hs * p->nh;
+        break;
+    case TPM_B_FCW:
+    case TPM_B_FCB:
+    case TPM_B_FCPROJW:
+        *row0_p  = p->f0;
+        *nrows_p = p->nf;
+        break;
+    default: break;
+    }
+}
+
+static size_t align64(size_t nbytes)
+{
+    return (nbytes + 63) / 64 * 64;
+}
+
+/* the next 64-byte aligned piece of @p nbytes at *off_p (NULL when only sizing) */
+static void *carve(char *base, size_t *off_p, size_t nbytes)
+{
+    void *p = base != NULL ? base + *off_p : NULL;
+
+    *off_p += align64(nbytes);
+    return p;
+}
+
+/* point the activation buffers into @p base (NULL: only size them); returns the bytes */
+static size_t act_layout(tpm_tp_model_t *m, char *base)
+{
+    const size_t n = (size_t)m->max_tok, nl = (size_t)m->max_logits, C = (size_t)m->cfg.C;
+    const size_t Cl = (size_t)m->part.nh * (C / (size_t)m->cfg.NH), nf = (size_t)m->part.nf;
+    const size_t vs = (size_t)m->part.v_stride, f = sizeof(float), i = sizeof(int32_t);
+    size_t       off = 0;
+
+    m->x      = carve(base, &off, n * C * f);
+    m->buf    = carve(base, &off, n * C * f);
+    m->ln     = carve(base, &off, n * C * f);
+    m->mean   = carve(base, &off, n * f);
+    m->rstd   = carve(base, &off, n * f);
+    m->qkv    = carve(base, &off, n * 3 * Cl * f);
+    m->atty   = carve(base, &off, n * Cl * f);
+    m->fch    = carve(base, &off, n * nf * f);
+    m->fchg   = carve(base, &off, n * nf * f);
+    m->sel    = carve(base, &off, nl * C * f);
+    m->lnf    = carve(base, &off, nl * C * f);
+    m->lg_loc = carve(base, &off, nl * vs * f);
+    m->lg_all = carve(base, &off, (size_t)m->comm->size * nl * vs * f);
+    m->zero   = carve(base, &off, C * f);
+    m->tok    = carve(base, &off, n * i);
+    m->pos    = carve(base, &off, n * i);
+    m->slot   = carve(base, &off, n * i);
+    return off;
+}
+
+tpm_status_t tpm_tp_create(tpm_backend_t *be, tpm_comm_t *comm, const tpm_model_config_t *cfg,
+                           int n_slots, int ctx, int max_tok, int max_logits, tpm_tp_model_t **m_p)
+{
+    const int        L = cfg->L, C = cfg->C, NG = cfg->L + 1;
+    tpm_param_desc_t d[TPM_GROUP_MAX_NT];
+    tpm_tp_model_t  *m;
+    tpm_status_t     status;
+    size_t           wbytes = 0, off, Cl, kv_floats, abytes;
+    const size_t     n_lg   = (size_t)max_logits;
+    char            *base;
+
+    if (n_slots < 1 || ctx < 1 || ctx > cfg->maxT || max_tok < 1 || max_logits < 1 ||
+        max_logits > max_tok) {
+        tpm_log_error("tensor-parallel model: %d slots x %d positions (position table %d), "
+                      "%d tokens and %d logit rows per call are not a valid shape",
+                      n_slots, ctx, cfg->maxT, max_tok, max_logits);
+        return TPM_ERR_INVALID_ARG;
+    }
+    TPM_CHECK(tpm_calloc(1, sizeof(*m), (void **)&m));
+    m->be         = be;
+    m->comm       = comm;
+    m->cfg        = *cfg;
+    m->n_slots    = n_slots;
+    m->ctx        = ctx;
+    m->max_tok    = max_tok;
+    m->max_logits = max_logits;
+    tpm_tp_partition(cfg, comm->size, comm->rank, &m->part);
+    TPM_CHECK_GOTO(tpm_calloc((size_t)NG * TPM_GROUP_MAX_NT, sizeof(*m->w), (void **)&m->w), status,
+                   err);
+
+    /* weights: one allocation, every slice 64-byte aligned; wte gets one extra zero row */
+    for (int g = 0; g < NG; g++) {
+        int nt = tpm_model_group_desc(cfg, g, d);
+
+        for (int t = 0; t < nt; t++) {
+            tpm_tp_slice_t *s = tpm_tp_slice(m, g, t);
+
+            slice_rows(m, g, t, &d[t], &s->row0, &s->nrows);
+            s->cols = d[t].cols;
+            wbytes += align64((size_t)(s->nrows + (g == L && t == TPM_E_WTE)) * (size_t)s->cols *
+                              sizeof(float));
+        }
+    }
+    m->mem.weight_bytes = wbytes;
+    TPM_CHECK_GOTO(be->ops->alloc(be, wbytes, &m->wmem), status, err);
+    TPM_CHECK_GOTO(be->ops->memzero(be, m->wmem, wbytes), status, err);
+    base = m->wmem;
+    off  = 0;
+    for (int g = 0; g < NG; g++) {
+        int nt = tpm_model_group_desc(cfg, g, d);
+
+        for (int t = 0; t < nt; t++) {
+            tpm_tp_slice_t *s = tpm_tp_slice(m, g, t);
+
+            s->data = (float *)(void *)(base + off);
+            off += align64((size_t)(s->nrows + (g == L && t == TPM_E_WTE)) * (size_t)s->cols *
+                           sizeof(float));
+        }
+    }
+
+    /* KV cache: (L, slots, ctx, Cl) for K and for V */
+    Cl              = (size_t)m->part.nh * (size_t)(C / cfg->NH);
+    kv_floats       = (size_t)L * (size_t)n_slots * (size_t)ctx * Cl;
+    m->mem.kv_bytes = 2 * kv_floats * sizeof(float);
+    if (m->mem.kv_bytes > 0) {
+        TPM_CHECK_GOTO(be->ops->alloc(be, m->mem.kv_bytes, &m->kvmem), status, err);
+        TPM_CHECK_GOTO(be->ops->memzero(be, m->kvmem, m->mem.kv_bytes), status, err);
+        m->kcache = m->kvmem;
+        m->vcache = m->kcache + kv_floats;
+    }
+
+    /* activations */
+    abytes           = act_layout(m, NULL);
+    m->mem.act_bytes = abytes;
+    TPM_CHECK_GOTO(be->ops->alloc(be, abytes, &m->amem), status, err);
+    TPM_CHECK_GOTO(be->ops->memzero(be, m->amem, abytes), status, err);
+    off = act_layout(m, m->amem);
+    TPM_ASSERT(off == abytes);
+
+    TPM_CHECK_GOTO(tpm_calloc((size_t)max_tok, sizeof(int32_t), (void **)&m->tok_h), status, err);
+    if (comm->rank == 0) {
+        TPM_CHECK_GOTO(tpm_calloc(n_lg * (size_t)cfg->Vp, sizeof(float), (void **)&m->logits_h),
+                       status, err);
+        if (be->ops == &tpm_backend_cpu_ops) {
+            m->lg_all_h = m->lg_all; /* host memory already */
+        } else {
+            TPM_CHECK_GOTO(tpm_calloc((size_t)comm->size * n_lg * (size_t)m->part.v_stride,
+                                      sizeof(float), (void **)&m->lg_all_h),
+                           status, err);
+        }
+    }
+    *m_p = m;
+    return TPM_OK;
+
+err:
+    tpm_tp_destroy(m);
+    return status;
+}
+
+void tpm_tp_destroy(tpm_tp_model_t *m)
+{
+    if (m == NULL) {
+        return;
+    }
+    if (m->lg_all_h != m->lg_all) {
+        tpm_free(m->lg_all_h);
+    }
+    tpm_free(m->logits_h);
+    tpm_free(m->tok_h);
+    m->be->ops->free(m->be, m->amem);
+    m->be->ops->free(m->be, m->kvmem);
+    m->be->ops->free(m->be, m->wmem);
+    tpm_free(m->w);
+    tpm_free(m);
+}
+
+tpm_status_t tpm_tp_init_params(tpm_tp_model_t *m, uint64_t seed)
+{
+    tpm_param_desc_t d[TPM_GROUP_MAX_NT];
+    float           *host   = NULL;
+    size_t           cap    = 0;
+    tpm_status_t     status = TPM_OK;
+
+    for (int g = 0; g < tpm_model_n_groups(&m->cfg); g++) {
+        int nt = tpm_model_group_desc(&m->cfg, g, d);
+
+        for (int t = 0; t < nt; t++) {
+            tpm_tp_slice_t *s = tpm_tp_slice(m, g, t);
+            size_t          n = (size_t)s->nrows * (size_t)s->cols;
+
+            if (n > cap) {
+                tpm_free(host);
+                host = NULL;
+                cap  = 0;
+                TPM_CHECK_GOTO(tpm_malloc(n * sizeof(float), (void **)&host), status, out);
+                cap = n;
+            }
+            for (int64_t r = 0; r < s->nrows; r++) {
+                for (int64_t c = 0; c < s->cols; c++) {
+                    host[(size_t)r * (size_t)s->cols + (size_t)c] =
+                        tpm_model_init_value(&d[t], seed, g, t, s->row0 + r, c);
+                }
+            }
+            TPM_CHECK_GOTO(m->be->ops->copy(m->be, s->data, host, n * sizeof(float), TPM_COPY_H2D),
+                           status, out);
+        }
+    }
+out:
+    tpm_free(host);
+    return status;
+}
+
+static tpm_status_t check_batch(const tpm_tp_model_t *m, int n, const int32_t *tokens,
+                                const int32_t *slots, const int32_t *pos, int n_logits,
+                                const int32_t *logit_rows)
+{
+    if (n < 1 || n > m->max_tok || n_logits < 0 || n_logits > m->max_logits) {
+        tpm_log_error("tensor-parallel forward: %d tokens / %d logit rows (limits %d / %d)", n,
+                      n_logits, m->max_tok, m->max_logits);
+        return TPM_ERR_INVALID_ARG;
+    }
+    for (int i = 0; i < n; i++) {
+        if (tokens[i] < 0 || tokens[i] >= m->cfg.V || slots[i] < 0 || slots[i] >= m->n_slots ||
+            pos[i] < 0 || pos[i] >= m->ctx) {
+            tpm_log_error("tensor-parallel forward: token %d (id %d, slot %d, position %d) is "
+                          "outside vocabulary %d / %d slots / %d positions",
+                          i, (int)tokens[i], (int)slots[i], (int)pos[i], m->cfg.V, m->n_slots,
+                          m->ctx);
+            return TPM_ERR_INVALID_ARG;
+        }
+    }
+    for (int j = 0; j < n_logits; j++) {
+        if (logit_rows[j] < 0 || logit_rows[j] >= n) {
+            tpm_log_error("tensor-parallel forward: logit row %d is not a token of the call",
+                          (int)logit_rows[j]);
+            return TPM_ERR_INVALID_ARG;
+        }
+    }
+    return TPM_OK;
+}
+
+/* x += allreduce(buf): the residual add after a row-parallel layer */
+static tpm_status_t reduce_add(tpm_tp_model_t *m, int n)
+{
+    const size_t nc = (size_t)n * (size_t)m->cfg.C;
+
+    TPM_CHECK(tpm_comm_all_reduce(m->comm, m->buf, m->buf, nc, TPM_DT_FLOAT, TPM_RED_SUM));
+    /* training adds (projection + residual); the order of a float add does not matter */
+    return m->be->ops->add(m->be, m->x, m->x, m->buf, nc);
+}
+
+static tpm_status_t block_fwd(tpm_tp_model_t *m, int l, int n)
+{
+    const tpm_backend_ops_t *op = m->be->ops;
+    tpm_backend_t           *be = m->be;
+    const int                C = m->cfg.C, hs = C / m->cfg.NH, nh = m->part.nh;
+    const int                Cl = nh * hs, nf = (int)m->part.nf;
+    const int                root   = m->comm->rank == 0;
+    const size_t             kv_off = (size_t)l * (size_t)m->n_slots * (size_t)m->ctx * (size_t)Cl;
+    float                   *w[TPM_BLOCK_NT];
+
+    for (int t = 0; t < TPM_BLOCK_NT; t++) {
+        w[t] = tpm_tp_slice(m, l, t)->data;
+    }
+    /* attention: local heads, then the row-parallel projection summed over ranks */
+    TPM_CHECK(
+        op->layernorm_fwd(be, m->ln, m->mean, m->rstd, m->x, w[TPM_B_LN1W], w[TPM_B_LN1B], n, C));
+    TPM_CHECK(op->matmul_fwd(be, m->qkv, m->ln, w[TPM_B_QKVW], w[TPM_B_QKVB], n, C, 3 * Cl, 0));
+    if (nh > 0) {
+        TPM_CHECK(op->attention_kv(be, m->atty, m->qkv, m->kcache + kv_off, m->vcache + kv_off,
+                                   m->slot, m->pos, n, Cl, nh, m->ctx));
+    }
+    TPM_CHECK(op->matmul_fwd(be, m->buf, m->atty, w[TPM_B_ATTPROJW],
+                             root ? w[TPM_B_ATTPROJB] : NULL, n, Cl, C, 1));
+    TPM_CHECK(reduce_add(m, n));
+
+    /* MLP: local hidden units, then the row-parallel down-projection summed over ranks */
+    TPM_CHECK(
+        op->layernorm_fwd(be, m->ln, m->mean, m->rstd, m->x, w[TPM_B_LN2W], w[TPM_B_LN2B], n, C));
+    TPM_CHECK(op->matmul_fwd(be, m->fch, m->ln, w[TPM_B_FCW], w[TPM_B_FCB], n, C, nf, 0));
+    TPM_CHECK(op->gelu_fwd(be, m->fchg, m->fch, (size_t)n * (size_t)nf));
+    TPM_CHECK(op->matmul_fwd(be, m->buf, m->fchg, w[TPM_B_FCPROJW], root ? w[TPM_B_FCPROJB] : NULL,
+                             n, nf, C, 1));
+    return reduce_add(m, n);
+}
+
+static tpm_status_t head_fwd(tpm_tp_model_t *m, int n_logits, const int32_t *logit_rows,
+                             const float **logits_p)
+{
+    const tpm_backend_ops_t *op = m->be->ops;
+    tpm_backend_t           *be = m->be;
+    const int                C = m->cfg.C, world = m->comm->size;
+    const size_t             rowb = (size_t)C * sizeof(float);
+    const size_t             cnt  = (size_t)n_logits * (size_t)m->part.v_stride;
+    const int                L    = m->cfg.L;
+
+    for (int j = 0; j < n_logits; j++) {
+        TPM_CHECK(op->copy(be, m->sel + (size_t)j * C, m->x + (size_t)logit_rows[j] * C, rowb,
+                           TPM_COPY_D2D));
+    }
+    TPM_CHECK(op->layernorm_fwd(be, m->lnf, m->mean, m->rstd, m->sel,
+                                tpm_tp_slice(m, L, TPM_E_LNFW)->data,
+                                tpm_tp_slice(m, L, TPM_E_LNFB)->data, n_logits, C));
+    /* (n_logits, nv) in the first n_logits * nv floats of this rank's v_stride block */
+    TPM_CHECK(op->matmul_fwd(be, m->lg_loc, m->lnf, tpm_tp_slice(m, L, TPM_E_WTE)->data, NULL,
+                             n_logits, C, (int)m->part.nv, 0));
+    TPM_CHECK(tpm_comm_all_gather(m->comm, m->lg_loc, m->lg_all, cnt, TPM_DT_FLOAT, NULL));
+    if (m->comm->rank != 0) {
+        *logits_p = NULL;
+        return TPM_OK;
+    }
+    TPM_CHECK(
+        op->copy(be, m->lg_all_h, m->lg_all, (size_t)world * cnt * sizeof(float), TPM_COPY_D2H));
+    for (int r = 0; r < world; r++) {
+        tpm_tp_part_t pr;
+        const float  *blk = m->lg_all_h + (size_t)r * cnt;
+
+        tpm_tp_partition(&m->cfg, world, r, &pr);
+        for (int j = 0; j < n_logits; j++) {
+            memcpy(m->logits_h + (size_t)j * m->cfg.Vp + pr.v0, blk + (size_t)j * pr.nv,
+                   (size_t)pr.nv * sizeof(float));
+        }
+    }
+    *logits_p = m->logits_h;
+    return TPM_OK;
+}
+
+tpm_status_t tpm_tp_forward(tpm_tp_model_t *m, int n, const int32_t *tokens, const int32_t *slots,
+                            const int32_t *pos, int n_logits, const int32_t *logit_rows,
+                            const float **logits_p)
+{
+    const tpm_backend_ops_t *op = m->be->ops;
+    tpm_backend_t           *be = m->be;
+    const int                C  = m->cfg.C;
+    const int64_t            v0 = m->part.v0, nv = m->part.nv;
+    const size_t             nc = (size_t)n * (size_t)C, ib = (size_t)n * sizeof(int32_t);
+
+    *logits_p = NULL;
+    TPM_CHECK(check_batch(m, n, tokens, slots, pos, n_logits, logit_rows));
+
+    /* embedding: owned wte rows (others read the zero row nv), summed over ranks, + wpe */
+    for (int i = 0; i < n; i++) {
+        m->tok_h[i] =
+            tokens[i] >= v0 && tokens[i] < v0 + nv ? (int32_t)(tokens[i] - v0) : (int32_t)nv;
+    }
+    TPM_CHECK(op->copy(be, m->tok, m->tok_h, ib, TPM_COPY_H2D));
+    TPM_CHECK(op->copy(be, m->pos, pos, ib, TPM_COPY_H2D));
+    TPM_CHECK(op->copy(be, m->slot, slots, ib, TPM_COPY_H2D));
+    TPM_CHECK(op->encoder_fwd(be, m->x, m->tok, tpm_tp_slice(m, m->cfg.L, TPM_E_WTE)->data, m->zero,
+                              n, 1, C));
+    TPM_CHECK(tpm_comm_all_reduce(m->comm, m->x, m->x, nc, TPM_DT_FLOAT, TPM_RED_SUM));
+    TPM_CHECK(op->encoder_fwd(be, m->buf, m->pos, tpm_tp_slice(m, m->cfg.L, TPM_E_WPE)->data,
+                              m->zero, n, 1, C));
+    TPM_CHECK(op->add(be, m->x, m->x, m->buf, nc));
+
+    for (int l = 0; l < m->cfg.L; l++) {
+        TPM_CHECK(block_fwd(m, l, n));
+    }
+    if (n_logits == 0) {
+        return TPM_OK;
+    }
+    return head_fwd(m, n_logits, logit_rows, logits_p);
+}

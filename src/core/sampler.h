@@ -1,0 +1,50 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * sampler.h: next-token choice from a row of logits (serve, and later eval):
+ * greedy, or temperature + top-k + top-p (nucleus) sampling with the counter RNG.
+ *
+ * Order of the filters, as in Hugging Face's generate(): the logits are divided by the
+ * temperature, then the top_k largest are kept, then the smallest prefix of those (sorted
+ * by probability) whose probability mass reaches top_p; the token is drawn from what is
+ * left, renormalised. The draw for generation step `step` of a request is
+ * tpm_rng_uniform(seed, TPM_SAMPLER_STREAM, step): it depends on nothing else, so a
+ * request with a fixed seed gives the same text on any rank count and in any batch
+ * (up to fp32 rounding of the logits themselves).
+ */
+#ifndef TPM_CORE_SAMPLER_H
+#define TPM_CORE_SAMPLER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "base/status.h"
+
+#define TPM_SAMPLER_STREAM 0x73616d706c65ull /* "sample": RNG stream of token draws */
+
+typedef struct tpm_sampler_params {
+    float    temperature; /* <= 0: greedy (argmax, lowest id on ties) */
+    int      top_k;       /* <= 0 or >= V: off */
+    float    top_p;       /* >= 1: off; (0, 1): nucleus mass */
+    uint64_t seed;
+} tpm_sampler_params_t;
+
+/** Scratch for one vocabulary size, allocated once (no allocation per token). */
+typedef struct tpm_sampler {
+    int      V;
+    float   *val; /* (V) candidate logits / weights */
+    int32_t *idx; /* (V) candidate ids */
+} tpm_sampler_t;
+
+/** Allocate scratch for vocabularies of @p V tokens. Caller owns *s_p. */
+tpm_status_t tpm_sampler_create(int V, tpm_sampler_t **s_p);
+void         tpm_sampler_destroy(tpm_sampler_t *s); /* no-op on NULL */
+
+/**
+ * Choose the token that follows @p logits (the first s->V columns; NaN counts as -inf) at
+ * generation step @p step (0 for the first generated token). Never fails: parameters out
+ * of range fall back to their "off" value. Not thread-safe (the scratch is shared).
+ */
+int32_t tpm_sampler_sample(tpm_sampler_t *s, const float *logits, const tpm_sampler_params_t *p,
+                           uint64_t step);
+
+#endif /* TPM_CORE_SAMPLER_H */

@@ -1,0 +1,211 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * serve_main.c: --mode=serve (tpm_serve_run, engine.h). Start-up is agreed step by step
+ * (every rank returns the same status), the front-end starts before the weights are read
+ * so that /health answers 503 while loading, then the engine loop runs until SIGTERM or
+ * SIGINT sets the stop flag, which rank 0 passes to every rank in the next header.
+ */
+#include "serve/engine.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "base/mem.h"
+#include "base/timer.h"
+#include "serve/http.h"
+
+/* the stop flag the signal handler sets (a plain int store: async-signal-safe in practice) */
+static tpm_serve_stats_t *volatile serve_stats_for_signal;
+
+static void on_stop_signal(int sig)
+{
+    tpm_serve_stats_t *st = serve_stats_for_signal;
+
+    (void)sig;
+    if (st != NULL) {
+        st->stop = 1;
+    }
+}
+
+static void install_signals(tpm_serve_stats_t *st, struct sigaction *old_term,
+                            struct sigaction *old_int)
+{
+    struct sigaction sa;
+
+    serve_stats_for_signal = st;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, old_term);
+    sigaction(SIGINT, &sa, old_int);
+}
+
+static void restore_signals(const struct sigaction *old_term, const struct sigaction *old_int)
+{
+    sigaction(SIGTERM, old_term, NULL);
+    sigaction(SIGINT, old_int, NULL);
+    serve_stats_for_signal = NULL;
+}
+
+/* model id for /v1/models: the --ckpt argument's last component, without ".h5" */
+static void model_name(const char *arg, char *buf, size_t cap)
+{
+    size_t      n = strlen(arg);
+    const char *base;
+
+    while (n > 1 && arg[n - 1] == '/') {
+        n--;
+    }
+    base = arg;
+    for (size_t i = 0; i < n; i++) {
+        if (arg[i] == '/' && i + 1 < n) {
+            base = arg + i + 1;
+        }
+    }
+    n -= (size_t)(base - arg);
+    if (n > 3 && memcmp(base + n - 3, ".h5", 3) == 0) {
+        n -= 3;
+    }
+    snprintf(buf, cap, "%.*s", (int)n, base);
+}
+
+/* rank 0 prints every rank's weights, KV cache and activations, and the slot capacity */
+static tpm_status_t report_memory(tpm_comm_t *comm, const tpm_tp_model_t *m)
+{
+    const double mib = 1048576.0;
+    int64_t      mine[3], *all = NULL;
+    tpm_status_t status;
+
+    mine[0] = (int64_t)m->mem.weight_bytes;
+    mine[1] = (int64_t)m->mem.kv_bytes;
+    mine[2] = (int64_t)m->mem.act_bytes;
+    status  = tpm_comm_agree(comm, tpm_calloc((size_t)comm->size * 3, sizeof(int64_t),
+                                              (void **)&all));
+    TPM_CHECK(status);
+    status = tpm_comm_all_gather(comm, mine, all, 3, TPM_DT_INT64, NULL);
+    for (int r = 0; r < comm->size && status == TPM_OK; r++) {
+        tpm_tp_part_t p;
+
+        tpm_tp_partition(&m->cfg, comm->size, r, &p);
+        tpm_info0("rank %d: heads [%d, %d), mlp rows [%lld, %lld), vocab rows [%lld, %lld): "
+                  "weights %.1f MiB, kv cache %.1f MiB, activations %.1f MiB",
+                  r, p.h0, p.h0 + p.nh, (long long)p.f0, (long long)(p.f0 + p.nf),
+                  (long long)p.v0, (long long)(p.v0 + p.nv), all[3 * r] / mib,
+                  all[3 * r + 1] / mib, all[3 * r + 2] / mib);
+    }
+    tpm_info0("slot capacity: %d slots x %d tokens = %lld KV cache tokens, up to %d tokens per "
+              "iteration",
+              m->n_slots, m->ctx, (long long)m->n_slots * m->ctx, m->max_tok);
+    tpm_free(all);
+    return status;
+}
+
+tpm_status_t tpm_serve_run(const tpm_config_t *cfg, tpm_comm_t *comm)
+{
+    const int             root = comm->rank == 0;
+    char                  path[TPM_PATH_MAX], name[256];
+    tpm_ckpt_t           *ck  = NULL;
+    tpm_tokenizer_t      *tok = NULL;
+    tpm_backend_t        *be  = NULL;
+    tpm_engine_t         *e   = NULL;
+    tpm_serve_queue_t    *q   = NULL;
+    tpm_http_t           *http = NULL;
+    tpm_serve_stats_t     stats;
+    tpm_model_config_t    mc;
+    tpm_engine_opts_t     opts;
+    tpm_http_model_info_t info;
+    struct sigaction      old_term, old_int;
+    tpm_status_t          status = TPM_OK;
+    double                t0     = tpm_time_now();
+
+    memset(&stats, 0, sizeof(stats));
+    memset(path, 0, sizeof(path));
+    if (cfg->ckpt[0] == '\0') {
+        tpm_info0("error: --mode=serve needs --ckpt=FILE.h5 or --ckpt=DIR (its latest checkpoint)");
+        return TPM_ERR_INVALID_ARG; /* the same configuration on every rank */
+    }
+    /* rank 0 resolves DIR/latest once: a checkpoint landing meanwhile cannot split the ranks */
+    if (root) {
+        status = tpm_ckpt_resolve(cfg->ckpt, path, sizeof(path));
+    }
+    {
+        int32_t s32 = (int32_t)status; /* rank 0's own status: the same exit code everywhere */
+
+        TPM_CHECK(tpm_comm_bcast(comm, &s32, 1, TPM_DT_INT32, 0));
+        TPM_CHECK((tpm_status_t)s32);
+    }
+    TPM_CHECK(tpm_comm_bcast(comm, path, sizeof(path), TPM_DT_BYTE, 0));
+    TPM_CHECK(tpm_ckpt_open(comm, path, &ck));
+
+    mc     = tpm_ckpt_meta(ck)->model;
+    status = tpm_model_config_finish(&mc);
+    if (status == TPM_OK && root) {
+        status = tpm_tokenizer_from_bytes(tpm_ckpt_meta(ck)->tokenizer,
+                                          tpm_ckpt_meta(ck)->tokenizer_len, &tok);
+    }
+    TPM_CHECK_GOTO(tpm_comm_agree(comm, status), status, out);
+    memset(&opts, 0, sizeof(opts));
+    opts.n_slots    = cfg->parallel;
+    opts.ctx        = cfg->ctx_size > 0 ? cfg->ctx_size : mc.maxT;
+    opts.max_tokens = cfg->max_tokens;
+    tpm_info0("serving %s: L=%d C=%d NH=%d V=%d n_ctx=%d on %d rank(s)%s", path, mc.L, mc.C,
+              mc.NH, mc.V, mc.maxT, comm->size,
+              mc.NH % comm->size != 0 ? " (ranks do not divide the heads: uneven head split)"
+                                      : "");
+    status = tpm_backend_create(cfg->device, cfg->threads, &be);
+    TPM_CHECK_GOTO(tpm_comm_agree(comm, status), status, out);
+    status = tpm_engine_create(be, comm, &mc, &opts, tok, &e);
+    TPM_CHECK_GOTO(tpm_comm_agree(comm, status), status, out);
+    TPM_CHECK_GOTO(report_memory(comm, tpm_engine_model(e)), status, out);
+
+    /* the front-end first: /health says 503 while the weights are read */
+    install_signals(&stats, &old_term, &old_int);
+    if (root) {
+        model_name(cfg->ckpt, name, sizeof(name));
+        info.name  = name;
+        info.n_ctx = opts.ctx;
+        info.vocab = mc.V;
+        status     = tpm_serve_queue_create(cfg->max_queue, &q);
+        if (status == TPM_OK) {
+            tpm_serve_queue_set_free(q, opts.n_slots);
+            status = tpm_http_start(cfg, q, &stats, tok, &info, &http);
+        }
+    }
+    TPM_CHECK_GOTO(tpm_comm_agree(comm, status), status, out_signals);
+
+    status = tpm_engine_load(e, ck);
+    tpm_ckpt_close(ck);
+    ck = NULL;
+    TPM_CHECK_GOTO(status, status, out_http);
+    stats.ready = 1;
+    tpm_info0("ready in %.1f s: http://%s:%d, %d slot(s), context %d, backend %s, %d thread(s)",
+              tpm_time_now() - t0, cfg->host, cfg->port, opts.n_slots, opts.ctx,
+              be->ops->name, be->n_threads);
+
+    status = tpm_engine_run(e, q, root ? &stats : NULL);
+    tpm_info0("stopping: %llu prompt tokens, %llu generated tokens served",
+              (unsigned long long)stats.prompt_tokens,
+              (unsigned long long)stats.generated_tokens);
+
+out_http:
+    if (root) {
+        /* no new jobs, answer the queued ones, then take the front-end down */
+        if (q != NULL) {
+            tpm_serve_queue_close(q);
+            tpm_serve_queue_drain(q, TPM_FINISH_CANCELLED);
+        }
+        tpm_http_stop(http);
+        http = NULL;
+    }
+out_signals:
+    restore_signals(&old_term, &old_int);
+out:
+    tpm_http_stop(http); /* still set only when the front-end started and start-up failed */
+    tpm_serve_queue_destroy(q);
+    tpm_ckpt_close(ck);
+    tpm_engine_destroy(e);
+    tpm_backend_destroy(be);
+    tpm_tokenizer_destroy(tok);
+    return status;
+}

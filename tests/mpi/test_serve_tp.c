@@ -1,0 +1,293 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * test_serve_tp.c: the tensor-parallel serving forward pass (core/model_tp.h) against the
+ * training forward pass (core/model.h at N = 1 with whole tensors), run under mpirun at any
+ * rank count (M that does not divide the heads included).
+ *
+ *   test_serve_tp [--ckpt=FILE|DIR] [--threads=N]
+ *
+ * With --ckpt every rank reads its slices through the engine's loader (each rank its own
+ * rows) and, for the reference, whole tensors; without it both come from the counter-RNG
+ * initialisation (a 500-token vocabulary, so that Vp = 512 is padded). Cases: a whole
+ * prompt in one call (logits of every row); the prompt prefilled in two chunks and then
+ * decoded token by token while a second slot prefills another prompt in the same calls;
+ * a slot reused for a new sequence. Each logits row is compared over the first V columns:
+ * max |serve - train| / max |train| <= 1e-5. Rank 0 prints "N passed, N failed".
+ */
+#include <math.h>
+#include <mpi.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend/backend.h"
+#include "base/mem.h"
+#include "base/rng.h"
+#include "ckpt/ckpt.h"
+#include "comm/comm.h"
+#include "core/model.h"
+#include "core/model_tp.h"
+#include "serve/engine.h"
+
+#define TOL    1e-5
+#define NSLOT  3
+#define MAXTOK 64
+
+static int n_pass, n_fail;
+
+static void check(int ok, const char *what, double err)
+{
+    if (ok) {
+        n_pass++;
+    } else {
+        n_fail++;
+        fprintf(stderr, "FAIL: %s: normalised error %.3g\n", what, err);
+    }
+}
+
+/* whole tensors of every group (host), read from the checkpoint or from the initialiser */
+static float **full_weights(const tpm_model_config_t *cfg, tpm_ckpt_t *ck, uint64_t seed)
+{
+    tpm_param_desc_t d[TPM_GROUP_MAX_NT];
+    int              NG = tpm_model_n_groups(cfg);
+    float          **w  = calloc((size_t)NG * TPM_GROUP_MAX_NT, sizeof(float *));
+    char             name[64];
+
+    for (int g = 0; g < NG; g++) {
+        int nt = tpm_model_group_desc(cfg, g, d);
+
+        for (int t = 0; t < nt; t++) {
+            size_t n = (size_t)d[t].rows * (size_t)d[t].cols;
+            float *p = malloc(n * sizeof(float));
+
+            if (ck != NULL) {
+                if (g < cfg->L) {
+                    snprintf(name, sizeof(name), "model/h.%d.%.15s", g, d[t].name);
+                } else {
+                    snprintf(name, sizeof(name), "model/%.15s", d[t].name);
+                }
+                if (tpm_ckpt_read_rows(ck, name, 0, d[t].rows, p) != TPM_OK) {
+                    MPI_Abort(MPI_COMM_WORLD, 1);
+                }
+            } else {
+                for (int64_t r = 0; r < d[t].rows; r++) {
+                    for (int64_t c = 0; c < d[t].cols; c++) {
+                        p[r * d[t].cols + c] = tpm_model_init_value(&d[t], seed, g, t, r, c);
+                    }
+                }
+            }
+            w[g * TPM_GROUP_MAX_NT + t] = p;
+        }
+    }
+    return w;
+}
+
+/* training forward of one sequence: logits (T, Vp) into out */
+static void train_logits(tpm_backend_t *be, const tpm_model_config_t *cfg, float **w,
+                         const int32_t *tok, int T, float *out)
+{
+    tpm_acts_t      *a = NULL;
+    tpm_group_view_t v;
+    float            loss;
+
+    if (tpm_acts_create(be, cfg, 1, T, &a) != TPM_OK || tpm_model_set_batch(be, a, tok, NULL)) {
+        MPI_Abort(MPI_COMM_WORLD, 1);
+    }
+    for (int t = 0; t < TPM_GROUP_MAX_NT; t++) {
+        v.t[t] = w[cfg->L * TPM_GROUP_MAX_NT + t];
+    }
+    tpm_model_embed_fwd(be, cfg, &v, a);
+    for (int l = 0; l < cfg->L; l++) {
+        tpm_group_view_t b;
+
+        for (int t = 0; t < TPM_GROUP_MAX_NT; t++) {
+            b.t[t] = w[l * TPM_GROUP_MAX_NT + t];
+        }
+        tpm_model_block_fwd(be, cfg, l, &b, a);
+    }
+    tpm_model_head_fwd_bwd(be, cfg, &v, NULL, 0.0f, a, &loss);
+    memcpy(out, a->logits, (size_t)T * cfg->Vp * sizeof(float));
+    tpm_acts_destroy(be, a);
+}
+
+/* normalised error of one served row against a reference row, first V columns */
+static double row_err(const float *got, const float *ref, int V)
+{
+    double emax = 0.0, rmax = 0.0;
+
+    for (int i = 0; i < V; i++) {
+        if (!isfinite(got[i])) {
+            return INFINITY;
+        }
+        emax = fmax(emax, fabs((double)got[i] - ref[i]));
+        rmax = fmax(rmax, fabs((double)ref[i]));
+    }
+    return rmax > 0.0 ? emax / rmax : emax;
+}
+
+typedef struct {
+    tpm_tp_model_t           *m;
+    const tpm_model_config_t *cfg;
+    int                       rank;
+    double                    worst;
+} ctx_t;
+
+/* one forward call; rank 0 compares row j of the result with refs[j] */
+static void call(ctx_t *c, int n, const int32_t *tok, const int32_t *slot, const int32_t *pos,
+                 int nl, const int32_t *rows, const float *const *refs, const char *what)
+{
+    const float *lg = NULL;
+
+    if (tpm_tp_forward(c->m, n, tok, slot, pos, nl, rows, &lg) != TPM_OK) {
+        MPI_Abort(MPI_COMM_WORLD, 1);
+    }
+    if (c->rank != 0) {
+        return;
+    }
+    for (int j = 0; j < nl; j++) {
+        double e = row_err(lg + (size_t)j * c->cfg->Vp, refs[j], c->cfg->V);
+
+        c->worst = fmax(c->worst, e);
+        check(e <= TOL, what, e);
+    }
+}
+
+int main(int argc, char **argv)
+{
+    tpm_model_config_t cfg  = {.L = 2, .C = 64, .NH = 4, .V = 500, .maxT = 64};
+    const char        *ckpt = NULL;
+    char               path[1024];
+    int                threads = 1, provided, T = 40, TB = 23;
+    tpm_comm_t        *comm = NULL;
+    tpm_backend_t     *be   = NULL;
+    tpm_ckpt_t        *ck   = NULL;
+    ctx_t              c;
+    float            **w, *refA, *refB;
+    int32_t            A[64], B[64], tok[MAXTOK], slot[MAXTOK], pos[MAXTOK], rows[MAXTOK];
+    const float       *refs[MAXTOK];
+    tpm_tp_part_t      part;
+    int32_t            res[2];
+
+    for (int i = 1; i < argc; i++) {
+        if (strncmp(argv[i], "--ckpt=", 7) == 0) {
+            ckpt = argv[i] + 7;
+        } else if (strncmp(argv[i], "--threads=", 10) == 0) {
+            threads = atoi(argv[i] + 10);
+        } else {
+            fprintf(stderr, "usage: %s [--ckpt=FILE|DIR] [--threads=N]\n", argv[0]);
+            return 2;
+        }
+    }
+    MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided);
+    memset(&c, 0, sizeof(c));
+    MPI_Comm_rank(MPI_COMM_WORLD, &c.rank);
+    tpm_log_set_rank(c.rank);
+    if (tpm_comm_mpi_create(0, &comm) != TPM_OK || tpm_backend_create("cpu", threads, &be)) {
+        MPI_Abort(MPI_COMM_WORLD, 1);
+    }
+    if (ckpt != NULL) {
+        if (tpm_ckpt_resolve(ckpt, path, sizeof(path)) != TPM_OK ||
+            tpm_ckpt_open(comm, path, &ck) != TPM_OK) {
+            MPI_Abort(MPI_COMM_WORLD, 1);
+        }
+        cfg = tpm_ckpt_meta(ck)->model;
+    }
+    if (tpm_model_config_finish(&cfg) != TPM_OK ||
+        tpm_tp_create(be, comm, &cfg, NSLOT, cfg.maxT, MAXTOK, MAXTOK, &c.m) != TPM_OK) {
+        MPI_Abort(MPI_COMM_WORLD, 1);
+    }
+    c.cfg = &cfg;
+    if (ck != NULL) {
+        if (tpm_serve_load_model(c.m, ck) != TPM_OK) {
+            MPI_Abort(MPI_COMM_WORLD, 1);
+        }
+    } else if (tpm_tp_init_params(c.m, 1234) != TPM_OK) {
+        MPI_Abort(MPI_COMM_WORLD, 1);
+    }
+    w = full_weights(&cfg, ck, 1234);
+    tpm_ckpt_close(ck);
+    tpm_tp_partition(&cfg, comm->size, comm->rank, &part);
+    if (c.rank == 0) {
+        printf("model L=%d C=%d NH=%d V=%d Vp=%d on %d rank(s), %s\n", cfg.L, cfg.C, cfg.NH, cfg.V,
+               cfg.Vp, comm->size, ckpt != NULL ? path : "initial weights");
+    }
+    printf("rank %d: heads [%d, %d) mlp rows [%lld, %lld) vocab rows [%lld, %lld)\n", c.rank,
+           part.h0, part.h0 + part.nh, (long long)part.f0, (long long)(part.f0 + part.nf),
+           (long long)part.v0, (long long)(part.v0 + part.nv));
+
+    /* two prompts and their training logits */
+    T  = T < cfg.maxT ? T : cfg.maxT;
+    TB = TB < T ? TB : T;
+    for (int i = 0; i < T; i++) {
+        A[i] = (int32_t)(tpm_rng_u64(7, 1, (uint64_t)i) % (uint64_t)cfg.V);
+        B[i] = (int32_t)(tpm_rng_u64(7, 2, (uint64_t)i) % (uint64_t)cfg.V);
+    }
+    A[T - 1] = cfg.V - 1; /* the last vocabulary row: the far end of the last rank's slice */
+    refA     = malloc((size_t)T * cfg.Vp * sizeof(float));
+    refB     = malloc((size_t)TB * cfg.Vp * sizeof(float));
+    train_logits(be, &cfg, w, A, T, refA);
+    train_logits(be, &cfg, w, B, TB, refB);
+
+    /* 1. the whole prompt A in slot 2, logits of every row */
+    for (int i = 0; i < T; i++) {
+        tok[i] = A[i], slot[i] = 2, pos[i] = i, rows[i] = i;
+        refs[i] = refA + (size_t)i * cfg.Vp;
+    }
+    call(&c, T, tok, slot, pos, T, rows, refs, "whole prompt");
+
+    /* 2. A in slot 0: two prefill chunks, then decode steps mixed with B's chunks in slot 1 */
+    {
+        int a = 0, b = 0, first = T / 2 < 25 ? T / 2 : 25;
+
+        for (int i = 0; i < first; i++) {
+            tok[i] = A[i], slot[i] = 0, pos[i] = i;
+        }
+        rows[0] = first - 1;
+        refs[0] = refA + (size_t)(first - 1) * cfg.Vp;
+        call(&c, first, tok, slot, pos, 1, rows, refs, "first chunk");
+        a = first;
+        while (a < T || b < TB) {
+            int n = 0, nl = 0;
+
+            if (a < T) { /* one decode token of A (the next prompt token stands in for it) */
+                tok[n] = A[a], slot[n] = 0, pos[n] = a;
+                refs[nl]   = refA + (size_t)a * cfg.Vp;
+                rows[nl++] = n++;
+                a++;
+            }
+            for (int k = 0; k < 5 && b < TB; k++, b++, n++) { /* chunks of 5 of B */
+                tok[n] = B[b], slot[n] = 1, pos[n] = b;
+            }
+            if (n > 0 && slot[n - 1] == 1) {
+                refs[nl]   = refB + (size_t)(b - 1) * cfg.Vp;
+                rows[nl++] = n - 1;
+            }
+            call(&c, n, tok, slot, pos, nl, rows, refs, "decode + chunked prefill");
+        }
+    }
+
+    /* 3. slot 2 (holding A) reused for B: stale rows past the new positions must not count */
+    for (int i = 0; i < TB; i++) {
+        tok[i] = B[i], slot[i] = 2, pos[i] = i, rows[i] = i;
+        refs[i] = refB + (size_t)i * cfg.Vp;
+    }
+    call(&c, TB, tok, slot, pos, TB, rows, refs, "reused slot");
+
+    res[0] = n_pass;
+    res[1] = n_fail;
+    MPI_Bcast(res, 2, MPI_INT, 0, MPI_COMM_WORLD);
+    if (c.rank == 0) {
+        printf("M=%d: max normalised logit error %.3g (tolerance %.0e)\n", comm->size, c.worst,
+               TOL);
+        printf("%d passed, %d failed\n", res[0], res[1]);
+    }
+    for (int i = 0; i < tpm_model_n_groups(&cfg) * TPM_GROUP_MAX_NT; i++) {
+        free(w[i]);
+    }
+    free(w), free(refA), free(refB);
+    tpm_tp_destroy(c.m);
+    tpm_backend_destroy(be);
+    tpm_comm_destroy(comm);
+    MPI_Finalize();
+    return res[1] == 0 ? 0 : 1;
+}

@@ -1,0 +1,353 @@
+#!/bin/sh
+# SPDX-License-Identifier: MIT
+# serve_http.sh: the OpenAI-compatible HTTP API end to end, driven with curl: health while
+# loading and when ready, models, completions (string, token-list and nested prompts;
+# streaming by server-sent events, with stop strings and usage), tokenize/detokenize,
+# Prometheus metrics, and the error answers in OpenAI's shape (bad JSON, missing or wrong
+# API key, unknown route, wrong method, oversize body, oversize prompt, bad parameters).
+# With the fake engine (SERVE_TARGET=fake, the default) also: a full queue (503), a client
+# that disconnects (its job is cancelled), an engine error, and a graceful shutdown that
+# ends an open stream. SERVE_TARGET=real runs the checks that do not depend on the fake
+# engine's known answers against `tpmpi --mode=serve` (tests/serve_http_real.sh).
+set -u
+: "${TOP_BUILDDIR:=.}"
+: "${TOP_SRCDIR:=$(dirname "$0")/..}"
+SERVE_TARGET=${SERVE_TARGET:-fake}
+dir=$TOP_BUILDDIR/tests/serve_http_$SERVE_TARGET.d
+rm -rf "$dir" && mkdir -p "$dir"
+. "$TOP_SRCDIR/tests/serve_lib.sh"
+
+if [ "$SERVE_TARGET" = fake ] && [ ! -x "$FAKE_SERVER" ]; then
+    echo "SKIP: $FAKE_SERVER not built"
+    exit 77
+fi
+if ! command -v curl >/dev/null 2>&1; then
+    echo "SKIP: curl not found"
+    exit 77
+fi
+
+KEY=test-key-0123456789
+fake=0
+[ "$SERVE_TARGET" = fake ] && fake=1
+trap 'serve_stop 5 >/dev/null 2>&1' EXIT
+
+# ---- start; with the fake engine, "loading" for the first 1.5 s ----------------------------
+[ $fake = 1 ] && export FAKE_READY_MS=1500 FAKE_STEP_MS=2
+serve_start "$dir/server.log" --api-key="$KEY" --ctx-size=64 --max-tokens=48 \
+    --max-body-bytes=8192 --parallel=4 --max-queue=16
+if [ $fake = 1 ]; then
+    serve_wait_listening 20 || { cat "$dir/server.log"; echo "server did not start"; exit 1; }
+    code=$(req GET /health "")
+    check "$([ "$code" = 503 ] && echo 1 || echo 0)" "/health while loading: $code (want 503)"
+    check "$(jcheck "$dir/body" 'd == {"status": "loading"}')" "/health while loading body"
+    code=$(post /v1/completions '{"prompt":"hi"}')
+    check "$([ "$code" = 503 ] && echo 1 || echo 0)" "completion while loading: $code (want 503)"
+    check "$(jcheck "$dir/body" 'd["error"]["code"] == "model_loading"')" "loading error code"
+fi
+if ! serve_wait_ready 180; then
+    cat "$dir/server.log"
+    echo "server did not become ready"
+    exit 1
+fi
+
+# ---- health, models, key ---------------------------------------------------------------------
+code=$(req GET /health "")
+check "$([ "$code" = 200 ] && echo 1 || echo 0)" "/health without a key: $code (want 200)"
+check "$(jcheck "$dir/body" 'd == {"status": "ok"}')" "/health body"
+code=$(get /v1/models)
+check "$([ "$code" = 200 ] && echo 1 || echo 0)" "/v1/models: $code"
+check "$(jcheck "$dir/body" 'd["object"] == "list" and d["data"][0]["object"] == "model"')" \
+    "/v1/models body"
+MODEL=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["data"][0]["id"])' \
+    "$dir/body" 2>/dev/null || echo "?")
+code=$(get "/v1/models/$MODEL")
+check "$([ "$code" = 200 ] && echo 1 || echo 0)" "/v1/models/$MODEL: $code"
+code=$(get /v1/models/nope)
+check "$([ "$code" = 404 ] && echo 1 || echo 0)" "/v1/models/nope: $code (want 404)"
+
+code=$(req GET /v1/models "")
+check "$([ "$code" = 401 ] && echo 1 || echo 0)" "no API key: $code (want 401)"
+check "$(is_openai_error "$dir/body")" "no API key: error shape"
+check "$(jcheck "$dir/body" 'd["error"]["code"] == "invalid_api_key"')" "no API key: code"
+printf '{"prompt":"hi"}' >"$dir/in"
+code=$(req POST /v1/completions "$dir/in" -H "Authorization: Bearer wrong-key")
+check "$([ "$code" = 401 ] && echo 1 || echo 0)" "wrong API key: $code (want 401)"
+code=$(req POST /v1/completions "$dir/in" -H "Authorization: Bearer ${KEY}x")
+check "$([ "$code" = 401 ] && echo 1 || echo 0)" "API key with a suffix: $code (want 401)"
+if grep -q "$KEY" "$dir/server.log"; then
+    check 0 "the API key appears in the server log"
+fi
+
+# ---- completions --------------------------------------------------------------------------
+code=$(post /v1/completions "{\"model\":\"$MODEL\",\"prompt\":\"The quick\",\"max_tokens\":12,\"temperature\":0}")
+cp "$dir/body" "$dir/full.json"
+check "$([ "$code" = 200 ] && echo 1 || echo 0)" "completion: $code"
+check "$(jcheck "$dir/full.json" 'd["object"] == "text_completion" and d["id"].startswith("cmpl-") and len(d["choices"]) == 1 and d["choices"][0]["finish_reason"] in ("length", "stop")')" \
+    "completion shape"
+check "$(jcheck "$dir/full.json" '(lambda u: u["total_tokens"] == u["prompt_tokens"] + u["completion_tokens"] and 1 <= u["completion_tokens"] <= 12)(d["usage"])')" \
+    "usage adds up"
+check "$(jcheck "$dir/full.json" 'all(k in d["timings"] for k in ("prompt_ms", "predicted_ms", "ttft_ms", "predicted_per_second", "prompt_n", "predicted_n"))')" \
+    "timings present"
+if [ $fake = 1 ]; then
+    check "$(jcheck "$dir/full.json" 'd["choices"][0]["text"].startswith("The quick brown fox") and d["usage"]["completion_tokens"] == 12 and d["choices"][0]["finish_reason"] == "length"')" \
+        "fake completion text"
+fi
+
+# the same request streamed: same text (greedy), a final chunk, usage, [DONE]
+post /v1/completions "{\"model\":\"$MODEL\",\"prompt\":\"The quick\",\"max_tokens\":12,\"temperature\":0,\"stream\":true,\"stream_options\":{\"include_usage\":true}}" -N \
+    -D "$dir/headers" >/dev/null
+sse_summary "$dir/body" >"$dir/sse.json"
+check "$(grep -qi '^content-type: text/event-stream' "$dir/headers" && echo 1 || echo 0)" \
+    "stream content type"
+check "$(jcheck "$dir/sse.json" 'd["done"] and d["bad"] == 0 and d["after_done"] == 0 and d["error"] is None and d["events"] >= 2')" \
+    "stream is well-formed SSE ending with [DONE]"
+check "$(python3 -c 'import json,sys; a=json.load(open(sys.argv[1])); b=json.load(open(sys.argv[2])); print(int(a["text"] == b["choices"][0]["text"] and a["finish"] == b["choices"][0]["finish_reason"] and a["usage"] == b["usage"]))' "$dir/sse.json" "$dir/full.json")" \
+    "streamed text, finish_reason and usage equal the non-streamed answer"
+check "$(jcheck "$dir/sse.json" 'd["timings"]')" "stream final chunk has timings"
+
+# prompt forms: token ids, [[ids]], ["text"]
+code=$(post /v1/completions '{"prompt":[84,104,101],"max_tokens":2}')
+check "$([ "$code" = 200 ] && echo 1 || echo 0)" "token-id prompt: $code"
+check "$(jcheck "$dir/body" 'd["usage"]["prompt_tokens"] == 3')" "token-id prompt: 3 prompt tokens"
+code=$(post /v1/completions '{"prompt":[[84,104,101,32]],"max_tokens":2}')
+check "$([ "$code" = 200 ] && echo 1 || echo 0)" "[[ids]] prompt: $code"
+check "$(jcheck "$dir/body" 'd["usage"]["prompt_tokens"] == 4')" "[[ids]] prompt: 4 prompt tokens"
+code=$(post /v1/completions '{"prompt":["Hello"],"max_tokens":2}')
+check "$([ "$code" = 200 ] && echo 1 || echo 0)" "[\"text\"] prompt: $code"
+code=$(post /v1/completions '{"prompt":"","max_tokens":2}')
+check "$([ "$code" = 200 ] && echo 1 || echo 0)" "empty prompt (end-of-text): $code"
+
+if [ $fake = 1 ]; then
+    code=$(post /v1/completions '{"prompt":"x","max_tokens":40,"stop":["fox","zzz"]}')
+    check "$(jcheck "$dir/body" 'd["choices"][0]["text"] == "The quick brown " and d["choices"][0]["finish_reason"] == "stop"')" \
+        "stop string cuts the text"
+    post /v1/completions '{"prompt":"x","max_tokens":40,"stop":"fox","stream":true}' -N >/dev/null
+    sse_summary "$dir/body" >"$dir/sse.json"
+    check "$(jcheck "$dir/sse.json" 'd["text"] == "The quick brown " and d["finish"] == "stop" and d["done"]')" \
+        "stop string in a stream: held back, never sent"
+    code=$(post /v1/completions '{"prompt":"EOT","max_tokens":40}')
+    check "$(jcheck "$dir/body" 'd["choices"][0]["finish_reason"] == "stop" and d["usage"]["completion_tokens"] == 4')" \
+        "end-of-text ends with stop"
+    code=$(post /v1/completions '{"prompt":"FAIL","max_tokens":40}')
+    check "$([ "$code" = 500 ] && echo 1 || echo 0)" "engine error: $code (want 500)"
+    check "$(jcheck "$dir/body" 'd["error"]["code"] == "engine_error"')" "engine error code"
+    post /v1/completions '{"prompt":"FAIL","max_tokens":40,"stream":true}' -N >/dev/null
+    sse_summary "$dir/body" >"$dir/sse.json"
+    check "$(jcheck "$dir/sse.json" 'd["error"] is not None and d["error"]["code"] == "engine_error" and d["done"]')" \
+        "engine error in a stream: an error event, then [DONE]"
+fi
+
+# ---- tokenize / detokenize -------------------------------------------------------------------
+code=$(post /tokenize '{"content":"Hello, world! \u00e9"}')
+check "$([ "$code" = 200 ] && echo 1 || echo 0)" "/tokenize: $code"
+ids=$(python3 -c 'import json,sys; print(json.dumps(json.load(open(sys.argv[1]))["tokens"]))' \
+    "$dir/body" 2>/dev/null || echo '[]')
+code=$(post /detokenize "{\"tokens\":$ids}")
+check "$(jcheck "$dir/body" 'd["content"] == "Hello, world! \u00e9"')" "/detokenize round trip"
+code=$(post /tokenize '{"content":"ab","with_pieces":true}')
+check "$(jcheck "$dir/body" 'isinstance(d["tokens"][0], dict) and "".join(t["piece"] for t in d["tokens"]) == "ab"')" \
+    "/tokenize with_pieces"
+code=$(post /detokenize '{"tokens":[1,99999999]}')
+check "$([ "$code" = 400 ] && echo 1 || echo 0)" "/detokenize bad id: $code (want 400)"
+
+# ---- errors: 4xx in OpenAI's shape, and the server keeps serving ------------------------
+n400=0
+bad() { # bad WANT_STATUS WANT_PARAM_OR_- BODY_JSON
+    want=$1 param=$2
+    code=$(post /v1/completions "$3")
+    ok=0
+    if [ "$code" = "$want" ] && [ "$(is_openai_error "$dir/body")" = 1 ]; then
+        if [ "$param" = - ] || [ "$(jcheck "$dir/body" "d['error']['param'] == '$param'")" = 1 ]; then
+            ok=1
+        fi
+    fi
+    [ "$want" = 400 ] && n400=$((n400 + 1))
+    check $ok "bad request $3: got $code $(head -c 300 "$dir/body") (want $want, param $param)"
+}
+bad 400 - '{"prompt": "x", '
+bad 400 - '[1, 2, 3]'
+bad 400 - ''
+bad 400 prompt '{"max_tokens": 3}'
+bad 400 prompt '{"prompt": 12}'
+bad 400 prompt '{"prompt": []}'
+bad 400 prompt '{"prompt": ["a", "b"]}'
+bad 400 prompt '{"prompt": [1, "a"]}'
+bad 400 prompt '{"prompt": [1, 99999999]}'
+bad 400 prompt '{"prompt": [-1]}'
+bad 400 n '{"prompt": "x", "n": 2}'
+bad 400 echo '{"prompt": "x", "echo": true}'
+bad 400 logprobs '{"prompt": "x", "logprobs": 1}'
+bad 400 suffix '{"prompt": "x", "suffix": "y"}'
+bad 400 best_of '{"prompt": "x", "best_of": 3}'
+bad 400 max_tokens '{"prompt": "x", "max_tokens": 0}'
+bad 400 max_tokens '{"prompt": "x", "max_tokens": 49}'
+bad 400 max_tokens '{"prompt": "x", "max_tokens": "5"}'
+bad 400 temperature '{"prompt": "x", "temperature": 5}'
+bad 400 top_p '{"prompt": "x", "top_p": 0}'
+bad 400 top_k '{"prompt": "x", "top_k": 1.5}'
+bad 400 stop '{"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}'
+bad 400 stop '{"prompt": "x", "stop": [""]}'
+bad 400 stream '{"prompt": "x", "stream": "yes"}'
+bad 404 model '{"prompt": "x", "model": "no-such-model"}'
+# prompt + max_tokens over the 64-token context
+long=$(python3 -c 'print("lorem ipsum dolor sit amet " * 40)')
+bad 400 prompt "{\"prompt\": \"$long\", \"max_tokens\": 4}"
+check "$(jcheck "$dir/body" 'd["error"]["code"] == "context_length_exceeded"')" \
+    "oversize prompt: code context_length_exceeded"
+bad 400 prompt '{"prompt": [1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30], "max_tokens": 40}'
+
+# body over --max-body-bytes=8192: 413 (announced by Content-Length, before reading it)
+python3 -c 'import json; print(json.dumps({"prompt": "x" * 20000}))' >"$dir/big.json"
+code=$(req POST /v1/completions "$dir/big.json" -H "Authorization: Bearer $KEY")
+check "$([ "$code" = 413 ] && echo 1 || echo 0)" "oversize body: $code (want 413)"
+check "$(is_openai_error "$dir/body")" "oversize body: error shape"
+# the same body sent chunked (no Content-Length): 413 once the limit is crossed
+code=$(req POST /v1/completions "$dir/big.json" -H "Authorization: Bearer $KEY" \
+    -H "Transfer-Encoding: chunked")
+check "$([ "$code" = 413 ] && echo 1 || echo 0)" "oversize chunked body: $code (want 413)"
+
+code=$(get /v1/nothing-here)
+check "$([ "$code" = 404 ] && echo 1 || echo 0)" "unknown route: $code (want 404)"
+check "$(is_openai_error "$dir/body")" "unknown route: error shape"
+code=$(get /v1/completions -D "$dir/headers")
+check "$([ "$code" = 405 ] && echo 1 || echo 0)" "GET /v1/completions: $code (want 405)"
+check "$(is_openai_error "$dir/body")" "wrong method: error shape"
+check "$(grep -qi '^allow: POST' "$dir/headers" && echo 1 || echo 0)" "wrong method: Allow header"
+code=$(req DELETE /health "")
+check "$([ "$code" = 405 ] && echo 1 || echo 0)" "DELETE /health: $code (want 405)"
+
+# still serving after all that
+code=$(post /v1/completions '{"prompt":"still there?","max_tokens":3}')
+check "$([ "$code" = 200 ] && echo 1 || echo 0)" "serving after bad requests: $code"
+
+# ---- metrics ---------------------------------------------------------------------------------
+code=$(get /metrics -D "$dir/headers")
+check "$([ "$code" = 200 ] && echo 1 || echo 0)" "/metrics: $code"
+check "$(grep -qi '^content-type: text/plain; version=0.0.4' "$dir/headers" && echo 1 || echo 0)" \
+    "/metrics content type"
+v=$(metric 'tpmpi:http_requests_total{code="400"}')
+check "$([ "$v" != missing ] && [ "$v" -ge "$n400" ] && echo 1 || echo 0)" \
+    "400 counter $v >= $n400 bad requests sent"
+v=$(metric 'tpmpi:http_requests_total{code="401"}')
+check "$([ "$v" != missing ] && [ "$v" -ge 3 ] && echo 1 || echo 0)" "401 counter $v >= 3"
+for h in time_to_first_token_seconds inter_token_latency_seconds e2e_request_latency_seconds; do
+    v=$(metric "tpmpi:${h}_count")
+    inf=$(metric "tpmpi:${h}_bucket{le=\"+Inf\"}")
+    check "$([ "$v" != missing ] && [ "$v" -gt 0 ] && [ "$v" = "$inf" ] && echo 1 || echo 0)" \
+        "histogram $h: count $v, +Inf bucket $inf"
+done
+v=$(metric 'tpmpi:generation_tokens_total')
+check "$([ "$v" != missing ] && [ "$v" -gt 0 ] && echo 1 || echo 0)" "generation tokens $v > 0"
+v=$(metric 'tpmpi:request_finished_total{finished_reason="length"}')
+check "$([ "$v" != missing ] && [ "$v" -gt 0 ] && echo 1 || echo 0)" "finished (length) $v > 0"
+for g in num_requests_running num_requests_waiting prompt_tokens_total num_slots; do
+    v=$(metric "tpmpi:$g")
+    check "$([ "$v" != missing ] && echo 1 || echo 0)" "metric tpmpi:$g present"
+done
+
+# ---- a client that goes away: its job is cancelled ----------------------------------------
+if [ $fake = 1 ]; then
+    serve_stop 10
+    rc=$?
+    check "$([ $rc = 0 ] && echo 1 || echo 0)" "fake server exit status $rc"
+
+    # a slow engine (50 ms a token) for the disconnect, queue and shutdown checks
+    export FAKE_READY_MS=0 FAKE_STEP_MS=50
+    serve_start "$dir/server2.log" --api-key="$KEY" --ctx-size=2048 --max-tokens=1000 \
+        --parallel=1 --max-queue=1
+    serve_wait_ready 20 || { cat "$dir/server2.log"; echo "server 2 did not start"; exit 1; }
+
+    # streaming client reads 2 events and hangs up
+    printf '{"prompt":"x","max_tokens":1000,"stream":true}' >"$dir/in"
+    curl -s -N -H "Authorization: Bearer $KEY" --data-binary "@$dir/in" \
+        "$SERVE_URL/v1/completions" 2>/dev/null | head -c 300 >/dev/null
+    # non-streaming client gives up after 0.5 s
+    printf '{"prompt":"x","max_tokens":1000}' >"$dir/in"
+    curl -s --max-time 0.5 -H "Authorization: Bearer $KEY" --data-binary "@$dir/in" \
+        "$SERVE_URL/v1/completions" >/dev/null 2>&1
+    n=0
+    while [ $n -lt 30 ]; do
+        get /metrics >/dev/null
+        c=$(metric 'tpmpi:request_finished_total{finished_reason="cancelled"}')
+        r=$(metric 'tpmpi:num_requests_running')
+        [ "$c" = 2 ] && [ "$r" = 0 ] && break
+        sleep 0.1
+        n=$((n + 1))
+    done
+    check "$([ "$c" = 2 ] && [ "$r" = 0 ] && echo 1 || echo 0)" \
+        "disconnected clients cancel their jobs: cancelled $c (want 2), running $r (want 0)"
+    maxn=$(sed -n 's/.*job cancelled after \([0-9]*\) tokens.*/\1/p' "$dir/server2.log" | sort -n | tail -1)
+    check "$([ -n "$maxn" ] && [ "$maxn" -lt 40 ] && echo 1 || echo 0)" \
+        "cancelled jobs stopped early (at most $maxn of 1000 tokens)"
+
+    # queue: 1 slot + 1 waiting; the third concurrent request is refused with 503
+    printf '{"prompt":"x","max_tokens":40}' >"$dir/in"
+    # (each step waits until /metrics shows the previous request running, then waiting)
+    qpids=
+    for i in 1 2; do
+        curl -s -o "$dir/q$i.json" -w '%{http_code}' -H "Authorization: Bearer $KEY" \
+            --data-binary "@$dir/in" "$SERVE_URL/v1/completions" >"$dir/q$i.code" 2>/dev/null &
+        qpids="$qpids $!"
+        n=0
+        while [ $n -lt 100 ]; do
+            get /metrics >/dev/null
+            if [ $i = 1 ]; then
+                [ "$(metric tpmpi:num_requests_running)" = 1 ] && break
+            else
+                [ "$(metric tpmpi:num_requests_waiting)" = 1 ] && break
+            fi
+            sleep 0.05
+            n=$((n + 1))
+        done
+    done
+    code=$(post /v1/completions '{"prompt":"x","max_tokens":20}' -D "$dir/headers")
+    check "$([ "$code" = 503 ] && echo 1 || echo 0)" "full queue: $code (want 503)"
+    check "$(jcheck "$dir/body" 'd["error"]["code"] == "queue_full"')" "full queue: code"
+    check "$(grep -qi '^retry-after:' "$dir/headers" && echo 1 || echo 0)" "full queue: Retry-After"
+    for p in $qpids; do
+        wait "$p"
+    done
+    check "$([ "$(cat "$dir/q1.code")" = 200 ] && [ "$(cat "$dir/q2.code")" = 200 ] && echo 1 || echo 0)" \
+        "the running and the queued request complete: $(cat "$dir/q1.code") $(cat "$dir/q2.code")"
+
+    # graceful shutdown: an open stream ends with an error event and [DONE]; exit status 0
+    printf '{"prompt":"x","max_tokens":1000,"stream":true}' >"$dir/in"
+    curl -s -N -H "Authorization: Bearer $KEY" --data-binary "@$dir/in" \
+        "$SERVE_URL/v1/completions" >"$dir/stream_stop.txt" 2>/dev/null &
+    cpid=$!
+    sleep 0.5
+    t0=$(date +%s)
+    serve_stop 10
+    rc=$?
+    t1=$(date +%s)
+    wait $cpid
+    check "$([ $rc = 0 ] && echo 1 || echo 0)" "SIGTERM: exit status $rc (want 0)"
+    check "$([ $((t1 - t0)) -le 3 ] && echo 1 || echo 0)" "SIGTERM: stopped in $((t1 - t0)) s"
+    sse_summary "$dir/stream_stop.txt" >"$dir/sse.json"
+    check "$(jcheck "$dir/sse.json" 'd["done"] and d["error"] is not None and d["error"]["code"] == "shutting_down" and len(d["text"]) > 0')" \
+        "SIGTERM: the open stream gets text, an error event and [DONE]"
+    grep -q 'http: stopped' "$dir/server2.log"
+    check "$([ $? = 0 ] && echo 1 || echo 0)" "SIGTERM: front-end stopped"
+else
+    # graceful shutdown of the real server with a stream open
+    printf '{"prompt":"x","max_tokens":40,"stream":true}' >"$dir/in"
+    curl -s -N -H "Authorization: Bearer $KEY" --data-binary "@$dir/in" \
+        "$SERVE_URL/v1/completions" >"$dir/stream_stop.txt" 2>/dev/null &
+    cpid=$!
+    sleep 0.2
+    serve_stop_clean 60
+    rc=$?
+    wait $cpid
+    check "$([ $rc = 0 ] && echo 1 || echo 0)" "SIGTERM: exit status $rc (want 0)"
+    sse_summary "$dir/stream_stop.txt" >"$dir/sse.json"
+    check "$(jcheck "$dir/sse.json" 'd["done"] and d["bad"] == 0')" \
+        "SIGTERM: the open stream ends with [DONE]"
+fi
+
+if [ "$fail" -ne 0 ]; then
+    echo "---- server log"
+    tail -50 "$dir/server.log"
+    [ -f "$dir/server2.log" ] && tail -30 "$dir/server2.log"
+fi
+echo "$pass passed, $fail failed"
+[ "$fail" -eq 0 ]
