@@ -29,7 +29,8 @@ AS_IF([test "x$with_cuda" != xno], [
   AS_IF([test "x$enable_debug" = xyes], [TPM_NVCCFLAGS="$TPM_NVCCFLAGS -G"])
   tpm_cuda_libdir=$tpm_cuda_dir/lib64
   test -d "$tpm_cuda_libdir" || tpm_cuda_libdir=$tpm_cuda_dir/lib
-  CUDA_CPPFLAGS="-I$tpm_cuda_dir/include"
+  # -isystem: nccl.h declares "f()" prototypes that -Wstrict-prototypes -Werror rejects
+  CUDA_CPPFLAGS="-isystem $tpm_cuda_dir/include"
   CUDA_LIBS="-L$tpm_cuda_libdir -Wl,-rpath,$tpm_cuda_libdir -lnccl -lcublasLt -lcublas -lcudart -lstdc++"
   tpm_save_CPPFLAGS=$CPPFLAGS; tpm_save_LIBS=$LIBS
   CPPFLAGS="$CPPFLAGS $CUDA_CPPFLAGS"
