@@ -32,7 +32,9 @@ expect 1 2 "steps" --mode=train --steps=0
 expect 1 2 "lr" --mode=train --lr=-1
 expect 1 2 "mode" --mode=dance
 expect 2 2 "does not divide" --mode=train --model=tiny --n-head=5
-expect 1 2 "not implemented" --mode=serve
+expect 1 2 "not implemented" --mode=eval
+expect 2 2 "needs --ckpt" --mode=serve
+expect 2 2 "no such file" --mode=serve --ckpt="$dir/none.h5"
 expect 1 2 "exceeds the position table" --mode=train --model=tiny --seq-len=128
 
 # data problems

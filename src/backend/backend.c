@@ -19,7 +19,7 @@
 #include <string.h>
 
 #ifdef HAVE_CUDA
-extern const tpm_backend_ops_t tpm_backend_cuda_ops;
+#include "backend/backend_cuda.h"
 #endif /* HAVE_CUDA */
 
 static tpm_status_t backend_cpu_setup(tpm_backend_t *be, int n_threads)
@@ -67,7 +67,9 @@ tpm_status_t tpm_backend_create(const char *name, int n_threads, tpm_backend_t *
         be            = p;
         be->ops       = &tpm_backend_cuda_ops;
         be->n_threads = n_threads;
-        *be_p         = be;
+        /* device, stream, cuBLAS; "no CUDA device: ..." when there is none */
+        TPM_CHECK_GOTO(tpm_backend_cuda_priv_create(&be->priv), status, err_free_be);
+        *be_p = be;
         return TPM_OK;
 #else
         tpm_log_error("backend cuda is not available: tpmpi was built without CUDA "
@@ -91,5 +93,10 @@ void tpm_backend_destroy(tpm_backend_t *be)
     if (be->ops == &tpm_backend_cpu_ops) {
         tpm_backend_cpu_priv_destroy(be->priv);
     }
+#ifdef HAVE_CUDA
+    if (be->ops == &tpm_backend_cuda_ops) {
+        tpm_backend_cuda_priv_destroy(be->priv);
+    }
+#endif /* HAVE_CUDA */
     tpm_free(be);
 }

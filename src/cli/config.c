@@ -114,7 +114,7 @@ static const config_preset_t presets[] = {
 static const config_opt_t options[] = {
     /* general */
     {"mode", "TPMPI_MODE", "train", NULL,
-     "what to run (serve, export and eval are not available yet)",
+     "what to run (eval is not available yet)",
      CONFIG_GROUP_GENERAL, CONFIG_TYPE_MODE, OFF(mode), SZ(mode), 0, 0, 0, 0, 0, mode_names},
     {"device", "TPMPI_DEVICE", "cpu", NULL, "compute device of every rank",
      CONFIG_GROUP_GENERAL, CONFIG_TYPE_CHOICE, OFF(device), SZ(device), 0, 0, 0, 0, 0,
@@ -244,6 +244,10 @@ static const config_opt_t options[] = {
      "values per scale in the 2-bit codec (multiple of 4)",
      CONFIG_GROUP_COMPRESS, CONFIG_TYPE_INT, OFF(compression_block), 0, 4, 1048576, 0, 0, 0,
      NULL},
+    {"compression-freeze-v", "TPMPI_COMPRESSION_FREEZE_V", "0", NULL,
+     "freeze AdamW's second moment at the end of the warm-up (1-bit Adam; needs "
+     "--compression-warmup >= 1)",
+     CONFIG_GROUP_COMPRESS, CONFIG_TYPE_FLAG, OFF(compression_freeze_v), 0, 0, 1, 0, 0, 0, NULL},
 
     /* serving */
     {"host", "TPMPI_HOST", "127.0.0.1", "ADDR", "serve: listen address",
@@ -867,7 +871,14 @@ void tpm_config_dump_json(const tpm_config_t *cfg, FILE *f)
         case CONFIG_TYPE_U64: fprintf(f, "%" PRIu64, *(const uint64_t *)field); break;
         case CONFIG_TYPE_DOUBLE: config_json_double(f, *(const double *)field); break;
         case CONFIG_TYPE_STR:
-        case CONFIG_TYPE_CHOICE: config_json_str(f, (const char *)field); break;
+        case CONFIG_TYPE_CHOICE:
+            /* a secret: the dump says whether it is set, never what it is */
+            if (field == (const void *)cfg->api_key && cfg->api_key[0] != '\0') {
+                config_json_str(f, "<redacted>");
+            } else {
+                config_json_str(f, (const char *)field);
+            }
+            break;
         case CONFIG_TYPE_MODE: config_json_str(f, tpm_mode_name(cfg->mode)); break;
         case CONFIG_TYPE_FLAG: fputs(*(const int *)field ? "true" : "false", f); break;
         case CONFIG_TYPE_INPUT:

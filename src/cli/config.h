@@ -82,6 +82,7 @@ typedef struct tpm_config {
     char compression_residual[16]; /* fp32 | bf16 | none (stochastic, no residual) */
     int  compression_warmup;       /* first K steps uncompressed */
     int  compression_block;        /* values per scale */
+    int  compression_freeze_v;     /* AdamW second moment frozen after the warm-up */
 
     /* serving */
     char host[256];

@@ -103,6 +103,14 @@ struct tpm_comm {
  * Errors return (MPI_ERRORS_RETURN) instead of aborting. Caller owns *comm_p.
  */
 tpm_status_t tpm_comm_mpi_create(int debug, tpm_comm_t **comm_p);
+/**
+ * Create the NCCL communicator over MPI_COMM_WORLD, for --device=cuda (MPI must be
+ * initialised): device buffers go through NCCL on its own stream, host buffers through MPI
+ * (comm_nccl.c). Collective; a failure (no GPU, more ranks than GPUs on a node, NCCL
+ * init) is agreed on, so every rank returns the same status. Without CUDA (build) it
+ * returns TPM_ERR_UNSUPPORTED with a message. Caller owns *comm_p.
+ */
+tpm_status_t tpm_comm_nccl_create(int debug, tpm_comm_t **comm_p);
 void tpm_comm_destroy(tpm_comm_t *c); /* no-op on NULL */
 
 size_t tpm_dtype_size(tpm_dtype_t dt);

@@ -8,12 +8,160 @@
 
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
+#include "base/log.h"
 #include "base/mem.h"
 #include "base/rng.h"
+#include "base/timer.h"
 
 #define TPM_MAX_DIM (1 << 20)
+
+/* ---------------------------------------------------------------------------------------------- */
+/* opt-in per-op profile (TPMPI_PROFILE=1), see model.h */
+
+static const char *const prof_name[TPM_PROF_N] = {
+    [TPM_PROF_EMBED_FWD]   = "embedding",
+    [TPM_PROF_LN_FWD]      = "layernorm",
+    [TPM_PROF_QKV_FWD]     = "qkv matmul",
+    [TPM_PROF_ATTN_FWD]    = "attention",
+    [TPM_PROF_ATTPROJ_FWD] = "attproj matmul",
+    [TPM_PROF_RESID_FWD]   = "residual add",
+    [TPM_PROF_FC_FWD]      = "fc matmul",
+    [TPM_PROF_GELU_FWD]    = "gelu",
+    [TPM_PROF_FCPROJ_FWD]  = "fcproj matmul",
+    [TPM_PROF_LOGITS_FWD]  = "logits matmul",
+    [TPM_PROF_XENT]        = "xent fwd+bwd",
+    [TPM_PROF_LOGITS_BWD]  = "logits matmul",
+    [TPM_PROF_LN_BWD]      = "layernorm",
+    [TPM_PROF_FCPROJ_BWD]  = "fcproj matmul",
+    [TPM_PROF_GELU_BWD]    = "gelu",
+    [TPM_PROF_FC_BWD]      = "fc matmul",
+    [TPM_PROF_ATTPROJ_BWD] = "attproj matmul",
+    [TPM_PROF_ATTN_BWD]    = "attention",
+    [TPM_PROF_QKV_BWD]     = "qkv matmul",
+    [TPM_PROF_EMBED_BWD]   = "embedding",
+    [TPM_PROF_MEMZERO_BWD] = "memzero",
+    [TPM_PROF_ZERO_GRAD]   = "zero grad",
+    [TPM_PROF_GRAD_NORM]   = "grad norm",
+    [TPM_PROF_CLIP]        = "clip scale",
+    [TPM_PROF_ADAMW]       = "adamw",
+};
+
+static int    prof_state = -1; /* -1: environment not read yet, 0 off, 1 on */
+static int    prof_warm;       /* the first optimizer step is over: record */
+static double prof_s[TPM_PROF_N];
+static double prof_pend[TPM_PROF_N_FWD]; /* forward ops of the pass in flight */
+static long   prof_n[TPM_PROF_N];
+static long   prof_pend_n[TPM_PROF_N_FWD];
+static long   prof_mb, prof_steps; /* recorded micro-batches and optimizer steps */
+
+static void prof_report(void)
+{
+    const double mb = prof_mb > 0 ? (double)prof_mb : 1.0, st = prof_steps > 0 ? prof_steps : 1;
+    double       part[3] = {0.0, 0.0, 0.0}, total;
+
+    if (prof_mb == 0 && prof_steps == 0) {
+        return;
+    }
+    for (int i = 0; i < TPM_PROF_N; i++) {
+        part[i < TPM_PROF_N_FWD   ? 0
+             : i < TPM_PROF_N_BWD ? 1
+                                  : 2] += prof_s[i] / (i < TPM_PROF_N_BWD ? mb : st);
+    }
+    total = part[0] + part[1] + part[2];
+    tpm_info0("profile (TPMPI_PROFILE): %ld micro-batches, %ld optimizer steps after the first "
+              "step; ms per micro-batch (forward, backward) or per step (optimizer)",
+              prof_mb, prof_steps);
+    tpm_info0("  %-9s %-16s %8s %10s %6s", "phase", "op", "calls", "ms", "share");
+    for (int i = 0; i < TPM_PROF_N; i++) {
+        const int    ph = i < TPM_PROF_N_FWD ? 0 : i < TPM_PROF_N_BWD ? 1 : 2;
+        const double ms = prof_s[i] / (ph < 2 ? mb : st) * 1e3;
+
+        if (prof_n[i] > 0) {
+            tpm_info0("  %-9s %-16s %8ld %10.2f %5.1f%%",
+                      ph == 0   ? "forward"
+                      : ph == 1 ? "backward"
+                                : "optimizer",
+                      prof_name[i], prof_n[i], ms, total > 0 ? 100.0 * ms / 1e3 / total : 0.0);
+        }
+    }
+    tpm_info0("  %-9s %-16s %8s %10.2f %5.1f%%", "forward", "total", "", part[0] * 1e3,
+              total > 0 ? 100.0 * part[0] / total : 0.0);
+    tpm_info0("  %-9s %-16s %8s %10.2f %5.1f%%", "backward", "total", "", part[1] * 1e3,
+              total > 0 ? 100.0 * part[1] / total : 0.0);
+    tpm_info0("  %-9s %-16s %8s %10.2f %5.1f%%", "optimizer", "total", "", part[2] * 1e3,
+              total > 0 ? 100.0 * part[2] / total : 0.0);
+    tpm_info0("  %-9s %-16s %8s %10.2f", "all", "per step", "", total * 1e3);
+}
+
+double tpm_prof_begin(tpm_backend_t *be)
+{
+    if (prof_state == 0) {
+        return 0.0;
+    }
+    if (prof_state < 0) {
+        const char *e = getenv("TPMPI_PROFILE");
+
+        prof_state = e != NULL && e[0] != '\0' && strcmp(e, "0") != 0;
+        if (prof_state == 0) {
+            return 0.0;
+        }
+        atexit(prof_report);
+    }
+    /* ops may be asynchronous (CUDA): time from an idle device */
+    (void)be->ops->sync(be);
+    return tpm_time_now();
+}
+
+void tpm_prof_end(tpm_backend_t *be, tpm_prof_op_t op, double t0)
+{
+    double dt;
+
+    if (t0 == 0.0) {
+        return;
+    }
+    (void)be->ops->sync(be);
+    dt = tpm_time_now() - t0;
+    if (op < TPM_PROF_N_FWD) {
+        /* kept aside until the head knows whether this is a training pass */
+        prof_pend[op] += dt;
+        prof_pend_n[op]++;
+        return;
+    }
+    if (prof_warm) {
+        prof_s[op] += dt;
+        prof_n[op]++;
+        prof_steps += op == TPM_PROF_ADAMW;
+    }
+    prof_warm |= op == TPM_PROF_ADAMW;
+}
+
+/* end of the forward pass: keep its times if it is a (recorded) training pass */
+static void prof_commit_fwd(int training)
+{
+    if (prof_state <= 0) {
+        return;
+    }
+    if (training && prof_warm) {
+        for (int i = 0; i < TPM_PROF_N_FWD; i++) {
+            prof_s[i] += prof_pend[i];
+            prof_n[i] += prof_pend_n[i];
+        }
+        prof_mb++;
+    }
+    memset(prof_pend, 0, sizeof(prof_pend));
+    memset(prof_pend_n, 0, sizeof(prof_pend_n));
+}
+
+/* one backend op, timed when TPMPI_PROFILE is set */
+#define PROF_CALL(_op, _call)                                                                      \
+    do {                                                                                           \
+        double _t0 = tpm_prof_begin(be);                                                           \
+        TPM_CHECK(_call);                                                                          \
+        tpm_prof_end(be, (_op), _t0);                                                              \
+    } while (0)
 
 tpm_status_t tpm_model_config_finish(tpm_model_config_t *cfg)
 {
@@ -228,8 +376,9 @@ static inline void progress(tpm_acts_t *a)
 tpm_status_t tpm_model_embed_fwd(tpm_backend_t *be, const tpm_model_config_t *cfg,
                                  const tpm_group_view_t *emb, tpm_acts_t *a)
 {
-    return be->ops->encoder_fwd(be, a->resid, a->tokens, emb->t[TPM_E_WTE], emb->t[TPM_E_WPE],
-                                a->B, a->T, cfg->C);
+    PROF_CALL(TPM_PROF_EMBED_FWD, be->ops->encoder_fwd(be, a->resid, a->tokens, emb->t[TPM_E_WTE],
+                                                       emb->t[TPM_E_WPE], a->B, a->T, cfg->C));
+    return TPM_OK;
 }
 
 tpm_status_t tpm_model_block_fwd(tpm_backend_t *be, const tpm_model_config_t *cfg, int l,
@@ -242,25 +391,28 @@ tpm_status_t tpm_model_block_fwd(tpm_backend_t *be, const tpm_model_config_t *cf
     float                   *xout = a->resid + (size_t)(l + 1) * N * C;
     float *const            *w    = p->t;
 
-    TPM_CHECK(op->layernorm_fwd(be, b->ln1, b->ln1_mean, b->ln1_rstd, x, w[TPM_B_LN1W],
-                                w[TPM_B_LN1B], N, C));
-    TPM_CHECK(op->matmul_fwd(be, b->qkv, b->ln1, w[TPM_B_QKVW], w[TPM_B_QKVB], N, C, 3 * C, 0));
+    PROF_CALL(TPM_PROF_LN_FWD, op->layernorm_fwd(be, b->ln1, b->ln1_mean, b->ln1_rstd, x,
+                                                 w[TPM_B_LN1W], w[TPM_B_LN1B], N, C));
+    PROF_CALL(TPM_PROF_QKV_FWD,
+              op->matmul_fwd(be, b->qkv, b->ln1, w[TPM_B_QKVW], w[TPM_B_QKVB], N, C, 3 * C, 0));
     progress(a);
-    TPM_CHECK(op->attention_fwd(be, b->atty, b->att_lse, b->qkv, B, T, C, cfg->NH));
+    PROF_CALL(TPM_PROF_ATTN_FWD,
+              op->attention_fwd(be, b->atty, b->att_lse, b->qkv, B, T, C, cfg->NH));
     progress(a);
     /* res2 = x + atty @ attprojw + attprojb (projection into res2, then add the residual) */
-    TPM_CHECK(op->matmul_fwd(be, b->res2, b->atty, w[TPM_B_ATTPROJW], w[TPM_B_ATTPROJB], N, C, C,
-                             1));
-    TPM_CHECK(op->add(be, b->res2, b->res2, x, (size_t)N * C));
-    TPM_CHECK(op->layernorm_fwd(be, b->ln2, b->ln2_mean, b->ln2_rstd, b->res2, w[TPM_B_LN2W],
-                                w[TPM_B_LN2B], N, C));
+    PROF_CALL(TPM_PROF_ATTPROJ_FWD, op->matmul_fwd(be, b->res2, b->atty, w[TPM_B_ATTPROJW],
+                                                   w[TPM_B_ATTPROJB], N, C, C, 1));
+    PROF_CALL(TPM_PROF_RESID_FWD, op->add(be, b->res2, b->res2, x, (size_t)N * C));
+    PROF_CALL(TPM_PROF_LN_FWD, op->layernorm_fwd(be, b->ln2, b->ln2_mean, b->ln2_rstd, b->res2,
+                                                 w[TPM_B_LN2W], w[TPM_B_LN2B], N, C));
     progress(a);
-    TPM_CHECK(op->matmul_fwd(be, b->fch, b->ln2, w[TPM_B_FCW], w[TPM_B_FCB], N, C, 4 * C, 0));
-    TPM_CHECK(op->gelu_fwd(be, b->fch_gelu, b->fch, (size_t)N * 4 * C));
+    PROF_CALL(TPM_PROF_FC_FWD,
+              op->matmul_fwd(be, b->fch, b->ln2, w[TPM_B_FCW], w[TPM_B_FCB], N, C, 4 * C, 0));
+    PROF_CALL(TPM_PROF_GELU_FWD, op->gelu_fwd(be, b->fch_gelu, b->fch, (size_t)N * 4 * C));
     progress(a);
-    TPM_CHECK(op->matmul_fwd(be, xout, b->fch_gelu, w[TPM_B_FCPROJW], w[TPM_B_FCPROJB], N, 4 * C,
-                             C, 1));
-    TPM_CHECK(op->add(be, xout, xout, b->res2, (size_t)N * C));
+    PROF_CALL(TPM_PROF_FCPROJ_FWD, op->matmul_fwd(be, xout, b->fch_gelu, w[TPM_B_FCPROJW],
+                                                  w[TPM_B_FCPROJB], N, 4 * C, C, 1));
+    PROF_CALL(TPM_PROF_RESID_FWD, op->add(be, xout, xout, b->res2, (size_t)N * C));
     progress(a);
     return TPM_OK;
 }
@@ -270,16 +422,18 @@ tpm_status_t tpm_model_head_fwd_bwd(tpm_backend_t *be, const tpm_model_config_t 
                                     float dloss_scale, tpm_acts_t *a, float *loss_p)
 {
     const tpm_backend_ops_t *op = be->ops;
-    const int                N  = a->B * a->T, C = cfg->C;
-    const float             *x  = a->resid + (size_t)cfg->L * N * C;
+    const int                N = a->B * a->T, C = cfg->C;
+    const float             *x   = a->resid + (size_t)cfg->L * N * C;
     double                   sum = 0.0;
 
-    TPM_CHECK(op->layernorm_fwd(be, a->lnf, a->lnf_mean, a->lnf_rstd, x, emb->t[TPM_E_LNFW],
-                                emb->t[TPM_E_LNFB], N, C));
-    TPM_CHECK(op->matmul_fwd(be, a->logits, a->lnf, emb->t[TPM_E_WTE], NULL, N, C, cfg->Vp, 0));
+    PROF_CALL(TPM_PROF_LN_FWD, op->layernorm_fwd(be, a->lnf, a->lnf_mean, a->lnf_rstd, x,
+                                                 emb->t[TPM_E_LNFW], emb->t[TPM_E_LNFB], N, C));
+    PROF_CALL(TPM_PROF_LOGITS_FWD,
+              op->matmul_fwd(be, a->logits, a->lnf, emb->t[TPM_E_WTE], NULL, N, C, cfg->Vp, 0));
     progress(a);
 
-    TPM_CHECK(op->xent_fwd_bwd(be, a->losses, demb != NULL ? a->logits : NULL, a->logits,
+    PROF_CALL(TPM_PROF_XENT,
+              op->xent_fwd_bwd(be, a->losses, demb != NULL ? a->logits : NULL, a->logits,
                                a->targets, N, cfg->V, cfg->Vp,
                                a->n_valid > 0 ? dloss_scale / (float)a->n_valid : 0.0f));
     TPM_CHECK(op->copy(be, a->losses_h, a->losses, (size_t)N * sizeof(float), TPM_COPY_D2H));
@@ -287,15 +441,18 @@ tpm_status_t tpm_model_head_fwd_bwd(tpm_backend_t *be, const tpm_model_config_t 
         sum += a->losses_h[i];
     }
     *loss_p = a->n_valid > 0 ? (float)(sum / a->n_valid) : 0.0f;
+    prof_commit_fwd(demb != NULL);
 
     if (demb != NULL) {
         /* logits now hold dlogits: d lnf = dlogits @ wte, d wte += dlogits^T @ lnf */
-        TPM_CHECK(op->memzero(be, a->dbtc, (size_t)N * C * sizeof(float)));
-        TPM_CHECK(op->matmul_bwd(be, a->dbtc, demb->t[TPM_E_WTE], NULL, a->logits, a->lnf,
+        PROF_CALL(TPM_PROF_MEMZERO_BWD, op->memzero(be, a->dbtc, (size_t)N * C * sizeof(float)));
+        PROF_CALL(TPM_PROF_LOGITS_BWD,
+                  op->matmul_bwd(be, a->dbtc, demb->t[TPM_E_WTE], NULL, a->logits, a->lnf,
                                  emb->t[TPM_E_WTE], N, C, cfg->Vp, 0));
         progress(a);
-        TPM_CHECK(op->memzero(be, a->dresid, (size_t)N * C * sizeof(float)));
-        TPM_CHECK(op->layernorm_bwd(be, a->dresid, demb->t[TPM_E_LNFW], demb->t[TPM_E_LNFB],
+        PROF_CALL(TPM_PROF_MEMZERO_BWD, op->memzero(be, a->dresid, (size_t)N * C * sizeof(float)));
+        PROF_CALL(TPM_PROF_LN_BWD,
+                  op->layernorm_bwd(be, a->dresid, demb->t[TPM_E_LNFW], demb->t[TPM_E_LNFB],
                                     a->dbtc, x, emb->t[TPM_E_LNFW], a->lnf_mean, a->lnf_rstd, N,
                                     C));
     }
@@ -322,32 +479,36 @@ tpm_status_t tpm_model_block_bwd(tpm_backend_t *be, const tpm_model_config_t *cf
      * and dresid keeps flowing to res2 (the residual path), then gets the LN2 input
      * gradient added. Same again through the attention branch to x.
      */
-    TPM_CHECK(op->memzero(be, a->dfch, (size_t)N * 4 * C * sizeof(float)));
-    TPM_CHECK(op->matmul_bwd(be, a->dfch, dw[TPM_B_FCPROJW], dw[TPM_B_FCPROJB], a->dresid,
+    PROF_CALL(TPM_PROF_MEMZERO_BWD, op->memzero(be, a->dfch, (size_t)N * 4 * C * sizeof(float)));
+    PROF_CALL(TPM_PROF_FCPROJ_BWD,
+              op->matmul_bwd(be, a->dfch, dw[TPM_B_FCPROJW], dw[TPM_B_FCPROJB], a->dresid,
                              b->fch_gelu, w[TPM_B_FCPROJW], N, 4 * C, C, 1));
     progress(a);
-    TPM_CHECK(op->memzero(be, a->dfch2, (size_t)N * 4 * C * sizeof(float)));
-    TPM_CHECK(op->gelu_bwd(be, a->dfch2, b->fch, a->dfch, (size_t)N * 4 * C));
-    TPM_CHECK(op->memzero(be, a->dbtc, NC * sizeof(float)));
-    TPM_CHECK(op->matmul_bwd(be, a->dbtc, dw[TPM_B_FCW], dw[TPM_B_FCB], a->dfch2, b->ln2,
-                             w[TPM_B_FCW], N, C, 4 * C, 0));
+    PROF_CALL(TPM_PROF_MEMZERO_BWD, op->memzero(be, a->dfch2, (size_t)N * 4 * C * sizeof(float)));
+    PROF_CALL(TPM_PROF_GELU_BWD, op->gelu_bwd(be, a->dfch2, b->fch, a->dfch, (size_t)N * 4 * C));
+    PROF_CALL(TPM_PROF_MEMZERO_BWD, op->memzero(be, a->dbtc, NC * sizeof(float)));
+    PROF_CALL(TPM_PROF_FC_BWD, op->matmul_bwd(be, a->dbtc, dw[TPM_B_FCW], dw[TPM_B_FCB], a->dfch2,
+                                              b->ln2, w[TPM_B_FCW], N, C, 4 * C, 0));
     progress(a);
-    TPM_CHECK(op->layernorm_bwd(be, a->dresid, dw[TPM_B_LN2W], dw[TPM_B_LN2B], a->dbtc, b->res2,
+    PROF_CALL(TPM_PROF_LN_BWD,
+              op->layernorm_bwd(be, a->dresid, dw[TPM_B_LN2W], dw[TPM_B_LN2B], a->dbtc, b->res2,
                                 w[TPM_B_LN2W], b->ln2_mean, b->ln2_rstd, N, C));
     /* a->dresid is now d/d res2 */
-    TPM_CHECK(op->memzero(be, a->dbtc, NC * sizeof(float)));
-    TPM_CHECK(op->matmul_bwd(be, a->dbtc, dw[TPM_B_ATTPROJW], dw[TPM_B_ATTPROJB], a->dresid,
+    PROF_CALL(TPM_PROF_MEMZERO_BWD, op->memzero(be, a->dbtc, NC * sizeof(float)));
+    PROF_CALL(TPM_PROF_ATTPROJ_BWD,
+              op->matmul_bwd(be, a->dbtc, dw[TPM_B_ATTPROJW], dw[TPM_B_ATTPROJB], a->dresid,
                              b->atty, w[TPM_B_ATTPROJW], N, C, C, 1));
     progress(a);
-    TPM_CHECK(op->memzero(be, a->dqkv, NC * 3 * sizeof(float)));
-    TPM_CHECK(op->attention_bwd(be, a->dqkv, a->dbtc, b->qkv, b->atty, b->att_lse, B, T, C,
-                                cfg->NH));
+    PROF_CALL(TPM_PROF_MEMZERO_BWD, op->memzero(be, a->dqkv, NC * 3 * sizeof(float)));
+    PROF_CALL(TPM_PROF_ATTN_BWD, op->attention_bwd(be, a->dqkv, a->dbtc, b->qkv, b->atty,
+                                                   b->att_lse, B, T, C, cfg->NH));
     progress(a);
-    TPM_CHECK(op->memzero(be, a->dbtc2, NC * sizeof(float)));
-    TPM_CHECK(op->matmul_bwd(be, a->dbtc2, dw[TPM_B_QKVW], dw[TPM_B_QKVB], a->dqkv, b->ln1,
-                             w[TPM_B_QKVW], N, C, 3 * C, 0));
+    PROF_CALL(TPM_PROF_MEMZERO_BWD, op->memzero(be, a->dbtc2, NC * sizeof(float)));
+    PROF_CALL(TPM_PROF_QKV_BWD, op->matmul_bwd(be, a->dbtc2, dw[TPM_B_QKVW], dw[TPM_B_QKVB],
+                                               a->dqkv, b->ln1, w[TPM_B_QKVW], N, C, 3 * C, 0));
     progress(a);
-    TPM_CHECK(op->layernorm_bwd(be, a->dresid, dw[TPM_B_LN1W], dw[TPM_B_LN1B], a->dbtc2, x,
+    PROF_CALL(TPM_PROF_LN_BWD,
+              op->layernorm_bwd(be, a->dresid, dw[TPM_B_LN1W], dw[TPM_B_LN1B], a->dbtc2, x,
                                 w[TPM_B_LN1W], b->ln1_mean, b->ln1_rstd, N, C));
     return TPM_OK;
 }
@@ -355,6 +516,7 @@ tpm_status_t tpm_model_block_bwd(tpm_backend_t *be, const tpm_model_config_t *cf
 tpm_status_t tpm_model_embed_bwd(tpm_backend_t *be, const tpm_model_config_t *cfg,
                                  const tpm_group_view_t *demb, tpm_acts_t *a)
 {
-    return be->ops->encoder_bwd(be, demb->t[TPM_E_WTE], demb->t[TPM_E_WPE], a->dresid, a->tokens,
-                                a->B, a->T, cfg->C);
+    PROF_CALL(TPM_PROF_EMBED_BWD, be->ops->encoder_bwd(be, demb->t[TPM_E_WTE], demb->t[TPM_E_WPE],
+                                                       a->dresid, a->tokens, a->B, a->T, cfg->C));
+    return TPM_OK;
 }

@@ -190,4 +190,49 @@ tpm_status_t tpm_model_embed_bwd(tpm_backend_t *be, const tpm_model_config_t *cf
 float tpm_model_init_value(const tpm_param_desc_t *d, uint64_t seed, int g, int t, int64_t row,
                            int64_t col);
 
+/* ---------------------------------------------------------------------------------------------- */
+/*
+ * Opt-in per-op timing: with TPMPI_PROFILE=1 in the environment every backend op
+ * of the model and of the optimizer is bracketed by a backend sync and the wall
+ * clock, and a table (ms per micro-batch / per step, share) is printed by rank 0
+ * at exit. The first optimizer step (page faults, scratch growth) and forward-only
+ * (evaluation) passes are left out. Off, each op costs one well-predicted branch.
+ */
+typedef enum {
+    TPM_PROF_EMBED_FWD = 0,
+    TPM_PROF_LN_FWD,
+    TPM_PROF_QKV_FWD,
+    TPM_PROF_ATTN_FWD,
+    TPM_PROF_ATTPROJ_FWD,
+    TPM_PROF_RESID_FWD,
+    TPM_PROF_FC_FWD,
+    TPM_PROF_GELU_FWD,
+    TPM_PROF_FCPROJ_FWD,
+    TPM_PROF_LOGITS_FWD,
+    TPM_PROF_XENT,
+    TPM_PROF_N_FWD, /* forward ops come before this mark */
+    TPM_PROF_LOGITS_BWD = TPM_PROF_N_FWD,
+    TPM_PROF_LN_BWD,
+    TPM_PROF_FCPROJ_BWD,
+    TPM_PROF_GELU_BWD,
+    TPM_PROF_FC_BWD,
+    TPM_PROF_ATTPROJ_BWD,
+    TPM_PROF_ATTN_BWD,
+    TPM_PROF_QKV_BWD,
+    TPM_PROF_EMBED_BWD,
+    TPM_PROF_MEMZERO_BWD,
+    TPM_PROF_N_BWD, /* backward ops come before this mark */
+    TPM_PROF_ZERO_GRAD = TPM_PROF_N_BWD,
+    TPM_PROF_GRAD_NORM,
+    TPM_PROF_CLIP,
+    TPM_PROF_ADAMW, /* the end of an optimizer step */
+    TPM_PROF_N
+} tpm_prof_op_t;
+
+/** Start timing an op: 0.0 when profiling is off, else the time after a backend sync. */
+double tpm_prof_begin(tpm_backend_t *be);
+
+/** Stop timing @p op started at @p t0 (a no-op when t0 is 0.0). */
+void tpm_prof_end(tpm_backend_t *be, tpm_prof_op_t op, double t0);
+
 #endif /* TPM_CORE_MODEL_H */

@@ -10,6 +10,8 @@
  * references (a few ulp times the reduction length), 5e-3 for finite differences
  * of fp32 forwards (step 1e-2: truncation ~1e-4, rounding ~1e-5 relative).
  */
+#include <config.h> /* HAVE_CUDA: "cuda" is refused only in builds without it */
+
 #include <criterion/criterion.h>
 #include <math.h>
 #include <omp.h>
@@ -546,6 +548,28 @@ Test(backend_cpu, matmul_forward_matches_naive_for_both_weight_layouts)
     }
 }
 
+Test(backend_cpu, matmul_forward_of_one_row_matches_naive_for_both_weight_layouts)
+{
+    /* N = 1 takes the sgemv path (a serving decode step); a large OC takes its threads */
+    const int sizes[][2] = {{MIC, MOC}, {96, 4099}};
+
+    for (int k = 0; k < 2; k++) {
+        int IC = sizes[k][0], OC = sizes[k][1];
+
+        for (int wt = 0; wt <= 1; wt++) {
+            float  *inp = frand_vec((size_t)IC, 1.0f), *w = frand_vec((size_t)OC * IC, 1.0f);
+            float  *bias = frand_vec((size_t)OC, 1.0f), *out = frand_vec((size_t)OC, 9.0f);
+            double *ref = dvec((size_t)OC);
+
+            cr_assert_eq(be->ops->matmul_fwd(be, out, inp, w, bias, 1, IC, OC, wt), TPM_OK);
+            naive_matmul_fwd(ref, inp, w, bias, 1, IC, OC, wt);
+            cr_expect(nerr(out, ref, (size_t)OC) <= REF_TOL, "IC %d OC %d w_trans %d: error %.3g",
+                      IC, OC, wt, nerr(out, ref, (size_t)OC));
+            free(inp), free(w), free(bias), free(out), free(ref);
+        }
+    }
+}
+
 Test(backend_cpu, matmul_backward_matches_naive_and_adds_for_both_weight_layouts)
 {
     for (int wt = 0; wt <= 1; wt++) {
@@ -860,6 +884,166 @@ Test(backend_cpu, attention_rejects_heads_that_do_not_divide_the_channels)
 
     cr_assert_eq(be->ops->attention_fwd(be, buf, buf, buf, 1, 1, 10, 3), TPM_ERR_INVALID_ARG);
     cr_assert_eq(be->ops->attention_fwd(be, buf, buf, buf, 1, 1, 12, 0), TPM_ERR_INVALID_ARG);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* attention with a KV cache                                                                  */
+/* ------------------------------------------------------------------------------------------ */
+
+Test(backend_cpu, attention_kv_on_a_whole_prompt_matches_the_training_attention_and_fills_the_cache)
+{
+    int     T = 150, C = 24, NH = 3, hs = 8, ctx = 160, S = 2, s1 = 1;
+    size_t  nq = (size_t)T * 3 * C, no = (size_t)T * C, nc = (size_t)S * ctx * C;
+    float  *qkv = frand_vec(nq, 1.0f), *ref = fvec(no), *lse = fvec((size_t)NH * T);
+    float  *out = fvec(no), *kc = fvec(nc), *vc = fvec(nc);
+    int32_t slot[150], pos[150];
+    double *r = dvec(no);
+
+    for (int i = 0; i < T; i++) {
+        slot[i] = s1, pos[i] = i;
+    }
+    cr_assert_eq(be->ops->attention_fwd(be, ref, lse, qkv, 1, T, C, NH), TPM_OK);
+    cr_assert_eq(be->ops->attention_kv(be, out, qkv, kc, vc, slot, pos, T, C, NH, ctx), TPM_OK);
+    for (size_t i = 0; i < no; i++) {
+        r[i] = ref[i];
+    }
+    expect_close(out, r, no, REF_TOL, "attention_kv vs attention_fwd");
+    for (int t = 0; t < T; t++) {
+        for (int h = 0; h < NH; h++) {
+            for (int d = 0; d < hs; d++) {
+                size_t c = ((size_t)s1 * ctx + t) * C + (size_t)h * hs + d;
+
+                cr_expect_eq(kc[c], qkv[qidx(0, t, h, 1, d, T, C, hs)]);
+                cr_expect_eq(vc[c], qkv[qidx(0, t, h, 2, d, T, C, hs)]);
+            }
+        }
+    }
+    for (size_t i = 0; i < (size_t)ctx * C; i++) {
+        cr_expect_eq(kc[i], 0.0f, "slot 0 was written"); /* other slots untouched */
+    }
+    free(qkv), free(ref), free(lse), free(out), free(kc), free(vc), free(r);
+}
+
+/* token i of a call attends over its slot's history rows [0, pos] (double) */
+static void naive_kv(double *out, const float *hist, const float *qkv, const int32_t *slot,
+                     const int32_t *pos, int N, int C, int NH, int ctx)
+{
+    int     hs    = C / NH;
+    double  scale = 1.0 / sqrt((double)hs);
+    double *p     = dvec((size_t)ctx);
+
+    for (int i = 0; i < N; i++) {
+        for (int h = 0; h < NH; h++) {
+            const float *q  = qkv + (size_t)i * 3 * C + (size_t)h * 3 * hs;
+            double       mx = -INFINITY, sum = 0.0;
+
+            for (int j = 0; j <= pos[i]; j++) {
+                const float *k = hist + ((size_t)slot[i] * ctx + j) * 3 * C + (size_t)h * 3 * hs;
+                double       s = 0.0;
+
+                for (int d = 0; d < hs; d++) {
+                    s += (double)q[d] * k[hs + d];
+                }
+                p[j] = s * scale;
+                mx   = fmax(mx, p[j]);
+            }
+            for (int j = 0; j <= pos[i]; j++) {
+                p[j] = exp(p[j] - mx);
+                sum += p[j];
+            }
+            for (int d = 0; d < hs; d++) {
+                double o = 0.0;
+
+                for (int j = 0; j <= pos[i]; j++) {
+                    o += p[j] * hist[((size_t)slot[i] * ctx + j) * 3 * C + (size_t)h * 3 * hs +
+                                     2 * (size_t)hs + d];
+                }
+                out[(size_t)i * C + (size_t)h * hs + d] = o / sum;
+            }
+        }
+    }
+    free(p);
+}
+
+/*
+ * A serving schedule: prompts prefilled whole or in chunks, mixed in one call with other
+ * slots' decode tokens, then decode steps; every call checked against the naive loop over
+ * the rows written so far.
+ */
+Test(backend_cpu, attention_kv_prefill_chunks_and_decode_steps_match_a_naive_loop)
+{
+    enum { C = 12, NH = 3, CTX = 120, S = 3, MAXN = 80 };
+    /* per call: (slot, first position, count) runs */
+    static const int calls[][3][3] = {
+        {{2, 0, 7}, {0, 0, 4}, {-1, 0, 0}},  /* two prompts in one call */
+        {{0, 4, 1}, {2, 7, 1}, {1, 0, 70}},  /* decodes + the first chunk of a long prompt */
+        {{1, 70, 30}, {2, 8, 1}, {0, 5, 1}}, /* its second chunk (crosses a tile) + decodes */
+        {{1, 100, 1}, {0, 6, 1}, {2, 9, 1}}, {{2, 10, 1}, {-1, 0, 0}, {-1, 0, 0}},
+    };
+    size_t  nc   = (size_t)S * CTX * C;
+    float  *hist = fvec((size_t)S * CTX * 3 * C), *kc = fvec(nc), *vc = fvec(nc);
+    float  *qkv = fvec((size_t)MAXN * 3 * C), *out = fvec((size_t)MAXN * C);
+    double *ref = dvec((size_t)MAXN * C);
+    int32_t slot[MAXN], pos[MAXN];
+
+    for (size_t c = 0; c < sizeof(calls) / sizeof(calls[0]); c++) {
+        int N = 0;
+
+        for (int r = 0; r < 3; r++) {
+            for (int k = 0; k < calls[c][r][2]; k++, N++) {
+                slot[N] = calls[c][r][0];
+                pos[N]  = calls[c][r][1] + k;
+                for (int j = 0; j < 3 * C; j++) {
+                    qkv[(size_t)N * 3 * C + j] = frand();
+                }
+                memcpy(hist + ((size_t)slot[N] * CTX + pos[N]) * 3 * C, qkv + (size_t)N * 3 * C,
+                       3 * C * sizeof(float));
+            }
+        }
+        naive_kv(ref, hist, qkv, slot, pos, N, C, NH, CTX);
+        cr_assert_eq(be->ops->attention_kv(be, out, qkv, kc, vc, slot, pos, N, C, NH, CTX), TPM_OK);
+        cr_expect(nerr(out, ref, (size_t)N * C) <= REF_TOL, "call %zu: error %.3g", c,
+                  nerr(out, ref, (size_t)N * C));
+    }
+    free(hist), free(kc), free(vc), free(qkv), free(out), free(ref);
+}
+
+Test(backend_cpu, attention_kv_with_one_thread_gives_the_same_bits)
+{
+    int     N = 40, C = 16, NH = 4, ctx = 48;
+    size_t  nq = (size_t)N * 3 * C, no = (size_t)N * C, nc = 2 * (size_t)ctx * C;
+    float  *qkv = frand_vec(nq, 1.0f), *o1 = fvec(no), *o2 = fvec(no);
+    float  *kc = fvec(nc), *vc = fvec(nc);
+    int32_t slot[40], pos[40];
+    int     nthr = omp_get_max_threads();
+
+    for (int i = 0; i < N; i++) {
+        slot[i] = i % 2, pos[i] = i / 2; /* interleaved slots: every token is its own tile */
+    }
+    cr_assert_eq(be->ops->attention_kv(be, o1, qkv, kc, vc, slot, pos, N, C, NH, ctx), TPM_OK);
+    omp_set_num_threads(1);
+    cr_assert_eq(be->ops->attention_kv(be, o2, qkv, kc, vc, slot, pos, N, C, NH, ctx), TPM_OK);
+    omp_set_num_threads(nthr);
+    cr_expect_eq(memcmp(o1, o2, no * sizeof(float)), 0);
+    free(qkv), free(o1), free(o2), free(kc), free(vc);
+}
+
+Test(backend_cpu, attention_kv_rejects_positions_outside_the_cache_and_negative_slots)
+{
+    float   buf[256] = {0};
+    int32_t slot[2] = {0, 0}, pos[2] = {0, 4};
+
+    cr_assert_eq(be->ops->attention_kv(be, buf, buf, buf, buf, slot, pos, 2, 12, 3, 4),
+                 TPM_ERR_INVALID_ARG);
+    pos[1]  = 1;
+    slot[0] = -1;
+    cr_assert_eq(be->ops->attention_kv(be, buf, buf, buf, buf, slot, pos, 2, 12, 3, 4),
+                 TPM_ERR_INVALID_ARG);
+    slot[0] = 0;
+    cr_assert_eq(be->ops->attention_kv(be, buf, buf, buf, buf, slot, pos, 2, 10, 3, 4),
+                 TPM_ERR_INVALID_ARG);
+    /* a rank that owns no head (C == 0) has nothing to do */
+    cr_assert_eq(be->ops->attention_kv(be, buf, buf, buf, buf, slot, pos, 2, 0, 0, 4), TPM_OK);
 }
 
 /* ------------------------------------------------------------------------------------------ */

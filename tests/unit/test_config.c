@@ -591,3 +591,27 @@ Test(config, mode_names)
     cr_expect_str_eq(tpm_mode_name(TPM_MODE_EVAL), "eval");
     cr_expect_str_eq(tpm_mode_name((tpm_mode_t)42), "unknown");
 }
+
+Test(config, json_dump_never_shows_the_api_key)
+{
+    tpm_config_t cfg;
+    json_t      *root;
+    char        *text;
+
+    parse_ok(&cfg, "--mode=serve --api-key=s3cret-value");
+    cr_assert_str_eq(cfg.api_key, "s3cret-value");
+    text = dump_string(&cfg);
+    cr_expect_null(strstr(text, "s3cret"), "the key leaked into the dump: %s", text);
+    root = json_loads(text, 0, NULL);
+    cr_assert_not_null(root);
+    cr_expect_str_eq(json_string_value(json_object_get(root, "api_key")), "<redacted>");
+    json_decref(root);
+    free(text);
+    /* unset stays visibly unset */
+    parse_ok(&cfg, "--mode=serve");
+    text = dump_string(&cfg);
+    root = json_loads(text, 0, NULL);
+    cr_expect_str_eq(json_string_value(json_object_get(root, "api_key")), "");
+    json_decref(root);
+    free(text);
+}
