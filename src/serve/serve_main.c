@@ -80,8 +80,8 @@ static tpm_status_t report_memory(tpm_comm_t *comm, const tpm_tp_model_t *m)
     mine[0] = (int64_t)m->mem.weight_bytes;
     mine[1] = (int64_t)m->mem.kv_bytes;
     mine[2] = (int64_t)m->mem.act_bytes;
-    status  = tpm_comm_agree(comm, tpm_calloc((size_t)comm->size * 3, sizeof(int64_t),
-                                              (void **)&all));
+    status =
+        tpm_comm_agree(comm, tpm_calloc((size_t)comm->size * 3, sizeof(int64_t), (void **)&all));
     TPM_CHECK(status);
     status = tpm_comm_all_gather(comm, mine, all, 3, TPM_DT_INT64, NULL);
     for (int r = 0; r < comm->size && status == TPM_OK; r++) {
@@ -90,9 +90,9 @@ static tpm_status_t report_memory(tpm_comm_t *comm, const tpm_tp_model_t *m)
         tpm_tp_partition(&m->cfg, comm->size, r, &p);
         tpm_info0("rank %d: heads [%d, %d), mlp rows [%lld, %lld), vocab rows [%lld, %lld): "
                   "weights %.1f MiB, kv cache %.1f MiB, activations %.1f MiB",
-                  r, p.h0, p.h0 + p.nh, (long long)p.f0, (long long)(p.f0 + p.nf),
-                  (long long)p.v0, (long long)(p.v0 + p.nv), all[3 * r] / mib,
-                  all[3 * r + 1] / mib, all[3 * r + 2] / mib);
+                  r, p.h0, p.h0 + p.nh, (long long)p.f0, (long long)(p.f0 + p.nf), (long long)p.v0,
+                  (long long)(p.v0 + p.nv), all[3 * r] / mib, all[3 * r + 1] / mib,
+                  all[3 * r + 2] / mib);
     }
     tpm_info0("slot capacity: %d slots x %d tokens = %lld KV cache tokens, up to %d tokens per "
               "iteration",
@@ -105,11 +105,11 @@ tpm_status_t tpm_serve_run(const tpm_config_t *cfg, tpm_comm_t *comm)
 {
     const int             root = comm->rank == 0;
     char                  path[TPM_PATH_MAX], name[256];
-    tpm_ckpt_t           *ck  = NULL;
-    tpm_tokenizer_t      *tok = NULL;
-    tpm_backend_t        *be  = NULL;
-    tpm_engine_t         *e   = NULL;
-    tpm_serve_queue_t    *q   = NULL;
+    tpm_ckpt_t           *ck   = NULL;
+    tpm_tokenizer_t      *tok  = NULL;
+    tpm_backend_t        *be   = NULL;
+    tpm_engine_t         *e    = NULL;
+    tpm_serve_queue_t    *q    = NULL;
     tpm_http_t           *http = NULL;
     tpm_serve_stats_t     stats;
     tpm_model_config_t    mc;
@@ -149,10 +149,9 @@ tpm_status_t tpm_serve_run(const tpm_config_t *cfg, tpm_comm_t *comm)
     opts.n_slots    = cfg->parallel;
     opts.ctx        = cfg->ctx_size > 0 ? cfg->ctx_size : mc.maxT;
     opts.max_tokens = cfg->max_tokens;
-    tpm_info0("serving %s: L=%d C=%d NH=%d V=%d n_ctx=%d on %d rank(s)%s", path, mc.L, mc.C,
-              mc.NH, mc.V, mc.maxT, comm->size,
-              mc.NH % comm->size != 0 ? " (ranks do not divide the heads: uneven head split)"
-                                      : "");
+    tpm_info0("serving %s: L=%d C=%d NH=%d V=%d n_ctx=%d on %d rank(s)%s", path, mc.L, mc.C, mc.NH,
+              mc.V, mc.maxT, comm->size,
+              mc.NH % comm->size != 0 ? " (ranks do not divide the heads: uneven head split)" : "");
     status = tpm_backend_create(cfg->device, cfg->threads, &be);
     TPM_CHECK_GOTO(tpm_comm_agree(comm, status), status, out);
     status = tpm_engine_create(be, comm, &mc, &opts, tok, &e);
@@ -180,13 +179,12 @@ tpm_status_t tpm_serve_run(const tpm_config_t *cfg, tpm_comm_t *comm)
     TPM_CHECK_GOTO(status, status, out_http);
     stats.ready = 1;
     tpm_info0("ready in %.1f s: http://%s:%d, %d slot(s), context %d, backend %s, %d thread(s)",
-              tpm_time_now() - t0, cfg->host, cfg->port, opts.n_slots, opts.ctx,
-              be->ops->name, be->n_threads);
+              tpm_time_now() - t0, cfg->host, cfg->port, opts.n_slots, opts.ctx, be->ops->name,
+              be->n_threads);
 
     status = tpm_engine_run(e, q, root ? &stats : NULL);
     tpm_info0("stopping: %llu prompt tokens, %llu generated tokens served",
-              (unsigned long long)stats.prompt_tokens,
-              (unsigned long long)stats.generated_tokens);
+              (unsigned long long)stats.prompt_tokens, (unsigned long long)stats.generated_tokens);
 
 out_http:
     if (root) {
