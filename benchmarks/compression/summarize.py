@@ -19,6 +19,7 @@ import re
 import statistics
 
 ORDER = ["none", "ef-fp32", "ef-bf16", "stochastic", "ef-fp32-warmup"]
+LABEL_ORDER = ORDER + ["ef-fp32-warmup-freezev"]
 
 
 def load(path):
@@ -59,7 +60,7 @@ def main():
     ap.add_argument("--curves")
     a = ap.parse_args()
     by = runs(a.out)
-    names = [v for v in ORDER if v in by] + sorted(v for v in by if v not in ORDER)
+    names = [v for v in LABEL_ORDER if v in by] + sorted(v for v in by if v not in LABEL_ORDER)
     base = by.get("none", {})
     print("| variant | seeds | final val loss (mean ± sd) | gap to none (mean ± sd) | "
           "relative gap | grad bytes / step / rank | residual bytes / rank | "
