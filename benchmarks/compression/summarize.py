@@ -78,8 +78,9 @@ def main():
             if gaps else float("nan")
         summ = [by[v][s][2] for s in seeds]
         per_step = statistics.mean(x["grad_bytes_sent"] / x["steps"] for x in summ)
-        print("| %s | %d | %.4f ± %.4f | %+.4f ± %.4f | %+.2f%% | %.0f | %d | %.0f | %.1f |" % (
-            v, len(seeds), m, sd, gm, gsd if not math.isnan(gsd) else 0.0,
+        print("| %s | %d | %.4f ± %s | %+.4f ± %s | %+.2f%% | %.0f | %d | %.0f | %.1f |" % (
+            v, len(seeds), m, "n/a" if math.isnan(sd) else "%.4f" % sd, gm,
+            "n/a" if math.isnan(gsd) else "%.4f" % gsd,
             100.0 * gm / bm if gaps else float("nan"), per_step, summ[0]["residual_bytes"],
             statistics.mean(x["wall_s"] for x in summ),
             statistics.mean(x.get("codec_s", 0.0) for x in summ)))
