@@ -16,14 +16,19 @@
 # interleaved with TPMPI), SPEED_REPS (repetitions, default 3), SPEED_POINTS (default
 # "124m-64 small-64 124m-256 124m-1024"), SPEED_THREADS (default 2), SPEED_PROFILE (1: one
 # extra TPMPI_PROFILE=1 run per point and binary for the per-op breakdown; default 1),
+# SPEED_PEER_STEPS (at most this many PyTorch steps per run; default 30),
 # TPM_BENCH_PYTHON (pythons with torch, space-separated, each one a peer; default
 # build/bench-venv/bin/python, else /usr/bin/python3; "none" skips the peer), TPMPI_CACHE
-# (built-in corpus; default build/cache), MPIRUN (default mpirun).
+# (built-in corpus; default build/cache), MPIRUN (default mpirun). Other variables pass
+# through: on a shared machine OMP_WAIT_POLICY=passive keeps a 2-thread rank from losing
+# whole time slices to a spinning partner (benchmarks/RESULTS.md, issue 9); it is recorded.
 #
 # tokens/s is the median over the timed steps (step 1 left out) of each run, then the median
-# over the repetitions. FLOPs per token = 6 N + 6 L C T (llm.c's count; N from the metrics).
-# MFU = model FLOP/s over the ceiling: the best median sgemm GFLOP/s of benchmarks/bench_sgemm
-# (or of bench_kernels' matmul rows when bench_sgemm is not built). The llm.c figures are the
+# over the repetitions; "best step" is the fastest single step of all repetitions (the least
+# disturbed by other work on a shared machine). FLOPs per token = 6 N + 6 L C T (llm.c's
+# count; N from the metrics). MFU = model FLOP/s over the ceiling: the best median sgemm
+# GFLOP/s of benchmarks/bench_sgemm (or of bench_kernels' matmul rows when bench_sgemm is not
+# built), the larger of the runs before and after. The llm.c figures are the
 # ones measured on this machine (../shared/research/llmc.md: 73 tok/s at 124M 4x64, 1,833 at
 # the small model, 47 at 124M 8x256, about 25 tok/s and 20 GB at T=1024).
 set -euo pipefail
@@ -114,6 +119,7 @@ torch_run() { # $1 python $2 peer index $3 point $4 rep
     rm -rf "$dir" && mkdir -p "$dir"
     vp=$(((vocab + 127) / 128 * 128))
     warm=2
+    [ "$steps" -gt "${SPEED_PEER_STEPS:-30}" ] && steps=${SPEED_PEER_STEPS:-30}
     [ "$steps" -le 3 ] && warm=1
     cmd=("${run_env[@]}" /usr/bin/time -o "$dir/time" -f "%M" "$pyt"
         "$top/benchmarks/pytorch/train_gpt2.py" --config "$cfgdir/config.json" --vocab-padded "$vp"
@@ -130,14 +136,14 @@ torch_run() { # $1 python $2 peer index $3 point $4 rep
 read -r -a torch_pys <<<"$(torch_python || true)"
 {
     echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-    echo "host: $(uname -srm), $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-)"
+    echo "host: $(uname -srm), $(nproc) cores,$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-)"
     echo "memory: $(free -g | awk '/^Mem:/ {print $2}') GiB"
     echo "commit: $(git -C "$top" describe --always --dirty 2>/dev/null || echo unknown)"
     echo "tpmpi: $tpmpi${base:+  base: $base}"
     for p in "${torch_pys[@]}"; do
         echo "pytorch: $p $("$p" -c 'import torch; print(torch.__version__)' 2>/dev/null)"
     done
-    echo "threads: $threads, reps: $reps, points: $points"
+    echo "threads: $threads, reps: $reps, points: $points, OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-}"
     echo "load at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 } | tee "$out/machine.txt" >&2
 
@@ -167,7 +173,8 @@ fi
 log "sgemm ceiling (after)"
 ceil2=$(ceiling after)
 echo "load at end: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$out/machine.txt" >&2
-echo "sgemm ceiling GFLOP/s (best median): before $ceil1, after $ceil2" | tee -a "$out/machine.txt" >&2
+echo "sgemm ceiling GFLOP/s (best median): before $ceil1, after $ceil2" |
+    tee -a "$out/machine.txt" >&2
 
 CEIL1=$ceil1 CEIL2=$ceil2 POINTS=$points REPS=$reps OUT=$out HAVE_BASE=${base:+1} \
     "$py" - <<'EOF' | tee "$out/speed.md"
@@ -181,7 +188,7 @@ tags = ["tpmpi"] + (["base"] if os.environ.get("HAVE_BASE") else [])
 
 
 def tpmpi_point(pt, tag):
-    meds, rss, flops = [], [], None
+    meds, rss, flops, best = [], [], None, 0.0
     for r in range(1, reps + 1):
         path = f"{out}/raw/{pt}-{tag}-r{r}/metrics.jsonl"
         if not os.path.exists(path):
@@ -192,11 +199,12 @@ def tpmpi_point(pt, tag):
         cfg = json.load(open(f"{out}/raw/{pt}-{tag}-r{r}/config.json"))
         if steps:
             meds.append(statistics.median(steps))
+            best = max(best, max(steps))
         if summ:
             rss.append(summ[0]["peak_rss_bytes"])
             L, C, T = cfg["n_layer"], cfg["n_embd"], cfg["seq_len"]
             flops = 6 * summ[0]["params"] + 6 * L * C * T
-    return meds, rss, flops
+    return meds, rss, flops, best
 
 
 def torch_point(pt, idx):
@@ -215,9 +223,9 @@ def torch_point(pt, idx):
 
 
 print(f"sgemm ceiling: {ceil:.0f} GFLOP/s (best median of the before/after runs)\n")
-print("| point | impl | tokens/s (median of reps) | reps | MFU | vs llm.c | vs PyTorch | "
-      "peak RSS GiB |")
-print("|---|---|---|---|---|---|---|---|")
+print("| point | impl | tokens/s median (range) | reps | MFU | best step | vs llm.c | vs PyTorch "
+      "| peak RSS GiB |")
+print("|---|---|---|---|---|---|---|---|---|")
 peers = sorted({int(p.split("-pytorch")[1].split("-")[0])
                 for p in glob.glob(f"{out}/raw/*-pytorch*-r*")})
 for pt in os.environ["POINTS"].split():
@@ -226,7 +234,7 @@ for pt in os.environ["POINTS"].split():
     t_meds = [statistics.median(t[0]) for t in torch if t[0]]
     t_med = max(t_meds) if t_meds else None
     for tag in tags:
-        meds, rss, flops = tpmpi_point(pt, tag)
+        meds, rss, flops, best = tpmpi_point(pt, tag)
         if not meds:
             continue
         m = statistics.median(meds)
@@ -234,13 +242,13 @@ for pt in os.environ["POINTS"].split():
         ref, ref_shape = llmc[pt]
         vs_t = f"{m / t_med:.2f}x" if t_med else "-"
         print(f"| {pt} | {tag} | {m:.0f} ({min(meds):.0f}-{max(meds):.0f}) | {len(meds)} | "
-              f"{100 * mfu:.0f}% | {m / ref:.1f}x ({ref} at {ref_shape}) | {vs_t} | "
+              f"{100 * mfu:.0f}% | {best:.0f} | {m / ref:.1f}x ({ref} at {ref_shape}) | {vs_t} | "
               f"{max(rss) / 2**30:.2f} |")
     for t_tps, t_rss, ver in torch:
         if t_tps:
             m = statistics.median(t_tps)
             print(f"| {pt} | pytorch {ver} | {m:.0f} ({min(t_tps):.0f}-{max(t_tps):.0f}) | "
-                  f"{len(t_tps)} | | {m / llmc[pt][0]:.1f}x | | "
+                  f"{len(t_tps)} | | | {m / llmc[pt][0]:.1f}x | | "
                   f"{max(t_rss) / 2**30 if t_rss else float('nan'):.2f} |")
 
 for path in sorted(glob.glob(f"{out}/raw/*-profile/log")):
