@@ -500,8 +500,7 @@ tpm_status_t tpm_zero3_adamw(tpm_zero3_t *z, float lr, float beta1, float beta2,
 {
     const int frozen = z->compress_now && z->copts.freeze_v;
     float     bc1 = 1.0f - powf(beta1, (float)t), bc2 = 1.0f - powf(beta2, (float)z->copts.warmup);
-
-    double t0 = tpm_prof_begin(z->be);
+    double    t0  = tpm_prof_begin(z->be);
 
     if (clip_scale != 1.0f) {
         TPM_CHECK(z->be->ops->scale(z->be, z->grad, clip_scale, z->lay.shard_numel));
