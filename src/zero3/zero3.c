@@ -295,6 +295,28 @@ static tpm_status_t timed_wait(tpm_zero3_t *z, tpm_comm_req_t *req)
     return TPM_OK;
 }
 
+/*
+ * Move a group between the rank-major (gathered / to-be-reduced) layout and the full
+ * layout through the backend's copy, so that device buffers (CUDA + NCCL) work as well
+ * as host ones; shard.h's tpm_shard_pack/unpack are the host reference of the same
+ * mapping. pack: full -> rank-major; otherwise rank-major -> full.
+ */
+static tpm_status_t group_move(tpm_zero3_t *z, const tpm_shard_group_t *g, const float *src,
+                               float *dst, int pack)
+{
+    for (int i = 0; i < z->lay.world; i++) {
+        for (int t = 0; t < g->n_tensors; t++) {
+            const tpm_shard_tensor_t *st   = &g->t[t];
+            const size_t              n    = (size_t)st->rows_per_rank * (size_t)st->desc.cols;
+            const size_t              full = st->full_off + (size_t)i * n;
+            const size_t              rm   = (size_t)i * g->shard_numel + st->shard_off;
+            TPM_CHECK(z->be->ops->copy(z->be, dst + (pack ? rm : full), src + (pack ? full : rm),
+                                       n * sizeof(float), TPM_COPY_D2D));
+        }
+    }
+    return TPM_OK;
+}
+
 static tpm_status_t gather_start(tpm_zero3_t *z, int gi)
 {
     const tpm_shard_group_t *g = &z->lay.g[gi];
@@ -311,7 +333,7 @@ static tpm_status_t gather_finish(tpm_zero3_t *z, int gi)
     TPM_ASSERT(z->gather_group == gi);
     TPM_CHECK(timed_wait(z, &z->gather_req));
     z->gather_group = -1;
-    tpm_shard_unpack(&z->lay.g[gi], z->lay.world, z->gather_stage, z->blk_full);
+    TPM_CHECK(group_move(z, &z->lay.g[gi], z->gather_stage, z->blk_full, 0));
     return TPM_OK;
 }
 
@@ -341,7 +363,7 @@ static tpm_status_t rs_start(tpm_zero3_t *z, int gi)
     const tpm_shard_group_t *g = &z->lay.g[gi];
 
     TPM_ASSERT(z->rs_group < 0);
-    tpm_shard_pack(g, z->lay.world, z->blk_gfull, z->rs_stage);
+    TPM_CHECK(group_move(z, g, z->blk_gfull, z->rs_stage, 1));
     TPM_CHECK(tpm_exchange_start(z->gx, gi, z->rs_stage, z->compress_now, compress_key(z),
                                  z->rs_recv, &z->rs_req));
     z->rs_group = gi;
@@ -372,7 +394,7 @@ static tpm_status_t forward_pass(tpm_zero3_t *z, const int32_t *x, const int32_t
         TPM_CHECK(tpm_comm_all_gather(z->comm, z->param + ge->shard_base, z->emb_stage,
                                       ge->shard_numel, TPM_DT_FLOAT, NULL));
         z->times.wait_s += tpm_time_now() - tw;
-        tpm_shard_unpack(ge, N, z->emb_stage, z->emb_full);
+        TPM_CHECK(group_move(z, ge, z->emb_stage, z->emb_full, 0));
         *emb_p  = group_view(ge, z->emb_full);
         *demb_p = group_view(ge, z->emb_gfull);
         if (grads) {
@@ -451,7 +473,7 @@ tpm_status_t tpm_zero3_fwd_bwd(tpm_zero3_t *z, const int32_t *x, const int32_t *
     if (N > 1) {
         double tw;
         TPM_CHECK(rs_finish(z));
-        tpm_shard_pack(ge, N, z->emb_gfull, z->emb_stage);
+        TPM_CHECK(group_move(z, ge, z->emb_gfull, z->emb_stage, 1));
         tw = tpm_time_now() - z->gx->stats.codec_s; /* blocking: all but the encoding is wait */
         TPM_CHECK(tpm_exchange_start(z->gx, L, z->emb_stage, z->compress_now, compress_key(z),
                                      z->rs_recv, NULL));
