@@ -36,6 +36,24 @@ static inline unsigned tpm_ew_blocks(size_t n)
 }
 
 /* butterfly reductions: every lane ends with the same value, combined in the same order */
+/* bf16 bits of f, round to nearest even, NaN kept quiet (tpm_bf16_rne in compress/twobit.h) */
+__device__ __forceinline__ uint16_t dev_bf16_rne(float f)
+{
+    uint32_t u = __float_as_uint(f);
+
+    if ((u & 0x7fffffffu) > 0x7f800000u) {
+        return (uint16_t)((u >> 16) | 0x0040u);
+    }
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+/* the fp32 value of bf16 bits h (exact) */
+__device__ __forceinline__ float dev_bf16_to_float(uint16_t h)
+{
+    return __uint_as_float((uint32_t)h << 16);
+}
+
 __device__ __forceinline__ float tpm_warp_sum(float v)
 {
     for (int off = TPM_WARP / 2; off > 0; off /= 2) {

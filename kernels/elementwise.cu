@@ -1,9 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * elementwise.cu: add, axpy, scale (grid-stride loops, memory bound) and the sum of
- * squares used for the global gradient norm. The sum of squares is deterministic: the
- * input is cut into at most 1024 fixed contiguous blocks (the layout depends on n only),
- * each block sums in double in a fixed tree order, and the host adds the block sums in
+ * elementwise.cu: add, axpy, scale, the bf16 conversions of the working weights (grid-stride
+ * loops, memory bound) and the sum of squares used for the global gradient norm. The sum of squares
+ * is deterministic: the input is cut into at most 1024 fixed contiguous blocks (the layout depends
+ * on n only), each block sums in double in a fixed tree order, and the host adds the block sums in
  * order, as the CPU backend does with its blocks.
  */
 #include "common.cuh"
@@ -33,6 +33,23 @@ __global__ void scale_kernel(float *x, float alpha, size_t n)
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
          i += (size_t)gridDim.x * blockDim.x) {
         x[i] *= alpha;
+    }
+}
+
+/* bf16 working weights: round to nearest even (twobit's rule), and back (exact) */
+__global__ void to_bf16_kernel(uint16_t *dst, const float *src, size_t n)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x) {
+        dst[i] = dev_bf16_rne(src[i]);
+    }
+}
+
+__global__ void from_bf16_kernel(float *dst, const uint16_t *src, size_t n)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x) {
+        dst[i] = dev_bf16_to_float(src[i]);
     }
 }
 
@@ -80,6 +97,24 @@ extern "C" tpm_status_t tpm_cuda_scale(float *x, float alpha, size_t n, void *st
     }
     scale_kernel<<<tpm_ew_blocks(n), TPM_EW_THREADS, 0, (cudaStream_t)stream>>>(x, alpha, n);
     return TPM_LAUNCH_CHECK("scale_kernel");
+}
+
+extern "C" tpm_status_t tpm_cuda_to_bf16(uint16_t *dst, const float *src, size_t n, void *stream)
+{
+    if (n == 0) {
+        return TPM_OK;
+    }
+    to_bf16_kernel<<<tpm_ew_blocks(n), TPM_EW_THREADS, 0, (cudaStream_t)stream>>>(dst, src, n);
+    return TPM_LAUNCH_CHECK("to_bf16_kernel");
+}
+
+extern "C" tpm_status_t tpm_cuda_from_bf16(float *dst, const uint16_t *src, size_t n, void *stream)
+{
+    if (n == 0) {
+        return TPM_OK;
+    }
+    from_bf16_kernel<<<tpm_ew_blocks(n), TPM_EW_THREADS, 0, (cudaStream_t)stream>>>(dst, src, n);
+    return TPM_LAUNCH_CHECK("from_bf16_kernel");
 }
 
 extern "C" size_t tpm_cuda_sumsq_nparts(size_t n)

@@ -166,6 +166,11 @@ tpm_status_t tpm_cuda_axpy(float *y, float alpha, const float *x, size_t n, void
 /** x *= alpha */
 tpm_status_t tpm_cuda_scale(float *x, float alpha, size_t n, void *stream);
 
+/** dst[i] = bf16 bits of src[i], round to nearest even, NaN kept quiet (backend.h to_bf16) */
+tpm_status_t tpm_cuda_to_bf16(uint16_t *dst, const float *src, size_t n, void *stream);
+/** dst[i] = fp32 value of the bf16 bits src[i] */
+tpm_status_t tpm_cuda_from_bf16(float *dst, const uint16_t *src, size_t n, void *stream);
+
 /** Number of partial sums tpm_cuda_sumsq_partial() writes for @p n values (<= 1024). */
 size_t tpm_cuda_sumsq_nparts(size_t n);
 /**

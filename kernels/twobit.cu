@@ -23,17 +23,6 @@ extern "C" {
 
 /* ---- the reference's scalar helpers, for the device ---------------------------------------- */
 
-__device__ __forceinline__ uint16_t dev_bf16_rne(float f)
-{
-    uint32_t u = __float_as_uint(f);
-
-    if ((u & 0x7fffffffu) > 0x7f800000u) {
-        return (uint16_t)((u >> 16) | 0x0040u);
-    }
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
-}
-
 __device__ __forceinline__ uint16_t dev_bf16_up(float f)
 {
     const uint32_t u = __float_as_uint(f);
@@ -42,11 +31,6 @@ __device__ __forceinline__ uint16_t dev_bf16_up(float f)
         return (uint16_t)((u >> 16) | 0x0040u);
     }
     return (uint16_t)((u >> 16) + ((u & 0xffffu) != 0));
-}
-
-__device__ __forceinline__ float dev_bf16_to_float(uint16_t h)
-{
-    return __uint_as_float((uint32_t)h << 16);
 }
 
 /* src/base/rng.c, tpm_rng_u64 */

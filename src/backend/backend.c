@@ -85,6 +85,23 @@ err_free_be:
     return status;
 }
 
+tpm_status_t tpm_backend_set_matmul(tpm_backend_t *be, const char *mode)
+{
+    if (strcmp(mode, "auto") != 0 && strcmp(mode, "fp32") != 0 && strcmp(mode, "tf32") != 0 &&
+        strcmp(mode, "bf16") != 0) {
+        tpm_log_error("matmul precision '%s': expected auto, fp32, tf32 or bf16", mode);
+        return TPM_ERR_INVALID_ARG;
+    }
+#ifdef HAVE_CUDA
+    if (be->ops == &tpm_backend_cuda_ops && strcmp(mode, "auto") != 0) {
+        return tpm_backend_cuda_set_math(be->priv, mode);
+    }
+#endif /* HAVE_CUDA */
+    /* the CPU backend multiplies in fp32 whatever is asked */
+    (void)be;
+    return TPM_OK;
+}
+
 void tpm_backend_destroy(tpm_backend_t *be)
 {
     if (be == NULL) {

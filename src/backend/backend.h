@@ -126,6 +126,26 @@ typedef struct tpm_backend_ops {
      */
     tpm_status_t (*adamw)(tpm_backend_t *be, float *param, const float *grad, float *m, float *v,
                           size_t n, float lr, float beta1, float beta2, float eps, float wd, int t);
+
+    /*
+     * bf16 working weights (--precision=bf16). dst[i] = bf16 bits of src[i], rounded to
+     * nearest even, NaN kept a quiet NaN (tpm_bf16_rne() in compress/twobit.h).
+     */
+    tpm_status_t (*to_bf16)(tpm_backend_t *be, uint16_t *dst, const float *src, size_t n);
+    /* dst[i] = the fp32 value of bf16 bits src[i] (exact) */
+    tpm_status_t (*from_bf16)(tpm_backend_t *be, float *dst, const uint16_t *src, size_t n);
+
+    /*
+     * The 2-bit gradient codec on the backend's memory: tpm_twobit_encode() and
+     * tpm_twobit_decode_add() of compress/twobit.h, with the same bytes, residuals and sums
+     * on every backend. mode is a tpm_twobit_mode_t; g, residual, chunk, acc are device
+     * buffers.
+     */
+    tpm_status_t (*twobit_encode)(tpm_backend_t *be, int mode, int B, const float *g, size_t n,
+                                  void *residual, uint64_t key, uint64_t stream, uint64_t index0,
+                                  uint8_t *chunk);
+    tpm_status_t (*twobit_decode_add)(tpm_backend_t *be, int B, const uint8_t *chunk, size_t n,
+                                      float *acc);
 } tpm_backend_ops_t;
 
 struct tpm_backend {
@@ -144,5 +164,12 @@ extern const tpm_backend_ops_t tpm_backend_cpu_ops;
 tpm_status_t tpm_backend_create(const char *name, int n_threads, tpm_backend_t **be_p);
 /** No-op on NULL. */
 void tpm_backend_destroy(tpm_backend_t *be);
+
+/**
+ * Matmul input precision of a device backend (--cuda-matmul): "fp32", "tf32", "bf16", or
+ * "auto" to keep the backend's default (CUDA: TPMPI_CUDA_MATMUL, else tf32). Accumulation is
+ * fp32 in every mode. The CPU backend always multiplies in fp32 and ignores it.
+ */
+tpm_status_t tpm_backend_set_matmul(tpm_backend_t *be, const char *mode);
 
 #endif /* TPM_BACKEND_H */

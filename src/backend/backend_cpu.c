@@ -25,6 +25,7 @@
 #include "base/log.h"
 #include "base/mem.h"
 #include "base/status.h"
+#include "compress/twobit.h"
 
 #include <cblas.h>
 #include <limits.h>
@@ -1357,28 +1358,87 @@ static tpm_status_t cpu_adamw(tpm_backend_t *be, float *param, const float *grad
     return TPM_OK;
 }
 
+/* ------------------------------------------------------------------------------------------ */
+/* bf16 working weights and the 2-bit codec                                                   */
+/* ------------------------------------------------------------------------------------------ */
+
+static tpm_status_t cpu_to_bf16(tpm_backend_t *be, uint16_t *dst, const float *src, size_t n)
+{
+    (void)be;
+    if (n == 0) {
+        return TPM_OK;
+    }
+    CPU_REQUIRE(dst != NULL && src != NULL);
+#pragma omp parallel for simd schedule(static) if (n >= CPU_PAR_MIN)
+    for (size_t i = 0; i < n; i++) {
+        dst[i] = tpm_bf16_rne(src[i]);
+    }
+    return TPM_OK;
+}
+
+static tpm_status_t cpu_from_bf16(tpm_backend_t *be, float *dst, const uint16_t *src, size_t n)
+{
+    (void)be;
+    if (n == 0) {
+        return TPM_OK;
+    }
+    CPU_REQUIRE(dst != NULL && src != NULL);
+#pragma omp parallel for simd schedule(static) if (n >= CPU_PAR_MIN)
+    for (size_t i = 0; i < n; i++) {
+        dst[i] = tpm_bf16_to_float(src[i]);
+    }
+    return TPM_OK;
+}
+
+static tpm_status_t cpu_twobit_encode(tpm_backend_t *be, int mode, int B, const float *g, size_t n,
+                                      void *residual, uint64_t key, uint64_t stream,
+                                      uint64_t index0, uint8_t *chunk)
+{
+    (void)be;
+    CPU_REQUIRE(tpm_twobit_block_ok(B) && mode >= TPM_TWOBIT_EF_FP32 &&
+                mode <= TPM_TWOBIT_STOCHASTIC);
+    CPU_REQUIRE(chunk != NULL && (n == 0 || g != NULL));
+    CPU_REQUIRE(mode == TPM_TWOBIT_STOCHASTIC || n == 0 || residual != NULL);
+    tpm_twobit_encode((tpm_twobit_mode_t)mode, B, g, n, residual, key, stream, index0, chunk);
+    return TPM_OK;
+}
+
+static tpm_status_t cpu_twobit_decode_add(tpm_backend_t *be, int B, const uint8_t *chunk, size_t n,
+                                          float *acc)
+{
+    (void)be;
+    CPU_REQUIRE(tpm_twobit_block_ok(B));
+    CPU_REQUIRE(n == 0 || (chunk != NULL && acc != NULL));
+    tpm_twobit_decode_add(B, chunk, n, acc);
+    return TPM_OK;
+}
+
 const tpm_backend_ops_t tpm_backend_cpu_ops = {
-    .name          = "cpu",
-    .alloc         = cpu_alloc,
-    .free          = cpu_free,
-    .memzero       = cpu_memzero,
-    .copy          = cpu_copy,
-    .sync          = cpu_sync,
-    .encoder_fwd   = cpu_encoder_fwd,
-    .encoder_bwd   = cpu_encoder_bwd,
-    .layernorm_fwd = cpu_layernorm_fwd,
-    .layernorm_bwd = cpu_layernorm_bwd,
-    .matmul_fwd    = cpu_matmul_fwd,
-    .matmul_bwd    = cpu_matmul_bwd,
-    .attention_fwd = cpu_attention_fwd,
-    .attention_bwd = cpu_attention_bwd,
-    .attention_kv  = cpu_attention_kv,
-    .gelu_fwd      = cpu_gelu_fwd,
-    .gelu_bwd      = cpu_gelu_bwd,
-    .add           = cpu_add,
-    .axpy          = cpu_axpy,
-    .scale         = cpu_scale,
-    .sumsq         = cpu_sumsq,
-    .xent_fwd_bwd  = cpu_xent_fwd_bwd,
-    .adamw         = cpu_adamw,
+    .name              = "cpu",
+    .alloc             = cpu_alloc,
+    .free              = cpu_free,
+    .memzero           = cpu_memzero,
+    .copy              = cpu_copy,
+    .sync              = cpu_sync,
+    .encoder_fwd       = cpu_encoder_fwd,
+    .encoder_bwd       = cpu_encoder_bwd,
+    .layernorm_fwd     = cpu_layernorm_fwd,
+    .layernorm_bwd     = cpu_layernorm_bwd,
+    .matmul_fwd        = cpu_matmul_fwd,
+    .matmul_bwd        = cpu_matmul_bwd,
+    .attention_fwd     = cpu_attention_fwd,
+    .attention_bwd     = cpu_attention_bwd,
+    .attention_kv      = cpu_attention_kv,
+    .gelu_fwd          = cpu_gelu_fwd,
+    .gelu_bwd          = cpu_gelu_bwd,
+    .add               = cpu_add,
+    .axpy              = cpu_axpy,
+    .scale             = cpu_scale,
+    .sumsq             = cpu_sumsq,
+    .xent_fwd_bwd      = cpu_xent_fwd_bwd,
+    .adamw             = cpu_adamw,
+    .to_bf16           = cpu_to_bf16,
+    .from_bf16         = cpu_from_bf16,
+    .twobit_encode     = cpu_twobit_encode,
+    .twobit_decode_add = cpu_twobit_decode_add,
 };

@@ -27,6 +27,7 @@
 #include "base/log.h"
 #include "base/mem.h"
 #include "base/status.h"
+#include "compress/twobit.h"
 #include "kernels/kernels.h"
 
 #define CUDA_SUMSQ_MAX_PARTS 1024
@@ -157,20 +158,37 @@ void tpm_cuda_proc_release(void)
 /* private state                                                                              */
 /* ------------------------------------------------------------------------------------------ */
 
-static tpm_status_t parse_math(tpm_cuda_math_t *math_p)
+static tpm_status_t math_from_name(const char *v, tpm_cuda_math_t *math_p)
 {
-    const char *v = getenv("TPMPI_CUDA_MATMUL");
-
-    if (v == NULL || *v == '\0' || strcmp(v, "tf32") == 0) {
+    if (v == NULL || *v == '\0' || strcmp(v, "auto") == 0 || strcmp(v, "tf32") == 0) {
         *math_p = TPM_CUDA_MATH_TF32;
     } else if (strcmp(v, "fp32") == 0) {
         *math_p = TPM_CUDA_MATH_FP32;
     } else if (strcmp(v, "bf16") == 0) {
         *math_p = TPM_CUDA_MATH_BF16;
     } else {
-        tpm_log_error("TPMPI_CUDA_MATMUL='%s': expected fp32, tf32 or bf16", v);
+        tpm_log_error("CUDA matmul precision '%s': expected auto, fp32, tf32 or bf16", v);
         return TPM_ERR_INVALID_ARG;
     }
+    return TPM_OK;
+}
+
+/* the default before --cuda-matmul is applied: TPMPI_CUDA_MATMUL, else tf32 */
+static tpm_status_t parse_math(tpm_cuda_math_t *math_p)
+{
+    return math_from_name(getenv("TPMPI_CUDA_MATMUL"), math_p);
+}
+
+tpm_status_t tpm_backend_cuda_set_math(void *priv, const char *mode)
+{
+    cuda_priv_t    *cp = priv;
+    tpm_cuda_math_t m;
+
+    TPM_CHECK(math_from_name(mode, &m));
+    if (m != cp->math) {
+        tpm_log_debug("cuda: matmul precision %s", tpm_cuda_math_name(m));
+    }
+    cp->math = m;
     return TPM_OK;
 }
 
@@ -609,28 +627,73 @@ static tpm_status_t cuda_adamw(tpm_backend_t *be, float *param, const float *gra
                           priv_of(be)->stream);
 }
 
+static tpm_status_t cuda_to_bf16(tpm_backend_t *be, uint16_t *dst, const float *src, size_t n)
+{
+    if (n == 0) {
+        return TPM_OK;
+    }
+    CUDA_REQUIRE(dst != NULL && src != NULL);
+    return tpm_cuda_to_bf16(dst, src, n, priv_of(be)->stream);
+}
+
+static tpm_status_t cuda_from_bf16(tpm_backend_t *be, float *dst, const uint16_t *src, size_t n)
+{
+    if (n == 0) {
+        return TPM_OK;
+    }
+    CUDA_REQUIRE(dst != NULL && src != NULL);
+    return tpm_cuda_from_bf16(dst, src, n, priv_of(be)->stream);
+}
+
+static tpm_status_t cuda_twobit_encode(tpm_backend_t *be, int mode, int B, const float *g, size_t n,
+                                       void *residual, uint64_t key, uint64_t stream,
+                                       uint64_t index0, uint8_t *chunk)
+{
+    CUDA_REQUIRE(tpm_twobit_block_ok(B) && mode >= TPM_TWOBIT_EF_FP32 &&
+                 mode <= TPM_TWOBIT_STOCHASTIC);
+    CUDA_REQUIRE(chunk != NULL && (n == 0 || g != NULL));
+    CUDA_REQUIRE(mode == TPM_TWOBIT_STOCHASTIC || n == 0 || residual != NULL);
+    return tpm_cuda_twobit_encode(mode, B, g, n, residual, key, stream, index0, chunk,
+                                  priv_of(be)->stream);
+}
+
+static tpm_status_t cuda_twobit_decode_add(tpm_backend_t *be, int B, const uint8_t *chunk, size_t n,
+                                           float *acc)
+{
+    CUDA_REQUIRE(tpm_twobit_block_ok(B));
+    if (n == 0) {
+        return TPM_OK;
+    }
+    CUDA_REQUIRE(chunk != NULL && acc != NULL);
+    return tpm_cuda_twobit_decode_add(B, chunk, n, acc, priv_of(be)->stream);
+}
+
 const tpm_backend_ops_t tpm_backend_cuda_ops = {
-    .name          = "cuda",
-    .alloc         = cuda_alloc,
-    .free          = cuda_free,
-    .memzero       = cuda_memzero,
-    .copy          = cuda_copy,
-    .sync          = cuda_sync,
-    .encoder_fwd   = cuda_encoder_fwd,
-    .encoder_bwd   = cuda_encoder_bwd,
-    .layernorm_fwd = cuda_layernorm_fwd,
-    .layernorm_bwd = cuda_layernorm_bwd,
-    .matmul_fwd    = cuda_matmul_fwd,
-    .matmul_bwd    = cuda_matmul_bwd,
-    .attention_fwd = cuda_attention_fwd,
-    .attention_bwd = cuda_attention_bwd,
-    .gelu_fwd      = cuda_gelu_fwd,
-    .gelu_bwd      = cuda_gelu_bwd,
-    .add           = cuda_add,
-    .axpy          = cuda_axpy,
-    .scale         = cuda_scale,
-    .sumsq         = cuda_sumsq,
-    .xent_fwd_bwd  = cuda_xent_fwd_bwd,
-    .attention_kv  = cuda_attention_kv,
-    .adamw         = cuda_adamw,
+    .name              = "cuda",
+    .alloc             = cuda_alloc,
+    .free              = cuda_free,
+    .memzero           = cuda_memzero,
+    .copy              = cuda_copy,
+    .sync              = cuda_sync,
+    .encoder_fwd       = cuda_encoder_fwd,
+    .encoder_bwd       = cuda_encoder_bwd,
+    .layernorm_fwd     = cuda_layernorm_fwd,
+    .layernorm_bwd     = cuda_layernorm_bwd,
+    .matmul_fwd        = cuda_matmul_fwd,
+    .matmul_bwd        = cuda_matmul_bwd,
+    .attention_fwd     = cuda_attention_fwd,
+    .attention_bwd     = cuda_attention_bwd,
+    .gelu_fwd          = cuda_gelu_fwd,
+    .gelu_bwd          = cuda_gelu_bwd,
+    .add               = cuda_add,
+    .axpy              = cuda_axpy,
+    .scale             = cuda_scale,
+    .sumsq             = cuda_sumsq,
+    .xent_fwd_bwd      = cuda_xent_fwd_bwd,
+    .attention_kv      = cuda_attention_kv,
+    .adamw             = cuda_adamw,
+    .to_bf16           = cuda_to_bf16,
+    .from_bf16         = cuda_from_bf16,
+    .twobit_encode     = cuda_twobit_encode,
+    .twobit_decode_add = cuda_twobit_decode_add,
 };

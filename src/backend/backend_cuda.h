@@ -27,6 +27,8 @@ extern const tpm_backend_ops_t tpm_backend_cuda_ops;
  * Caller owns *priv_p; free it with tpm_backend_cuda_priv_destroy().
  */
 tpm_status_t tpm_backend_cuda_priv_create(void **priv_p);
+/** Set the matmul precision ("fp32", "tf32", "bf16") of the backend state @p priv. */
+tpm_status_t tpm_backend_cuda_set_math(void *priv, const char *mode);
 /** Waits for the stream, then frees everything. No-op on NULL. */
 void tpm_backend_cuda_priv_destroy(void *priv);
 

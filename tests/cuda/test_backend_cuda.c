@@ -12,6 +12,7 @@
  *   1e-5   GELU, LayerNorm, attention forward, cross-entropy (fp32 ulps, exp, other
  *          summation orders over at most ~5e4 terms);
  *   5e-5   attention backward (longer chains of fp32 operations);
+ *   bits   bf16 conversions and the 2-bit codec ops: identical bytes, residuals and sums;
  *   1e-5 / 1e-2 / 5e-2  matmuls with TPMPI_CUDA_MATMUL fp32 / tf32 / bf16: TF32 and bf16
  *          keep 10 and 7 mantissa bits of the inputs (relative 2^-11 and 2^-8 per input),
  *          accumulation is fp32 in all three.
@@ -31,6 +32,7 @@
 #include "backend/backend.h"
 #include "base/log.h"
 #include "base/status.h"
+#include "compress/twobit.h"
 
 #define SKIP 77
 
@@ -547,6 +549,81 @@ static void test_adamw(size_t n)
     fb_free(&v);
 }
 
+/*
+ * bf16 working-weight conversions and the codec ops through the op table: bit-identical to
+ * the CPU backend (threshold 0), NaN and the rounding ties included.
+ */
+static void test_bf16_and_codec(size_t n)
+{
+    fbuf_t         x = fb_rand(n, 3.0f), back = fb_zero(n);
+    uint16_t      *h16 = xmalloc(n * sizeof(uint16_t)), *g16 = xmalloc(n * sizeof(uint16_t));
+    uint16_t      *d16       = dev_alloc(n * sizeof(uint16_t));
+    const uint32_t special[] = {0x3f808000u, 0x3f818000u, 0x3f808001u, 0x7f7fffffu, 0x00008000u,
+                                0x7f800001u, 0xffc12345u, 0x80000000u, 0x7f800000u};
+    const size_t   ns        = sizeof(special) / sizeof(special[0]);
+    const int      B = 256, modes = 3;
+
+    for (size_t i = 0; i < ns && i < n; i++) {
+        memcpy(&x.h[i], &special[i], sizeof(float));
+    }
+    upload(x.d, x.h, n * sizeof(float));
+    expect_ok(cpu->ops->to_bf16(cpu, h16, x.h, n), "cpu to_bf16");
+    expect_ok(gpu->ops->to_bf16(gpu, d16, x.d, n), "gpu to_bf16");
+    if (gpu->ops->copy(gpu, g16, d16, n * sizeof(uint16_t), TPM_COPY_D2H) != TPM_OK) {
+        die("device-to-host copy failed");
+    }
+    ok(memcmp(h16, g16, n * sizeof(uint16_t)) == 0, "%-34s n=%-10zu bit-identical to cpu",
+       "to_bf16", n);
+    expect_ok(cpu->ops->from_bf16(cpu, back.h, h16, n), "cpu from_bf16");
+    expect_ok(gpu->ops->from_bf16(gpu, back.d, d16, n), "gpu from_bf16");
+    {
+        float *got = fb_down(&back);
+        ok(memcmp(got, back.h, n * sizeof(float)) == 0, "%-34s n=%-10zu bit-identical to cpu",
+           "from_bf16", n);
+        free(got);
+    }
+    for (int mode = 0; mode < modes; mode++) {
+        const size_t cb   = tpm_twobit_chunk_bytes(n, B);
+        const size_t resb = n * (mode == 0 ? sizeof(float) : sizeof(uint16_t));
+        uint8_t     *hc = xmalloc(cb), *gc = xmalloc(cb), *dc = dev_alloc(cb);
+        void        *hr = xmalloc(resb), *dr = dev_alloc(resb), *gr = xmalloc(resb);
+        fbuf_t       acc = fb_zero(n);
+        float       *got;
+
+        memset(hr, 0, resb);
+        upload(dr, hr, resb);
+        for (int round = 0; round < 2; round++) { /* the second round reads the residual */
+            expect_ok(
+                cpu->ops->twobit_encode(cpu, mode, B, x.h, n, mode == 2 ? NULL : hr, 77, 3, 5, hc),
+                "cpu twobit_encode");
+            expect_ok(
+                gpu->ops->twobit_encode(gpu, mode, B, x.d, n, mode == 2 ? NULL : dr, 77, 3, 5, dc),
+                "gpu twobit_encode");
+        }
+        if (gpu->ops->copy(gpu, gc, dc, cb, TPM_COPY_D2H) != TPM_OK ||
+            gpu->ops->copy(gpu, gr, dr, resb, TPM_COPY_D2H) != TPM_OK) {
+            die("device-to-host copy failed");
+        }
+        ok(memcmp(hc, gc, cb) == 0 && (mode == 2 || memcmp(hr, gr, resb) == 0),
+           "twobit_encode op (mode %d)%-13s n=%-10zu bytes and residual bit-identical", mode, "",
+           n);
+        expect_ok(cpu->ops->twobit_decode_add(cpu, B, hc, n, acc.h), "cpu twobit_decode_add");
+        expect_ok(gpu->ops->twobit_decode_add(gpu, B, dc, n, acc.d), "gpu twobit_decode_add");
+        got = fb_down(&acc);
+        ok(memcmp(got, acc.h, n * sizeof(float)) == 0,
+           "twobit_decode_add op (mode %d)%-9s n=%-10zu bit-identical", mode, "", n);
+        free(got);
+        free(hc), free(gc), free(hr), free(gr);
+        gpu->ops->free(gpu, dc);
+        gpu->ops->free(gpu, dr);
+        fb_free(&acc);
+    }
+    free(h16), free(g16);
+    gpu->ops->free(gpu, d16);
+    fb_free(&x);
+    fb_free(&back);
+}
+
 static void test_empty_and_errors(void)
 {
     tpm_backend_t *g = gpu;
@@ -672,6 +749,7 @@ int main(int argc, char **argv)
     test_elementwise(big ? (size_t)16 << 20 : 100003);
     test_xent(big ? 1024 : 29, s.V, s.Vp);
     test_adamw(big ? (size_t)16 << 20 : 70001);
+    test_bf16_and_codec(big ? (size_t)16 << 20 : 100003);
     test_empty_and_errors();
 
     printf("1..%d\n", n_pass + n_fail);

@@ -13,6 +13,7 @@
 #include <config.h> /* HAVE_CUDA: "cuda" is refused only in builds without it */
 
 #include <criterion/criterion.h>
+#include <float.h>
 #include <math.h>
 #include <omp.h>
 #include <stdint.h>
@@ -1381,4 +1382,117 @@ Test(backend_cpu, adamw_matches_a_double_reference_over_three_steps)
     cr_assert_eq(be->ops->adamw(be, p, g, m, v, n, 1.0f, 0.9f, 0.9f, 1e-8f, 0.0f, 0),
                  TPM_ERR_INVALID_ARG);
     free(p), free(m), free(v), free(g), free(rp), free(rm), free(rv);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* bf16 working weights and the 2-bit codec ops                                               */
+/* ------------------------------------------------------------------------------------------ */
+
+/*
+ * Independent reference for round-to-nearest-even bf16: scale the value so that its 8
+ * significant bits are the integer part, round with nearbyint() (ties to even in the
+ * default rounding mode) and scale back; bf16 shares fp32's exponent range, so values
+ * below 2^-126 keep a fixed quantum of 2^-133. Overflow becomes Inf through the float cast.
+ */
+static float bf16_ref(float x)
+{
+    int    e;
+    double q;
+
+    if (!isfinite(x) || x == 0.0f) {
+        return x;
+    }
+    (void)frexp((double)x, &e);
+    q = e - 8 < -133 ? -133 : e - 8;
+    return (float)ldexp(nearbyint(ldexp((double)x, (int)-q)), (int)q);
+}
+
+static uint32_t f32_bits(float f)
+{
+    uint32_t u;
+
+    memcpy(&u, &f, sizeof(u));
+    return u;
+}
+
+static float f32_of(uint32_t u)
+{
+    float f;
+
+    memcpy(&f, &u, sizeof(f));
+    return f;
+}
+
+Test(backend_cpu, bf16_conversion_rounds_to_nearest_even_and_widens_exactly)
+{
+    const float  special[] = {1.0f,
+                              f32_of(0x3f808000u) /* 1 + 2^-8: tie, stays 1 */,
+                              f32_of(0x3f818000u) /* 1 + 3 * 2^-8: tie, goes to even 1 + 2^-6 */,
+                              f32_of(0x3f808001u) /* just above the tie: rounds up */,
+                              -0.0f,
+                              0.0f,
+                              INFINITY,
+                              -INFINITY,
+                              FLT_MAX /* rounds to Inf */,
+                              -FLT_MAX,
+                              FLT_MIN,
+                              f32_of(0x00000001u),
+                              f32_of(0x00008000u) /* subnormal tie: to even (0) */,
+                              f32_of(0x00018000u),
+                              f32_of(0x007fffffu),
+                              65504.0f,
+                              -3.14159265f};
+    const size_t ns        = sizeof(special) / sizeof(special[0]);
+    const size_t n         = 100003; /* threaded path */
+    float       *x = fvec(n), *back = fvec(n);
+    uint16_t    *h = calloc(n, sizeof(uint16_t));
+
+    cr_assert_not_null(h);
+    for (size_t i = 0; i < n; i++) {
+        /* random sign, mantissa and exponent over the whole finite range */
+        uint32_t u = (uint32_t)((frand() + 1.0f) * 2147483647.0f);
+        x[i]       = i < ns ? special[i] : f32_of(u & 0xff7fffffu);
+    }
+    cr_assert_eq(be->ops->to_bf16(be, h, x, n), TPM_OK);
+    cr_assert_eq(be->ops->from_bf16(be, back, h, n), TPM_OK);
+    for (size_t i = 0; i < n; i++) {
+        float want = bf16_ref(x[i]);
+        cr_assert_eq(f32_bits(back[i]), f32_bits(want), "x[%zu] = %a (%08x): got %a, want %a", i,
+                     (double)x[i], f32_bits(x[i]), (double)back[i], (double)want);
+        cr_assert_eq(f32_bits(back[i]) & 0xffffu, 0u);
+    }
+    /* NaN stays a quiet NaN with its sign and top payload bits */
+    x[0] = f32_of(0x7f800001u); /* signalling NaN, payload only in the low bits */
+    x[1] = f32_of(0xffc12345u);
+    cr_assert_eq(be->ops->to_bf16(be, h, x, 2), TPM_OK);
+    cr_assert_eq(h[0], 0x7fc0u);
+    cr_assert_eq(h[1], 0xffc1u);
+    cr_assert_eq(be->ops->to_bf16(be, h, x, 0), TPM_OK);
+    cr_assert_eq(be->ops->to_bf16(be, NULL, x, 3), TPM_ERR_INVALID_ARG);
+    cr_assert_eq(be->ops->from_bf16(be, x, NULL, 3), TPM_ERR_INVALID_ARG);
+    free(x), free(back), free(h);
+}
+
+Test(backend_cpu, twobit_ops_decode_to_the_values_they_encode)
+{
+    /* block 8: two blocks, the second padded; scale = bf16(mean |x|) */
+    const float x[12]   = {4.0f, -4.0f, 0.5f, 4.0f,  -3.0f, 0.0f,
+                           4.0f, 2.0f,  1.0f, -1.0f, 0.25f, 1.0f};
+    float       res[12] = {0}, acc[12] = {0};
+    uint8_t     chunk[64];
+    const float s0 = 21.5f / 8.0f, s1 = 3.25f / 8.0f; /* 2.6875 and 0.40625: exact in bf16 */
+
+    cr_assert_eq(be->ops->twobit_encode(be, 0, 8, x, 12, res, 0, 0, 0, chunk), TPM_OK);
+    cr_assert_eq(be->ops->twobit_decode_add(be, 8, chunk, 12, acc), TPM_OK);
+    for (int i = 0; i < 12; i++) {
+        const float s = i < 8 ? s0 : s1;
+        /* the residual holds the coding error: acc + res == x exactly for these values */
+        cr_assert_float_eq(acc[i] + res[i], x[i], 0.0f, "value %d", i);
+        cr_assert(fabsf(acc[i]) == (fabsf(x[i]) > 0.5f * s ? s : 0.0f), "value %d decodes to %g", i,
+                  (double)acc[i]);
+    }
+    cr_assert_eq(be->ops->twobit_encode(be, 0, 6, x, 12, res, 0, 0, 0, chunk), TPM_ERR_INVALID_ARG);
+    cr_assert_eq(be->ops->twobit_encode(be, 0, 8, x, 12, NULL, 0, 0, 0, chunk),
+                 TPM_ERR_INVALID_ARG);
+    cr_assert_eq(be->ops->twobit_decode_add(be, 8, chunk, 12, NULL), TPM_ERR_INVALID_ARG);
 }
