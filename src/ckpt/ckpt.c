@@ -1419,6 +1419,7 @@ tpm_status_t tpm_ckpt_load(tpm_zero3_t *z, const char *path, int with_optim,
     tpm_status_t status = TPM_OK, pending = TPM_OK;
     double       t0 = tpm_time_now();
 
+    tpm_zero3_params_changed(z); /* the shard is about to be overwritten */
     TPM_CHECK(tpm_ckpt_open(c, path, &ck));
     set_ctx("checkpoint", path, NULL);
     ck_reading = 1;

@@ -223,6 +223,7 @@ tpm_status_t tpm_ckpt_import_llmc(tpm_zero3_t *z, const char *path)
     struct stat               st;
     tpm_status_t              status = TPM_OK;
 
+    tpm_zero3_params_changed(z); /* the shard is about to be overwritten */
     fd = open(path, O_RDONLY);
     if (fd < 0 || fstat(fd, &st) != 0) {
         int err = errno;

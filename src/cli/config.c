@@ -85,6 +85,8 @@ typedef struct {
 static const char *const mode_names[]   = {"train", "prepare", "serve", "export", "eval", NULL};
 static const char *const model_names[]  = {"tiny", "small", "gpt2-124m", "gpt2-350m", NULL};
 static const char *const device_names[] = {"cpu", "cuda", NULL};
+static const char *const cuda_matmul_names[] = {"auto", "fp32", "tf32", "bf16", NULL};
+static const char *const precision_names[] = {"fp32", "bf16", NULL};
 static const char *const format_names[] = {"llmc", NULL};
 static const char *const compression_names[] = {"none", "2bit", NULL};
 static const char *const residual_names[]    = {"fp32", "bf16", "none", NULL};
@@ -119,6 +121,11 @@ static const config_opt_t options[] = {
     {"device", "TPMPI_DEVICE", "cpu", NULL, "compute device of every rank",
      CONFIG_GROUP_GENERAL, CONFIG_TYPE_CHOICE, OFF(device), SZ(device), 0, 0, 0, 0, 0,
      device_names},
+    {"cuda-matmul", "TPMPI_CUDA_MATMUL", "auto", NULL,
+     "CUDA matmul inputs (fp32 accumulation always): fp32, tf32, bf16; auto = bf16 with "
+     "--precision=bf16, else tf32",
+     CONFIG_GROUP_GENERAL, CONFIG_TYPE_CHOICE, OFF(cuda_matmul), SZ(cuda_matmul), 0, 0, 0, 0, 0,
+     cuda_matmul_names},
     {"threads", "TPMPI_THREADS", "0", "N", "OpenMP/BLAS threads per rank (0 = OpenMP default)",
      CONFIG_GROUP_GENERAL, CONFIG_TYPE_INT, OFF(threads), 0, 0, 4096, 0, 0, 0, NULL},
     {"help", NULL, NULL, NULL, "print this help and exit",
@@ -188,6 +195,11 @@ static const config_opt_t options[] = {
     {"eps", "TPMPI_EPS", "1e-8", "X", "AdamW epsilon",
      CONFIG_GROUP_TRAINING, CONFIG_TYPE_DOUBLE, OFF(eps), 0, 0, 0, 0.0, 1.0, CONFIG_MIN_EXCL,
      NULL},
+    {"precision", "TPMPI_PRECISION", "fp32", NULL,
+     "working weights: fp32, or bf16 (bf16 copies of the fp32 master weights, gathered in bf16; "
+     "gradients and AdamW moments stay fp32)",
+     CONFIG_GROUP_TRAINING, CONFIG_TYPE_CHOICE, OFF(precision), SZ(precision), 0, 0, 0, 0, 0,
+     precision_names},
     {"seed", "TPMPI_SEED", "1337", "N", "random seed (parameter init, data order)",
      CONFIG_GROUP_TRAINING, CONFIG_TYPE_U64, OFF(seed), 0, 0, I64_MAX, 0, 0, 0, NULL},
     {"eval-every", "TPMPI_EVAL_EVERY", "0", "N", "validate every N steps (0 = only at the end)",

@@ -65,6 +65,8 @@ typedef struct tpm_config {
     int64_t  log_every;
     char     metrics[TPM_PATH_MAX]; /* JSONL metrics file ("" = none) */
     char     device[16];            /* cpu | cuda */
+    char     cuda_matmul[8];        /* auto | fp32 | tf32 | bf16 (CUDA matmul inputs) */
+    char     precision[8];          /* fp32 | bf16 working weights */
     int      debug_collectives;
     char     log_level[16];
 

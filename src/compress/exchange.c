@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * exchange.c: gradient reduce-scatter, fp32 or 2-bit compressed (see
- * exchange.h). The codec runs on host memory: this is the CPU path; a device
- * backend needs kernels/twobit.cu (same bytes) and is refused until it exists.
+ * exchange.h). The codec and its buffers belong to the backend, so the same code
+ * serves host gradients (CPU) and device gradients (CUDA + NCCL).
  */
 #include "compress/exchange.h"
 
@@ -57,13 +57,22 @@ void tpm_exchange_destroy(tpm_exchange_t *x)
     tpm_free(x->chunk_n);
     tpm_free(x->chunk_bytes);
     tpm_free(x->res_off);
-    tpm_free(x->residual);
-    tpm_free(x->send);
-    tpm_free(x->recv);
+    if (x->be != NULL) {
+        x->be->ops->free(x->be, x->residual); /* no-op on NULL */
+        x->be->ops->free(x->be, x->send);
+        x->be->ops->free(x->be, x->recv);
+    }
     tpm_free(x);
 }
 
-tpm_status_t tpm_exchange_create(tpm_comm_t *comm, const tpm_compress_opts_t *opts, int n_groups,
+/* nbytes of zeroed backend memory */
+static tpm_status_t be_zalloc(tpm_backend_t *be, size_t nbytes, void **p)
+{
+    TPM_CHECK(be->ops->alloc(be, nbytes, p));
+    return be->ops->memzero(be, *p, nbytes);
+}
+
+tpm_status_t tpm_exchange_create(tpm_backend_t *be, tpm_comm_t *comm, const tpm_compress_opts_t *opts, int n_groups,
                                  const size_t *chunk_n, tpm_exchange_t **x_p)
 {
     const size_t    N = (size_t)comm->size;
@@ -76,6 +85,7 @@ tpm_status_t tpm_exchange_create(tpm_comm_t *comm, const tpm_compress_opts_t *op
         return TPM_ERR_INVALID_ARG;
     }
     TPM_CHECK(tpm_calloc(1, sizeof(*x), (void **)&x));
+    x->be       = be;
     x->comm     = comm;
     x->opts     = *opts;
     x->n_groups = n_groups;
@@ -102,12 +112,12 @@ tpm_status_t tpm_exchange_create(tpm_comm_t *comm, const tpm_compress_opts_t *op
     if (opts->mode != TPM_TWOBIT_STOCHASTIC) {
         size_t esize = opts->mode == TPM_TWOBIT_EF_FP32 ? sizeof(float) : sizeof(uint16_t);
         /* zero = "no error yet"; both encodings of 0.0 are all-zero bits */
-        TPM_CHECK_GOTO(tpm_calloc(res_n, esize, &x->residual), status, err);
-        x->residual_bytes = res_n * esize;
+        TPM_CHECK_GOTO(tpm_mul_size(res_n, esize, &x->residual_bytes), status, err);
+        TPM_CHECK_GOTO(be_zalloc(be, x->residual_bytes, &x->residual), status, err);
     }
     TPM_CHECK_GOTO(tpm_mul_size(N, max_bytes, &buf), status, err);
-    TPM_CHECK_GOTO(tpm_calloc(buf, 1, (void **)&x->send), status, err);
-    TPM_CHECK_GOTO(tpm_calloc(buf, 1, (void **)&x->recv), status, err);
+    TPM_CHECK_GOTO(be_zalloc(be, buf, (void **)&x->send), status, err);
+    TPM_CHECK_GOTO(be_zalloc(be, buf, (void **)&x->recv), status, err);
     x->buffer_bytes = 2 * buf;
     *x_p            = x;
     return TPM_OK;
@@ -117,11 +127,12 @@ err:
     return status;
 }
 
-void tpm_exchange_reset_residual(tpm_exchange_t *x)
+tpm_status_t tpm_exchange_reset_residual(tpm_exchange_t *x)
 {
-    if (x != NULL && x->residual != NULL) {
-        memset(x->residual, 0, x->residual_bytes);
+    if (x == NULL || x->residual == NULL) {
+        return TPM_OK;
     }
+    return x->be->ops->memzero(x->be, x->residual, x->residual_bytes);
 }
 
 static uint64_t grad_wire_bytes(const tpm_comm_t *c)
@@ -153,8 +164,9 @@ tpm_status_t tpm_exchange_start(tpm_exchange_t *x, int gi, const float *rank_maj
         for (int j = 0; j < N; j++) {
             const size_t off = (size_t)j * n;
             void        *res = res8 != NULL ? res8 + (x->res_off[gi] + off) * esize : NULL;
-            tpm_twobit_encode(x->opts.mode, x->opts.block, rank_major + off, n, res, key,
-                              (uint64_t)gi, off, x->send + (size_t)j * cb);
+            TPM_CHECK(x->be->ops->twobit_encode(x->be, (int)x->opts.mode, x->opts.block,
+                                                rank_major + off, n, res, key, (uint64_t)gi, off,
+                                                x->send + (size_t)j * cb));
         }
         x->stats.codec_s += tpm_time_now() - t0;
         status = tpm_comm_all_to_all(x->comm, x->send, x->recv, cb, TPM_DT_BYTE, req);
@@ -178,9 +190,10 @@ tpm_status_t tpm_exchange_finish(tpm_exchange_t *x, tpm_comm_req_t *req, float *
         const size_t n  = x->chunk_n[gi];
         const size_t cb = x->chunk_bytes[gi];
         const double t0 = tpm_time_now();
-        memset(out, 0, n * sizeof(float));
+        TPM_CHECK(x->be->ops->memzero(x->be, out, n * sizeof(float)));
         for (int j = 0; j < x->comm->size; j++) {
-            tpm_twobit_decode_add(x->opts.block, x->recv + (size_t)j * cb, n, out);
+            TPM_CHECK(x->be->ops->twobit_decode_add(x->be, x->opts.block,
+                                                    x->recv + (size_t)j * cb, n, out));
         }
         x->stats.codec_s += tpm_time_now() - t0;
     }

@@ -13,6 +13,10 @@
  * (N * group shard values per group): it does not shrink with N. It is reset
  * on checkpoint load (docs/COMPRESSION.md).
  *
+ * The codec runs through the backend's twobit_encode/twobit_decode_add ops and
+ * the residual and all-to-all buffers are backend memory, so gradients stay on
+ * the device (CUDA: kernels/twobit.cu, the same bytes as the CPU reference).
+ *
  * Byte accounting: the comm layer counts the wire bytes; this object keeps the
  * part that is gradient traffic (fp32 reduce-scatter and compressed all-to-all).
  * Every start/finish pair is collective over the communicator.
@@ -23,6 +27,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "backend/backend.h"
 #include "cli/config.h"
 #include "comm/comm.h"
 #include "compress/twobit.h"
@@ -53,19 +58,20 @@ typedef struct tpm_exchange_stats {
     uint64_t bytes_2bit; /* bytes sent by compressed all-to-alls (codes, scales, padding) */
     uint64_t calls_fp32;
     uint64_t calls_2bit;
-    double   codec_s; /* time spent encoding and decoding */
+    double   codec_s; /* time spent encoding and decoding (launching, on a device) */
 } tpm_exchange_stats_t;
 
 typedef struct tpm_exchange {
+    tpm_backend_t       *be;
     tpm_comm_t          *comm;
     tpm_compress_opts_t  opts;
     int                  n_groups;
     size_t              *chunk_n;     /* (n_groups) values per owner chunk = group shard size */
     size_t              *chunk_bytes; /* (n_groups) encoded bytes per owner chunk */
     size_t              *res_off;     /* (n_groups) offset of the group in the residual */
-    void                *residual;    /* (sum N * chunk_n) fp32 or bf16 bits; NULL if none */
-    uint8_t             *send;        /* (N * max chunk_bytes) encoded chunks, owner order */
-    uint8_t             *recv;        /* (N * max chunk_bytes) received chunks, sender order */
+    void    *residual; /* (sum N * chunk_n) fp32 or bf16 bits, backend memory; NULL if none */
+    uint8_t *send;     /* (N * max chunk_bytes) encoded chunks, owner order, backend memory */
+    uint8_t *recv;     /* (N * max chunk_bytes) received chunks, sender order, backend memory */
     size_t               residual_bytes;
     size_t               buffer_bytes; /* send + recv */
     int                  group;        /* group in flight, -1 none */
@@ -76,9 +82,10 @@ typedef struct tpm_exchange {
 /**
  * Create the exchange for @p n_groups groups whose per-owner chunk sizes are
  * @p chunk_n. With @p opts->enabled the residual and the all-to-all buffers
- * are allocated here, once. Local (no communication). Caller owns *x_p.
+ * are allocated here, once, in @p be's memory (the gradients' backend). Local
+ * (no communication). Caller owns *x_p.
  */
-tpm_status_t tpm_exchange_create(tpm_comm_t *comm, const tpm_compress_opts_t *opts, int n_groups,
+tpm_status_t tpm_exchange_create(tpm_backend_t *be, tpm_comm_t *comm, const tpm_compress_opts_t *opts, int n_groups,
                                  const size_t *chunk_n, tpm_exchange_t **x_p);
 void         tpm_exchange_destroy(tpm_exchange_t *x); /* no-op on NULL */
 
@@ -104,6 +111,6 @@ tpm_status_t tpm_exchange_start(tpm_exchange_t *x, int gi, const float *rank_maj
 tpm_status_t tpm_exchange_finish(tpm_exchange_t *x, tpm_comm_req_t *req, float *out);
 
 /** Zero the error-feedback residual (checkpoint load, or compression switched on). */
-void tpm_exchange_reset_residual(tpm_exchange_t *x);
+tpm_status_t tpm_exchange_reset_residual(tpm_exchange_t *x);
 
 #endif /* TPM_COMPRESS_EXCHANGE_H */

@@ -153,6 +153,9 @@ tpm_status_t tpm_serve_run(const tpm_config_t *cfg, tpm_comm_t *comm)
               mc.V, mc.maxT, comm->size,
               mc.NH % comm->size != 0 ? " (ranks do not divide the heads: uneven head split)" : "");
     status = tpm_backend_create(cfg->device, cfg->threads, &be);
+    if (status == TPM_OK) {
+        status = tpm_backend_set_matmul(be, cfg->cuda_matmul);
+    }
     TPM_CHECK_GOTO(tpm_comm_agree(comm, status), status, out);
     status = tpm_engine_create(be, comm, &mc, &opts, tok, &e);
     TPM_CHECK_GOTO(tpm_comm_agree(comm, status), status, out);

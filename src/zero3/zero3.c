@@ -28,7 +28,7 @@ static tpm_status_t exchange_create(tpm_zero3_t *z, const tpm_compress_opts_t *o
     for (int g = 0; g < z->lay.n_groups; g++) {
         chunk_n[g] = z->lay.g[g].shard_numel;
     }
-    status = tpm_exchange_create(z->comm, opts, z->lay.n_groups, chunk_n, &z->gx);
+    status = tpm_exchange_create(z->be, z->comm, opts, z->lay.n_groups, chunk_n, &z->gx);
     tpm_free(chunk_n);
     TPM_CHECK(status);
     z->copts                  = *opts;
@@ -133,6 +133,10 @@ void tpm_zero3_destroy(tpm_zero3_t *z)
     be_free(z, z->emb_full);
     be_free(z, z->emb_gfull);
     be_free(z, z->emb_stage);
+    if (z->param16 != NULL) {
+        z->be->ops->free(z->be, z->param16);
+    }
+    be_free(z, z->work16);
     tpm_shard_layout_cleanup(&z->lay);
     tpm_free(z);
 }
@@ -166,6 +170,7 @@ tpm_status_t tpm_zero3_init_params(tpm_zero3_t *z, uint64_t seed)
     TPM_CHECK(status);
     TPM_CHECK(z->be->ops->memzero(z->be, z->m, z->lay.shard_numel * sizeof(float)));
     TPM_CHECK(z->be->ops->memzero(z->be, z->v, z->lay.shard_numel * sizeof(float)));
+    z->work_valid = 0;
     return TPM_OK;
 }
 
@@ -222,9 +227,9 @@ tpm_status_t tpm_zero3_set_compression(tpm_zero3_t *z, const tpm_compress_opts_t
         z->copts.enabled = 0;
         return TPM_OK;
     }
-    if (strcmp(z->be->ops->name, "cpu") != 0) {
-        tpm_log_error("--grad-compression=2bit needs host-readable gradients; the %s backend "
-                      "has no 2-bit kernel yet",
+    if (opts->freeze_v && strcmp(z->be->ops->name, "cpu") != 0) {
+        tpm_log_error("--compression-freeze-v runs on host memory; the %s backend has no "
+                      "frozen-v AdamW (drop the option, or use --device=cpu)",
                       z->be->ops->name);
         return TPM_ERR_UNSUPPORTED;
     }
@@ -241,9 +246,59 @@ void tpm_zero3_begin_step(tpm_zero3_t *z, int64_t step)
     z->compress_now = z->copts.enabled && z->lay.world > 1 && step >= z->copts.warmup;
 }
 
-void tpm_zero3_reset_residual(tpm_zero3_t *z)
+tpm_status_t tpm_zero3_reset_residual(tpm_zero3_t *z)
 {
-    tpm_exchange_reset_residual(z->gx);
+    return tpm_exchange_reset_residual(z->gx);
+}
+
+tpm_status_t tpm_zero3_set_precision(tpm_zero3_t *z, int bf16)
+{
+    const size_t n = z->lay.shard_numel;
+    void        *p;
+
+    TPM_ASSERT(z->gather_group < 0 && z->rs_group < 0);
+    z->bf16       = 0;
+    z->work_valid = 0;
+    if (!bf16 || z->param16 != NULL) {
+        z->bf16 = bf16;
+        return TPM_OK;
+    }
+    TPM_CHECK(z->be->ops->alloc(z->be, n * sizeof(uint16_t), &p));
+    z->param16        = p;
+    z->mem.work_bytes = n * sizeof(uint16_t);
+    if (z->lay.world == 1) {
+        TPM_CHECK(be_alloc(z, n, &z->work16));
+        z->mem.work_bytes += n * sizeof(float);
+    }
+    z->bf16 = 1;
+    return TPM_OK;
+}
+
+void tpm_zero3_params_changed(tpm_zero3_t *z)
+{
+    z->work_valid = 0;
+}
+
+/* bf16 mode: round the fp32 master shard into the working copy (once per parameter update) */
+static tpm_status_t working_refresh(tpm_zero3_t *z)
+{
+    const size_t n = z->lay.shard_numel;
+
+    if (!z->bf16 || z->work_valid) {
+        return TPM_OK;
+    }
+    TPM_CHECK(z->be->ops->to_bf16(z->be, z->param16, z->param, n));
+    if (z->work16 != NULL) {
+        TPM_CHECK(z->be->ops->from_bf16(z->be, z->work16, z->param16, n));
+    }
+    z->work_valid = 1;
+    return TPM_OK;
+}
+
+/* the parameters the N = 1 pass computes on: the master shard, or its bf16 rounding */
+static float *local_params(tpm_zero3_t *z)
+{
+    return z->bf16 ? z->work16 : z->param;
 }
 
 uint64_t tpm_zero3_grad_bytes_sent(const tpm_zero3_t *z)
@@ -317,13 +372,51 @@ static tpm_status_t group_move(tpm_zero3_t *z, const tpm_shard_group_t *g, const
     return TPM_OK;
 }
 
-static tpm_status_t gather_start(tpm_zero3_t *z, int gi)
+/* bf16 mode: the gathered rank-major bf16 group -> the full fp32 layout (widening, exact) */
+static tpm_status_t group_unpack16(tpm_zero3_t *z, const tpm_shard_group_t *g,
+                                   const uint16_t *src, float *dst)
+{
+    for (int i = 0; i < z->lay.world; i++) {
+        for (int t = 0; t < g->n_tensors; t++) {
+            const tpm_shard_tensor_t *st = &g->t[t];
+            const size_t              n  = (size_t)st->rows_per_rank * (size_t)st->desc.cols;
+            TPM_CHECK(z->be->ops->from_bf16(z->be, dst + st->full_off + (size_t)i * n,
+                                            src + (size_t)i * g->shard_numel + st->shard_off,
+                                            n));
+        }
+    }
+    return TPM_OK;
+}
+
+/*
+ * All-gather group @p gi's parameters into @p stage (rank-major): fp32, or in bf16 mode the
+ * bf16 working copy (the stage, sized for fp32, holds it in its first half).
+ */
+static tpm_status_t gather_group_start(tpm_zero3_t *z, int gi, float *stage, tpm_comm_req_t *req)
 {
     const tpm_shard_group_t *g = &z->lay.g[gi];
 
+    if (z->bf16) {
+        return tpm_comm_all_gather(z->comm, z->param16 + g->shard_base, stage,
+                                   g->shard_numel * sizeof(uint16_t), TPM_DT_BYTE, req);
+    }
+    return tpm_comm_all_gather(z->comm, z->param + g->shard_base, stage, g->shard_numel,
+                               TPM_DT_FLOAT, req);
+}
+
+/* the gathered @p stage of group @p gi -> @p full (full layout, fp32) */
+static tpm_status_t gather_group_unpack(tpm_zero3_t *z, int gi, const float *stage, float *full)
+{
+    if (z->bf16) {
+        return group_unpack16(z, &z->lay.g[gi], (const uint16_t *)(const void *)stage, full);
+    }
+    return group_move(z, &z->lay.g[gi], stage, full, 0);
+}
+
+static tpm_status_t gather_start(tpm_zero3_t *z, int gi)
+{
     TPM_ASSERT(z->gather_group < 0);
-    TPM_CHECK(tpm_comm_all_gather(z->comm, z->param + g->shard_base, z->gather_stage,
-                                  g->shard_numel, TPM_DT_FLOAT, &z->gather_req));
+    TPM_CHECK(gather_group_start(z, gi, z->gather_stage, &z->gather_req));
     z->gather_group = gi;
     return TPM_OK;
 }
@@ -333,7 +426,7 @@ static tpm_status_t gather_finish(tpm_zero3_t *z, int gi)
     TPM_ASSERT(z->gather_group == gi);
     TPM_CHECK(timed_wait(z, &z->gather_req));
     z->gather_group = -1;
-    TPM_CHECK(group_move(z, &z->lay.g[gi], z->gather_stage, z->blk_full, 0));
+    TPM_CHECK(gather_group_unpack(z, gi, z->gather_stage, z->blk_full));
     return TPM_OK;
 }
 
@@ -384,17 +477,17 @@ static tpm_status_t forward_pass(tpm_zero3_t *z, const int32_t *x, const int32_t
     double                   t0;
 
     TPM_CHECK(tpm_model_set_batch(z->be, a, x, y));
+    TPM_CHECK(working_refresh(z));
     a->progress     = progress_cb;
     a->progress_ctx = z;
     if (N == 1) {
-        *emb_p  = group_view(ge, z->param + ge->shard_base);
+        *emb_p  = group_view(ge, local_params(z) + ge->shard_base);
         *demb_p = group_view(ge, z->grad + ge->shard_base);
     } else {
         double tw = tpm_time_now();
-        TPM_CHECK(tpm_comm_all_gather(z->comm, z->param + ge->shard_base, z->emb_stage,
-                                      ge->shard_numel, TPM_DT_FLOAT, NULL));
+        TPM_CHECK(gather_group_start(z, L, z->emb_stage, NULL));
         z->times.wait_s += tpm_time_now() - tw;
-        TPM_CHECK(group_move(z, ge, z->emb_stage, z->emb_full, 0));
+        TPM_CHECK(gather_group_unpack(z, L, z->emb_stage, z->emb_full));
         *emb_p  = group_view(ge, z->emb_full);
         *demb_p = group_view(ge, z->emb_gfull);
         if (grads) {
@@ -407,7 +500,7 @@ static tpm_status_t forward_pass(tpm_zero3_t *z, const int32_t *x, const int32_t
     for (int l = 0; l < L; l++) {
         tpm_group_view_t p;
         if (N == 1) {
-            p = group_view(&z->lay.g[l], z->param + z->lay.g[l].shard_base);
+            p = group_view(&z->lay.g[l], local_params(z) + z->lay.g[l].shard_base);
         } else {
             TPM_CHECK(gather_finish(z, l));
             if (l + 1 < L) {
@@ -445,7 +538,7 @@ tpm_status_t tpm_zero3_fwd_bwd(tpm_zero3_t *z, const int32_t *x, const int32_t *
         const tpm_shard_group_t *g = &z->lay.g[l];
         tpm_group_view_t         p, dp;
         if (N == 1) {
-            p  = group_view(g, z->param + g->shard_base);
+            p  = group_view(g, local_params(z) + g->shard_base);
             dp = group_view(g, z->grad + g->shard_base);
         } else {
             if (l != L - 1) {
@@ -545,6 +638,7 @@ tpm_status_t tpm_zero3_adamw(tpm_zero3_t *z, float lr, float beta1, float beta2,
                                         st->desc.decay ? wd : 0.0f, t));
         }
     }
+    z->work_valid = 0;
     tpm_prof_end(z->be, TPM_PROF_ADAMW, t0);
     return TPM_OK;
 }

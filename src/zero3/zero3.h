@@ -37,6 +37,7 @@ typedef struct tpm_zero3_mem {
     size_t act_bytes;          /* activations and their gradients */
     size_t residual_bytes;     /* 2-bit error-feedback residual (per rank, not / N) */
     size_t compress_buf_bytes; /* 2-bit all-to-all send and receive buffers */
+    size_t work_bytes;         /* bf16 working copy of the shard (+ fp32 view at N = 1) */
 } tpm_zero3_mem_t;
 
 typedef struct tpm_zero3_times {
@@ -55,6 +56,17 @@ typedef struct tpm_zero3 {
     float *param; /* (shard_numel) this rank's parameters */
     float *grad;  /* (shard_numel) accumulated gradients */
     float *m, *v; /* (shard_numel) AdamW moments */
+
+    /*
+     * bf16 working weights (--precision=bf16): param16 is the bf16 rounding of param, what
+     * every forward/backward sees and what the all-gathers move (half the bytes); at N = 1
+     * work16 is its fp32 widening, the view the blocks compute on. work_valid = 0 after
+     * anything that writes param (AdamW, init, checkpoint load): the next pass refreshes.
+     */
+    int       bf16;
+    uint16_t *param16; /* (shard_numel) */
+    float    *work16;  /* (shard_numel), N = 1 only */
+    int       work_valid;
 
     /* N > 1 only */
     float         *gather_stage;  /* (max_full_block) all-gather destination, rank-major */
@@ -109,8 +121,8 @@ tpm_status_t tpm_zero3_forward(tpm_zero3_t *z, const int32_t *x, const int32_t *
  * Use 2-bit gradient compression as @p opts says (opts->enabled = 0: fp32).
  * Allocates the residual and the all-to-all buffers here, once. Local, before
  * the step loop. At N = 1 nothing is sent, so it is accepted and ignored.
- * Refused (TPM_ERR_UNSUPPORTED) on a backend whose memory the host codec
- * cannot read (anything but cpu, until kernels/twobit.cu exists).
+ * The codec runs on the backend (CPU or CUDA); --compression-freeze-v is
+ * refused (TPM_ERR_UNSUPPORTED) on any backend but cpu.
  */
 tpm_status_t tpm_zero3_set_compression(tpm_zero3_t *z, const tpm_compress_opts_t *opts);
 
@@ -122,7 +134,17 @@ tpm_status_t tpm_zero3_set_compression(tpm_zero3_t *z, const tpm_compress_opts_t
 void tpm_zero3_begin_step(tpm_zero3_t *z, int64_t step);
 
 /** Zero the error-feedback residual (policy: reset on checkpoint load, docs/COMPRESSION.md). */
-void tpm_zero3_reset_residual(tpm_zero3_t *z);
+tpm_status_t tpm_zero3_reset_residual(tpm_zero3_t *z);
+
+/**
+ * Working-weight precision: @p bf16 = 0 computes on the fp32 parameters; 1 on their bf16
+ * rounding (fp32 master weights, gradients and AdamW moments, bf16 all-gathers). Allocates
+ * the bf16 copy here, once. Local, before the step loop.
+ */
+tpm_status_t tpm_zero3_set_precision(tpm_zero3_t *z, int bf16);
+
+/** The parameter shard was written from outside (checkpoint load): refresh the working copy. */
+void tpm_zero3_params_changed(tpm_zero3_t *z);
 
 /** Gradient bytes this rank has sent so far: fp32 reduce-scatter + compressed all-to-all. */
 uint64_t tpm_zero3_grad_bytes_sent(const tpm_zero3_t *z);

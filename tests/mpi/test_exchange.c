@@ -17,9 +17,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "backend/backend.h"
 #include "base/rng.h"
 #include "comm/comm.h"
 #include "compress/exchange.h"
+
+/* the exchange's codec and buffers live in a backend: the CPU one here */
+static tpm_backend_t *g_be;
 
 #define N_GROUPS 4
 #define ROUNDS   3
@@ -73,7 +77,7 @@ static void test_off(tpm_comm_t *c, float *grad, float *got, float *want)
     int                 ok = 1;
 
     memset(&off, 0, sizeof(off));
-    if (tpm_exchange_create(c, &off, N_GROUPS, chunk_n, &x) != TPM_OK) {
+    if (tpm_exchange_create(g_be, c, &off, N_GROUPS, chunk_n, &x) != TPM_OK) {
         MPI_Abort(MPI_COMM_WORLD, 1);
     }
     for (int nb = 0; nb < 2; nb++) {
@@ -114,7 +118,7 @@ static void test_on(tpm_comm_t *c, tpm_twobit_mode_t mode, int B, float *grad, f
     on.mode    = mode;
     on.block   = B;
     on.seed    = 42;
-    if (N > 64 || tpm_exchange_create(c, &on, N_GROUPS, chunk_n, &x) != TPM_OK) {
+    if (N > 64 || tpm_exchange_create(g_be, c, &on, N_GROUPS, chunk_n, &x) != TPM_OK) {
         MPI_Abort(MPI_COMM_WORLD, 1);
     }
     for (int g = 0; g < N_GROUPS; g++) {
@@ -207,7 +211,7 @@ int main(int argc, char **argv)
 
     MPI_Init(&argc, &argv);
     tpm_set_abort_hook(abort_hook);
-    if (tpm_comm_mpi_create(1, &c) != TPM_OK) {
+    if (tpm_comm_mpi_create(1, &c) != TPM_OK || tpm_backend_create("cpu", 1, &g_be) != TPM_OK) {
         MPI_Abort(MPI_COMM_WORLD, 1);
     }
     for (int g = 0; g < N_GROUPS; g++) {
@@ -229,6 +233,7 @@ int main(int argc, char **argv)
     free(grad);
     free(got);
     free(want);
+    tpm_backend_destroy(g_be);
     tpm_comm_destroy(c);
     MPI_Finalize();
     return n_fail == 0 ? 0 : 1;
