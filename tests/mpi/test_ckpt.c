@@ -30,29 +30,8 @@
 #include "ckpt/ckpt.h"
 #include "ckpt/ckpt_llmc.h"
 #include "comm/comm.h"
+#include "mpi_check.h"
 #include "zero3/zero3.h"
-
-static int n_pass, n_fail;
-
-static void abort_hook(int code)
-{
-    MPI_Abort(MPI_COMM_WORLD, code);
-}
-
-static void check(tpm_comm_t *c, int ok, const char *what)
-{
-    int all = 0;
-
-    MPI_Allreduce(&ok, &all, 1, MPI_INT, MPI_LAND, MPI_COMM_WORLD);
-    if (all) {
-        n_pass++;
-    } else {
-        n_fail++;
-        if (c->rank == 0) {
-            fprintf(stderr, "FAIL: %s\n", what);
-        }
-    }
-}
 
 /* the test model: N = 3 does not divide the 4 heads, V = 100 is padded to 128 */
 static tpm_model_config_t test_cfg(void)
@@ -102,7 +81,7 @@ static int mode_write(tpm_comm_t *c, const char *path)
     tpm_zero3_t       *z  = NULL;
     tpm_ckpt_meta_t    meta;
 
-    check(c, make_zero3(c, &mc, &be, &z) == TPM_OK, "zero3 create");
+    mc_check_all(make_zero3(c, &mc, &be, &z) == TPM_OK, "zero3 create");
     for (int set = 0; set < 3; set++) {
         for (int gi = 0; gi < z->lay.n_groups; gi++) {
             const tpm_shard_group_t *g = &z->lay.g[gi];
@@ -134,7 +113,7 @@ static int mode_write(tpm_comm_t *c, const char *path)
     meta.grad_accum    = 3;
     meta.seq_len       = 8;
     meta.lr            = 0.25;
-    check(c, tpm_ckpt_save(z, path, &meta) == TPM_OK, "save");
+    mc_check_all(tpm_ckpt_save(z, path, &meta) == TPM_OK, "save");
     tpm_zero3_destroy(z);
     tpm_backend_destroy(be);
     return 0;
@@ -177,47 +156,45 @@ static int mode_read(tpm_comm_t *c, const char *path, int wrote_n)
     int                    ok;
     tpm_status_t           st;
 
-    check(c, make_zero3(c, &mc, &be, &z) == TPM_OK, "zero3 create");
+    mc_check_all(make_zero3(c, &mc, &be, &z) == TPM_OK, "zero3 create");
     /* stale values everywhere: the load must overwrite real rows and zero the padding */
     for (size_t i = 0; i < z->lay.shard_numel; i++) {
         z->param[i] = z->m[i] = z->v[i] = -7.0f;
     }
     memset(&meta, 0, sizeof(meta));
-    check(c, tpm_ckpt_load(z, path, 1, &meta) == TPM_OK, "load with optimizer state");
-    check(c, shards_match(z, 0, 0), "params: every row exact, padding zero");
-    check(c, shards_match(z, 1, 0), "adamw m carried over exactly");
-    check(c, shards_match(z, 2, 0), "adamw v carried over exactly");
-    check(c,
-          meta.step == 123 && meta.tokens_seen == 456789 && meta.seed == 42 &&
-              meta.world_size == wrote_n && meta.batch == 2 && meta.grad_accum == 3 &&
-              meta.seq_len == 8 && meta.lr == 0.25 && meta.model.Vp == 128,
-          "metadata: step, tokens, seed, world size, batch, lr");
-    check(c, meta.config_json != NULL && strcmp(meta.config_json, "{\"test\":true}") == 0,
-          "config json");
-    check(c,
-          meta.tokenizer_len == sizeof(tok_bytes) - 1 &&
-              memcmp(meta.tokenizer, tok_bytes, meta.tokenizer_len) == 0,
-          "tokenizer bytes");
+    mc_check_all(tpm_ckpt_load(z, path, 1, &meta) == TPM_OK, "load with optimizer state");
+    mc_check_all(shards_match(z, 0, 0), "params: every row exact, padding zero");
+    mc_check_all(shards_match(z, 1, 0), "adamw m carried over exactly");
+    mc_check_all(shards_match(z, 2, 0), "adamw v carried over exactly");
+    mc_check_all(meta.step == 123 && meta.tokens_seen == 456789 && meta.seed == 42 &&
+                     meta.world_size == wrote_n && meta.batch == 2 && meta.grad_accum == 3 &&
+                     meta.seq_len == 8 && meta.lr == 0.25 && meta.model.Vp == 128,
+                 "metadata: step, tokens, seed, world size, batch, lr");
+    mc_check_all(meta.config_json != NULL && strcmp(meta.config_json, "{\"test\":true}") == 0,
+                 "config json");
+    mc_check_all(meta.tokenizer_len == sizeof(tok_bytes) - 1 &&
+                     memcmp(meta.tokenizer, tok_bytes, meta.tokenizer_len) == 0,
+                 "tokenizer bytes");
     tpm_ckpt_meta_cleanup(&meta);
 
-    check(c, tpm_ckpt_load(z, path, 0, NULL) == TPM_OK, "weights-only load");
-    check(c, shards_match(z, 0, 0) && shards_match(z, 1, 1) && shards_match(z, 2, 1),
-          "weights-only: params kept, m and v zero");
+    mc_check_all(tpm_ckpt_load(z, path, 0, NULL) == TPM_OK, "weights-only load");
+    mc_check_all(shards_match(z, 0, 0) && shards_match(z, 1, 1) && shards_match(z, 2, 1),
+                 "weights-only: params kept, m and v zero");
 
     {
         tpm_model_config_t other = mc;
         other.C                  = 64;
         tpm_zero3_t *z2          = NULL;
-        check(c, tpm_zero3_create(be, c, &other, 2, 8, &z2) == TPM_OK, "zero3 C=64");
+        mc_check_all(tpm_zero3_create(be, c, &other, 2, 8, &z2) == TPM_OK, "zero3 C=64");
         st = tpm_ckpt_load(z2, path, 1, NULL);
-        check(c, st == TPM_ERR_INVALID_ARG, "a different n_embd is refused (INVALID_ARG)");
+        mc_check_all(st == TPM_ERR_INVALID_ARG, "a different n_embd is refused (INVALID_ARG)");
         tpm_zero3_destroy(z2);
     }
 
     /* serving access: other splits of the same file */
-    check(c, tpm_ckpt_open(c, path, &ck) == TPM_OK, "open");
+    mc_check_all(tpm_ckpt_open(c, path, &ck) == TPM_OK, "open");
     cm = tpm_ckpt_meta(ck);
-    check(c, cm->step == 123 && cm->model.L == 2 && cm->model.C == 32, "open: metadata");
+    mc_check_all(cm->step == 123 && cm->model.L == 2 && cm->model.C == 32, "open: metadata");
     tpm_model_group_desc(&mc, 0, d);
     tpm_calloc(3 * 32 * 32, sizeof(float), (void **)&buf);
     /* QKV split by whole heads over the ranks: a tiling, checksum verified */
@@ -229,24 +206,23 @@ static int mode_read(tpm_comm_t *c, const char *path, int wrote_n)
             ok &= buf[r * 32 + k] == value(0, 1, TPM_B_QKVW, row0 + r, k, &d[TPM_B_QKVW]);
         }
     }
-    check(c, ok, "read_rows: a row split of h.1.qkvw");
+    mc_check_all(ok, "read_rows: a row split of h.1.qkvw");
     /* a vector every rank reads whole (replicated) */
     st = tpm_ckpt_read_rows(ck, "/optim/v/h.0.ln2b", 0, 32, buf);
     ok = st == TPM_OK;
     for (int k = 0; k < 32 && ok; k++) {
         ok &= buf[k] == value(2, 0, TPM_B_LN2B, k, 0, &d[TPM_B_LN2B]);
     }
-    check(c, ok, "read_rows: a replicated vector");
+    mc_check_all(ok, "read_rows: a replicated vector");
     /* only rank 0 reads a few rows: not a tiling, accepted unverified */
     st = tpm_ckpt_read_rows(ck, "model/wte", 3, c->rank == 0 ? 2 : 0, buf);
-    check(c, st == TPM_OK && (c->rank != 0 || buf[32] == value(0, 2, 0, 4, 0, &d[0])),
-          "read_rows: partial rows on one rank");
-    check(c, tpm_ckpt_read_rows(ck, "model/nope", 0, 0, buf) == TPM_ERR_FORMAT,
-          "read_rows: a missing dataset is refused on every rank");
-    check(c,
-          tpm_ckpt_read_rows(ck, "model/wte", c->rank == 0 ? 120 : 0, 10, buf) ==
-              TPM_ERR_INVALID_ARG,
-          "read_rows: rows past the end (one rank) refused on every rank");
+    mc_check_all(st == TPM_OK && (c->rank != 0 || buf[32] == value(0, 2, 0, 4, 0, &d[0])),
+                 "read_rows: partial rows on one rank");
+    mc_check_all(tpm_ckpt_read_rows(ck, "model/nope", 0, 0, buf) == TPM_ERR_FORMAT,
+                 "read_rows: a missing dataset is refused on every rank");
+    mc_check_all(tpm_ckpt_read_rows(ck, "model/wte", c->rank == 0 ? 120 : 0, 10, buf) ==
+                     TPM_ERR_INVALID_ARG,
+                 "read_rows: rows past the end (one rank) refused on every rank");
     tpm_ckpt_close(ck);
     tpm_free(buf);
     tpm_zero3_destroy(z);
@@ -293,7 +269,7 @@ static int set_version(tpm_comm_t *c, const char *in, const char *out, int32_t v
             H5Fclose(f);
         }
     }
-    check(c, ok, "make a copy with another format_version");
+    mc_check_all(ok, "make a copy with another format_version");
     return 0;
 }
 
@@ -306,13 +282,13 @@ static int mode_reset_optim(tpm_comm_t *c, const char *in, const char *out)
     tpm_backend_t     *be = NULL;
     tpm_zero3_t       *z  = NULL;
 
-    check(c, tpm_ckpt_open(c, in, &ck) == TPM_OK, "open");
+    mc_check_all(tpm_ckpt_open(c, in, &ck) == TPM_OK, "open");
     mc = tpm_ckpt_meta(ck)->model;
     tpm_ckpt_close(ck);
-    check(c, make_zero3(c, &mc, &be, &z) == TPM_OK, "zero3 create");
+    mc_check_all(make_zero3(c, &mc, &be, &z) == TPM_OK, "zero3 create");
     memset(&meta, 0, sizeof(meta));
-    check(c, tpm_ckpt_load(z, in, 0, &meta) == TPM_OK, "weights-only load");
-    check(c, tpm_ckpt_save(z, out, &meta) == TPM_OK, "save with zero moments");
+    mc_check_all(tpm_ckpt_load(z, in, 0, &meta) == TPM_OK, "weights-only load");
+    mc_check_all(tpm_ckpt_save(z, out, &meta) == TPM_OK, "save with zero moments");
     tpm_ckpt_meta_cleanup(&meta);
     tpm_zero3_destroy(z);
     tpm_backend_destroy(be);
@@ -328,9 +304,9 @@ static int mode_version(tpm_comm_t *c, const char *path)
     snprintf(copy, sizeof(copy), "%s.v99.h5", path);
     set_version(c, path, copy, 99);
     st = tpm_ckpt_open(c, copy, &ck);
-    check(c, st == TPM_ERR_FORMAT && ck == NULL, "format version 99 refused on every rank");
+    mc_check_all(st == TPM_ERR_FORMAT && ck == NULL, "format version 99 refused on every rank");
     st = tpm_ckpt_open(c, "/nonexistent/ckpt.h5", &ck);
-    check(c, st == TPM_ERR_NOT_FOUND, "a missing file is NOT_FOUND on every rank");
+    mc_check_all(st == TPM_ERR_NOT_FOUND, "a missing file is NOT_FOUND on every rank");
     if (c->rank == 0) {
         remove(copy);
     }
@@ -377,9 +353,9 @@ static int mode_fixture(tpm_comm_t *c, const char *fix, const char *out, const c
     tpm_zero3_t       *z    = NULL;
     int                ok   = 1;
 
-    check(c, make_zero3(c, &mc, &be, &z) == TPM_OK, "zero3 for the fixture");
+    mc_check_all(make_zero3(c, &mc, &be, &z) == TPM_OK, "zero3 for the fixture");
     if (llmc != NULL) {
-        check(c, tpm_ckpt_import_llmc(z, llmc) == TPM_OK, "import the llm.c file");
+        mc_check_all(tpm_ckpt_import_llmc(z, llmc) == TPM_OK, "import the llm.c file");
     }
     for (int gi = 0; gi < z->lay.n_groups; gi++) {
         const tpm_shard_group_t *g = &z->lay.g[gi];
@@ -399,16 +375,16 @@ static int mode_fixture(tpm_comm_t *c, const char *fix, const char *out, const c
             off += (size_t)(st->desc.rows * cols);
         }
     }
-    check(c, off == n, "fixture size matches the model");
+    mc_check_all(off == n, "fixture size matches the model");
     if (llmc == NULL) {
         tpm_ckpt_meta_t meta;
         memset(&meta, 0, sizeof(meta));
         meta.model       = mc;
         meta.world_size  = c->size;
         meta.config_json = "{}";
-        check(c, tpm_ckpt_save(z, out, &meta) == TPM_OK, "save the fixture as a checkpoint");
+        mc_check_all(tpm_ckpt_save(z, out, &meta) == TPM_OK, "save the fixture as a checkpoint");
     } else {
-        check(c, ok, "imported llm.c weights equal the fixture's, bit for bit");
+        mc_check_all(ok, "imported llm.c weights equal the fixture's, bit for bit");
     }
     free(flat);
     tpm_zero3_destroy(z);
@@ -420,9 +396,10 @@ int main(int argc, char **argv)
 {
     tpm_comm_t *c = NULL;
     const char *mode;
+    int         rc;
 
     MPI_Init(&argc, &argv);
-    tpm_set_abort_hook(abort_hook);
+    tpm_set_abort_hook(mc_abort_hook);
     if (tpm_comm_mpi_create(0, &c) != TPM_OK) {
         MPI_Abort(MPI_COMM_WORLD, 1);
     }
@@ -448,12 +425,10 @@ int main(int argc, char **argv)
             fprintf(stderr, "usage: test_ckpt write|read|version|set-version|reset-optim|fixture|"
                             "import ARGS\n");
         }
-        n_fail++;
+        mc_fail++;
     }
-    if (c->rank == 0) {
-        printf("%d passed, %d failed\n", n_pass, n_fail);
-    }
+    rc = mc_report("");
     tpm_comm_destroy(c);
     MPI_Finalize();
-    return n_fail != 0;
+    return rc;
 }

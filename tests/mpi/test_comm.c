@@ -10,39 +10,19 @@
 #include <string.h>
 
 #include "comm/comm.h"
-
-static int n_pass, n_fail;
-
-static void abort_hook(int code)
-{
-    MPI_Abort(MPI_COMM_WORLD, code);
-}
-
-static void check(tpm_comm_t *c, int ok, const char *what)
-{
-    int all = 0;
-
-    MPI_Allreduce(&ok, &all, 1, MPI_INT, MPI_LAND, MPI_COMM_WORLD);
-    if (all) {
-        n_pass++;
-    } else {
-        n_fail++;
-        if (c->rank == 0) {
-            fprintf(stderr, "FAIL: %s\n", what);
-        }
-    }
-}
+#include "mpi_check.h"
 
 int main(int argc, char **argv)
 {
     tpm_comm_t    *c;
     const size_t   n = 1000;
     int            N, r, ok;
+    char           prefix[32];
     float         *send, *recv;
     tpm_comm_req_t req;
 
     MPI_Init(&argc, &argv);
-    tpm_set_abort_hook(abort_hook);
+    tpm_set_abort_hook(mc_abort_hook);
     if (tpm_comm_mpi_create(1, &c) != TPM_OK) {
         MPI_Abort(MPI_COMM_WORLD, 1);
     }
@@ -76,7 +56,7 @@ int main(int argc, char **argv)
                 ok &= recv[(size_t)j * n + i] == (float)(j * 100000 + (int)i);
             }
         }
-        check(c, ok, nb ? "iallgather" : "allgather");
+        mc_check_all(ok, nb ? "iallgather" : "allgather");
     }
 
     /* reduce-scatter: chunk j of every rank's send is summed on rank j */
@@ -94,7 +74,7 @@ int main(int argc, char **argv)
             float want = (float)(N * (N + 1) / 2) * (float)(r + 1) + (float)N * (float)i;
             ok &= recv[i] == want;
         }
-        check(c, ok, nb ? "ireduce_scatter" : "reduce_scatter");
+        mc_check_all(ok, nb ? "ireduce_scatter" : "reduce_scatter");
     }
 
     /* all-to-all: chunk j goes to rank j */
@@ -108,7 +88,7 @@ int main(int argc, char **argv)
     for (int j = 0; j < N; j++) {
         ok &= recv[(size_t)j * n + 5] == (float)(j * 1000 + r);
     }
-    check(c, ok, "all_to_all");
+    mc_check_all(ok, "all_to_all");
 
     /* all-to-allv: rank r sends j+1 values r*100+j to rank j */
     {
@@ -132,7 +112,7 @@ int main(int argc, char **argv)
                     ok &= recv[rd[j] + i] == (float)(j * 100 + r);
                 }
             }
-            check(c, ok, "all_to_allv");
+            mc_check_all(ok, "all_to_allv");
         }
     }
 
@@ -142,10 +122,10 @@ int main(int argc, char **argv)
         int64_t i64 = r, imax = -1;
         tpm_comm_all_reduce(c, &d, &dsum, 1, TPM_DT_DOUBLE, TPM_RED_SUM);
         tpm_comm_all_reduce(c, &i64, &imax, 1, TPM_DT_INT64, TPM_RED_MAX);
-        check(c, dsum == N * (N - 1) / 2.0 + 0.5 * N && imax == N - 1, "all_reduce");
+        mc_check_all(dsum == N * (N - 1) / 2.0 + 0.5 * N && imax == N - 1, "all_reduce");
         d = 1.0;
         tpm_comm_all_reduce(c, &d, &d, 1, TPM_DT_DOUBLE, TPM_RED_SUM);
-        check(c, d == (double)N, "all_reduce in place");
+        mc_check_all(d == (double)N, "all_reduce in place");
     }
 
     /* broadcast */
@@ -155,34 +135,32 @@ int main(int argc, char **argv)
             strcpy(buf, "hello");
         }
         tpm_comm_bcast(c, buf, sizeof(buf), TPM_DT_BYTE, 0);
-        check(c, strcmp(buf, "hello") == 0, "bcast");
+        mc_check_all(strcmp(buf, "hello") == 0, "bcast");
     }
 
     /* agree: one failing rank makes everyone see a failure */
-    check(c, tpm_comm_agree(c, TPM_OK) == TPM_OK, "agree all ok");
+    mc_check_all(tpm_comm_agree(c, TPM_OK) == TPM_OK, "agree all ok");
     {
         tpm_status_t s = tpm_comm_agree(c, r == N - 1 ? TPM_ERR_IO : TPM_OK);
-        check(c, s != TPM_OK && (r != N - 1 || s == TPM_ERR_IO), "agree one failure");
+        mc_check_all(s != TPM_OK && (r != N - 1 || s == TPM_ERR_IO), "agree one failure");
     }
 
     /* byte counters: all-gather of n floats sends (N-1)*n*4 bytes */
     {
         tpm_comm_stats_t before = c->stats;
         tpm_comm_all_gather(c, send, recv, n, TPM_DT_FLOAT, NULL);
-        check(c,
-              c->stats.bytes[TPM_COLL_ALLGATHER] - before.bytes[TPM_COLL_ALLGATHER] ==
+        mc_check_all(c->stats.bytes[TPM_COLL_ALLGATHER] - before.bytes[TPM_COLL_ALLGATHER] ==
                       (uint64_t)(N - 1) * n * 4 &&
                   c->stats.calls[TPM_COLL_ALLGATHER] == before.calls[TPM_COLL_ALLGATHER] + 1,
               "byte counters");
     }
-    check(c, c->seq > 0, "sequence numbers advance");
+    mc_check_all(c->seq > 0, "sequence numbers advance");
 
-    if (r == 0) {
-        printf("test_comm np=%d: %d passed, %d failed\n", N, n_pass, n_fail);
-    }
+    snprintf(prefix, sizeof(prefix), "test_comm np=%d: ", N);
+    ok = mc_report(prefix);
     free(send);
     free(recv);
     tpm_comm_destroy(c);
     MPI_Finalize();
-    return n_fail == 0 ? 0 : 1;
+    return ok;
 }

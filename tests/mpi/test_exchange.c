@@ -20,6 +20,7 @@
 #include "backend/backend.h"
 #include "base/rng.h"
 #include "comm/comm.h"
+#include "mpi_check.h"
 #include "compress/exchange.h"
 
 /* the exchange's codec and buffers live in a backend: the CPU one here */
@@ -30,28 +31,6 @@ static tpm_backend_t *g_be;
 
 /* chunk sizes (values per owner): not multiples of the block, one shorter than a block */
 static const size_t chunk_n[N_GROUPS] = {1000, 37, 20000, 1};
-
-static int n_pass, n_fail;
-
-static void abort_hook(int code)
-{
-    MPI_Abort(MPI_COMM_WORLD, code);
-}
-
-static void check(tpm_comm_t *c, int ok, const char *what)
-{
-    int all = 0;
-
-    MPI_Allreduce(&ok, &all, 1, MPI_INT, MPI_LAND, MPI_COMM_WORLD);
-    if (all) {
-        n_pass++;
-    } else {
-        n_fail++;
-        if (c->rank == 0) {
-            fprintf(stderr, "FAIL: %s\n", what);
-        }
-    }
-}
 
 /* rank r's gradient of group g in round k, owner-major (N * chunk_n[g] values) */
 static void fill(float *buf, int r, int k, int g, int N)
@@ -90,12 +69,12 @@ static void test_off(tpm_comm_t *c, float *grad, float *got, float *want)
             tpm_exchange_finish(x, nb ? &req : NULL, got);
             ok &= bitwise_equal(got, want, chunk_n[g]);
         }
-        check(c, ok,
-              nb ? "compression off, non-blocking: equals the plain reduce-scatter bit for bit"
-                 : "compression off, blocking: equals the plain reduce-scatter bit for bit");
+        mc_check_all(
+            ok, nb ? "compression off, non-blocking: equals the plain reduce-scatter bit for bit"
+                   : "compression off, blocking: equals the plain reduce-scatter bit for bit");
     }
-    check(c, x->stats.calls_2bit == 0 && x->stats.bytes_2bit == 0 && x->stats.calls_fp32 == 8,
-          "compression off sends no all-to-all");
+    mc_check_all(x->stats.calls_2bit == 0 && x->stats.bytes_2bit == 0 && x->stats.calls_fp32 == 8,
+                 "compression off sends no all-to-all");
     tpm_exchange_destroy(x);
 }
 
@@ -178,12 +157,13 @@ static void test_on(tpm_comm_t *c, tpm_twobit_mode_t mode, int B, float *grad, f
     snprintf(what, sizeof(what),
              "%s B=%d: owner's sum equals the rank-order sum of dequantized contributions",
              names[mode], B);
-    check(c, ok, what);
+    mc_check_all(ok, what);
     snprintf(what, sizeof(what), "%s B=%d: decoded sums are finite and bounded", names[mode], B);
-    check(c, ok_bound, what);
+    mc_check_all(ok_bound, what);
     snprintf(what, sizeof(what), "%s B=%d: all-to-all bytes counted as (N-1) chunks", names[mode],
              B);
-    check(c, x->stats.bytes_2bit == expect_bytes && x->stats.calls_2bit == ROUNDS * N_GROUPS, what);
+    mc_check_all(x->stats.bytes_2bit == expect_bytes && x->stats.calls_2bit == ROUNDS * N_GROUPS,
+                 what);
     if (B == 256) {
         /* small chunks pay for their padded last block; the model test checks real sizes */
         double ratio = (double)big_fp32 / (double)big_2bit;
@@ -194,7 +174,7 @@ static void test_on(tpm_comm_t *c, tpm_twobit_mode_t mode, int B, float *grad, f
                    (unsigned long long)big_2bit, ratio);
         }
         snprintf(what, sizeof(what), "%s: >= 15x fewer gradient bytes than fp32", names[mode]);
-        check(c, ratio >= 15.0, what);
+        mc_check_all(ratio >= 15.0, what);
     }
     for (int r = 0; r < N; r++) {
         free(res[r]);
@@ -205,12 +185,13 @@ static void test_on(tpm_comm_t *c, tpm_twobit_mode_t mode, int B, float *grad, f
 
 int main(int argc, char **argv)
 {
+    int         rc;
     tpm_comm_t *c;
     size_t      maxn = 0;
     float      *grad, *got, *want;
 
     MPI_Init(&argc, &argv);
-    tpm_set_abort_hook(abort_hook);
+    tpm_set_abort_hook(mc_abort_hook);
     if (tpm_comm_mpi_create(1, &c) != TPM_OK || tpm_backend_create("cpu", 1, &g_be) != TPM_OK) {
         MPI_Abort(MPI_COMM_WORLD, 1);
     }
@@ -226,15 +207,12 @@ int main(int argc, char **argv)
         test_on(c, (tpm_twobit_mode_t)m, 256, grad, got, want);
         test_on(c, (tpm_twobit_mode_t)m, 12, grad, got, want);
     }
-    /* check() all-reduced every verdict: the counts are the same on all ranks */
-    if (c->rank == 0) {
-        printf("%d passed, %d failed\n", n_pass, n_fail);
-    }
+    rc = mc_report(""); /* every verdict was all-reduced: the counts agree on all ranks */
     free(grad);
     free(got);
     free(want);
     tpm_backend_destroy(g_be);
     tpm_comm_destroy(c);
     MPI_Finalize();
-    return n_fail == 0 ? 0 : 1;
+    return rc;
 }

@@ -22,6 +22,8 @@
 #include "data/tokenizer.h"
 #include "serve/engine.h"
 
+#include "mpi_check.h"
+
 #define MAXGEN  128
 #define NJOBS   8
 #define TEXTCAP 8192
@@ -38,16 +40,9 @@ typedef struct {
     int             cancel_after; /* set job->cancel after this many tokens (0: never) */
 } rec_t;
 
-static int n_pass, n_fail;
-
 static void check(int ok, const char *what, int id)
 {
-    if (ok) {
-        n_pass++;
-    } else {
-        n_fail++;
-        fprintf(stderr, "FAIL: job %d: %s\n", id, what);
-    }
+    mc_check(ok, "job %d: %s", id, what);
 }
 
 static void on_token(tpm_serve_job_t *job, int32_t token, const char *text, size_t len)
@@ -140,7 +135,7 @@ int main(int argc, char **argv)
     static rec_t       r[NJOBS + 1]; /* 0..7, and 8: cancelled before it runs */
     char               stop_str[8] = "";
     const char        *expect_end  = NULL;
-    int32_t            res[2];
+    int                rc;
 
     for (int i = 1; i < argc; i++) {
         if (strncmp(argv[i], "--ckpt=", 7) == 0) {
@@ -292,11 +287,8 @@ int main(int argc, char **argv)
                (unsigned long long)st.prompt_tokens, (unsigned long long)st.generated_tokens,
                (int)r[0].tlen, r[0].text);
     }
-    res[0] = n_pass;
-    res[1] = n_fail;
-    MPI_Bcast(res, 2, MPI_INT, 0, MPI_COMM_WORLD);
+    rc = mc_report("");
     if (rank == 0) {
-        printf("%d passed, %d failed\n", res[0], res[1]);
         for (int j = 0; j <= NJOBS; j++) {
             free(r[j].job.prompt);
         }
@@ -307,5 +299,5 @@ int main(int argc, char **argv)
     tpm_backend_destroy(be);
     tpm_comm_destroy(comm);
     MPI_Finalize();
-    return res[1] == 0 ? 0 : 1;
+    return rc;
 }

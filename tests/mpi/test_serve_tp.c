@@ -29,20 +29,15 @@
 #include "core/model_tp.h"
 #include "serve/engine.h"
 
+#include "mpi_check.h"
+
 #define TOL    1e-5
 #define NSLOT  3
 #define MAXTOK 64
 
-static int n_pass, n_fail;
-
 static void check(int ok, const char *what, double err)
 {
-    if (ok) {
-        n_pass++;
-    } else {
-        n_fail++;
-        fprintf(stderr, "FAIL: %s: normalised error %.3g\n", what, err);
-    }
+    mc_check(ok, "%s: normalised error %.3g", what, err);
 }
 
 /* whole tensors of every group (host), read from the checkpoint or from the initialiser */
@@ -166,7 +161,7 @@ int main(int argc, char **argv)
     int32_t            A[64], B[64], tok[MAXTOK], slot[MAXTOK], pos[MAXTOK], rows[MAXTOK];
     const float       *refs[MAXTOK];
     tpm_tp_part_t      part;
-    int32_t            res[2];
+    int                rc;
 
     for (int i = 1; i < argc; i++) {
         if (strncmp(argv[i], "--ckpt=", 7) == 0) {
@@ -273,14 +268,11 @@ int main(int argc, char **argv)
     }
     call(&c, TB, tok, slot, pos, TB, rows, refs, "reused slot");
 
-    res[0] = n_pass;
-    res[1] = n_fail;
-    MPI_Bcast(res, 2, MPI_INT, 0, MPI_COMM_WORLD);
     if (c.rank == 0) {
         printf("M=%d: max normalised logit error %.3g (tolerance %.0e)\n", comm->size, c.worst,
                TOL);
-        printf("%d passed, %d failed\n", res[0], res[1]);
     }
+    rc = mc_report("");
     for (int i = 0; i < tpm_model_n_groups(&cfg) * TPM_GROUP_MAX_NT; i++) {
         free(w[i]);
     }
@@ -289,5 +281,5 @@ int main(int argc, char **argv)
     tpm_backend_destroy(be);
     tpm_comm_destroy(comm);
     MPI_Finalize();
-    return res[1] == 0 ? 0 : 1;
+    return rc;
 }
