@@ -7,16 +7,11 @@
 # cleaned up by the next checkpoint.
 set -u
 : "${TPMPI:?}" "${MPIRUN:?}"
+. "$(dirname "$0")/train_lib.sh"
 dir=${TOP_BUILDDIR:-.}/tests/ckpt_crash.d
 rm -rf "$dir" && mkdir -p "$dir"
 common="--mode=train --model=tiny --steps=30 --batch=2 --grad-accum=2 --seed=3 --lr=1e-3 --min-lr=1e-3 --threads=1 --log-every=100"
-pass=0
-fail=0
 
-check() {
-    if [ "$1" -eq 1 ]; then pass=$((pass + 1)); echo "ok: $2"; else fail=$((fail + 1)); echo "FAIL: $2"; fi
-}
-losses() { sed -n 's/.*"type":"step","step":\([0-9]*\),"loss":\([^,]*\),.*/\1 \2/p' "$1"; }
 
 # reference: the same 30 steps, uninterrupted
 timeout 300 $MPIRUN -np 2 "$TPMPI" $common --metrics="$dir/ref.jsonl" >"$dir/ref.log" 2>&1 ||
@@ -62,5 +57,4 @@ check "$([ "$(wc -l <"$dir/got")" -eq 20 ] && cmp -s "$dir/ref_tail" "$dir/got" 
 check "$([ ! -e "$dir/c/ckpt_00000020.h5.tmp" ] && [ "$(cat "$dir/c/latest")" = ckpt_00000030.h5 ] && echo 1 || echo 0)" \
     "the stale temporary was removed; latest names step 30"
 
-echo "$pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+finish

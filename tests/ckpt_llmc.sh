@@ -10,18 +10,14 @@
 #  - bf16, truncated and mismatched llm.c files are refused with a message.
 set -u
 : "${TPMPI:?}" "${MPIRUN:?}" "${TOP_BUILDDIR:?}" "${TPM_FIXTURE_DIR:?}"
+. "$(dirname "$0")/train_lib.sh"
 dir=$TOP_BUILDDIR/tests/ckpt_llmc.d
 prog=$TOP_BUILDDIR/tests/mpi/test_ckpt
 ref=${TOP_SRCDIR:-$(dirname "$0")/..}/tests/ckpt_llmc_ref.py
 fix=$TPM_FIXTURE_DIR/gpt_tiny.bin
 rm -rf "$dir" && mkdir -p "$dir"
 common="--mode=train --model=tiny --batch=2 --seed=9 --threads=1 --log-every=100"
-pass=0
-fail=0
 
-check() {
-    if [ "$1" -eq 1 ]; then pass=$((pass + 1)); echo "ok: $2"; else fail=$((fail + 1)); echo "FAIL: $2"; fi
-}
 run() { # NAME NP ARGS...
     name=$1 np=$2
     shift 2
@@ -31,7 +27,6 @@ run() { # NAME NP ARGS...
     sed 's/^/    /' "$dir/$name.log" | tail -20
     return 1
 }
-losses() { sed -n 's/.*"type":"step","step":\([0-9]*\),"loss":\([^,]*\),.*/\1 \2/p' "$1"; }
 ok() { "$@" >"$dir/ok.log" 2>&1 && echo 1 || echo 0; }
 
 run train 2 $common --steps=5 --ckpt-dir="$dir/c0" --metrics="$dir/train.jsonl"
@@ -92,5 +87,4 @@ rc=$?
 check "$([ "$rc" -eq 2 ] && grep -q "has n_embd = 64, but this run has n_embd = 128" "$dir/bad.log" && echo 1 || echo 0)" \
     "a different --n-embd is refused, naming the field (rc $rc)"
 
-echo "$pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+finish

@@ -7,28 +7,12 @@
 # must leave the tolerance.
 set -u
 : "${TPMPI:?}" "${MPIRUN:?}" "${TOP_BUILDDIR:?}"
+. "$(dirname "$0")/train_lib.sh"
 dir=$TOP_BUILDDIR/tests/ckpt_reshard.d
 prog=$TOP_BUILDDIR/tests/mpi/test_ckpt
 rm -rf "$dir" && mkdir -p "$dir"
 common="--mode=train --model=tiny --steps=40 --batch=2 --seed=7 --lr=1e-3 --warmup=5 --threads=1 --log-every=100"
-pass=0
-fail=0
 
-check() {
-    if [ "$1" -eq 1 ]; then pass=$((pass + 1)); echo "ok: $2"; else fail=$((fail + 1)); echo "FAIL: $2"; fi
-}
-run() { # NAME NP ARGS...
-    name=$1 np=$2
-    shift 2
-    if ! timeout 300 $MPIRUN -np "$np" "$TPMPI" $common "$@" --metrics="$dir/$name.jsonl" \
-        >"$dir/$name.log" 2>&1; then
-        cat "$dir/$name.log"
-        echo "FAIL: tpmpi run '$name' failed"
-        echo "$pass passed, $((fail + 1)) failed"
-        exit 1
-    fi
-}
-losses() { sed -n 's/.*"type":"step","step":\([0-9]*\),"loss":\([^,]*\),.*/\1 \2/p' "$1"; }
 # maxrel REF GOT: max relative difference over matching lines (20 expected)
 maxrel() {
     paste "$1" "$2" | awk '{ if ($1 != $3) { bad = 1 } d = $2 - $4; if (d < 0) d = -d;
@@ -37,11 +21,11 @@ maxrel() {
 }
 within() { awk -v m="$1" -v t="$2" 'BEGIN { print (m != "nan" && m + 0 <= t) ? 1 : 0 }'; }
 
-run n4 4 --grad-accum=3 --ckpt-dir="$dir/n4" --ckpt-every=20
+run_tpmpi n4 4 --grad-accum=3 --ckpt-dir="$dir/n4" --ckpt-every=20
 losses "$dir/n4.jsonl" | sed -n '21,40p' >"$dir/ref"
 for n in 1 2 3; do
     mkdir -p "$dir/n$n" && cp "$dir/n4/ckpt_00000020.h5" "$dir/n$n/"
-    run "n$n" "$n" --grad-accum=$((12 / n)) --ckpt-dir="$dir/n$n" --resume
+    run_tpmpi "n$n" "$n" --grad-accum=$((12 / n)) --ckpt-dir="$dir/n$n" --resume
     losses "$dir/n$n.jsonl" >"$dir/got$n"
     m=$(maxrel "$dir/ref" "$dir/got$n")
     check "$(within "$m" 1e-5)" "written at N=4, resumed at N=$n: steps 21-40 within 1e-5 (max relative $m)"
@@ -53,7 +37,7 @@ check "$(grep -q 'written on 4 rank(s), now 3' "$dir/n3.log" && echo 1 || echo 0
 if timeout 120 $MPIRUN -np 2 "$prog" reset-optim "$dir/n4/ckpt_00000020.h5" \
     "$dir/reset.h5" >"$dir/reset.log" 2>&1; then
     mkdir -p "$dir/r2" && cp "$dir/reset.h5" "$dir/r2/ckpt_00000020.h5"
-    run r2 2 --grad-accum=6 --ckpt-dir="$dir/r2" --resume
+    run_tpmpi r2 2 --grad-accum=6 --ckpt-dir="$dir/r2" --resume
     losses "$dir/r2.jsonl" >"$dir/gotr"
     m=$(maxrel "$dir/ref" "$dir/gotr")
     check "$(awk -v m="$m" 'BEGIN { print (m != "nan" && m + 0 > 1e-4) ? 1 : 0 }')" \
@@ -63,5 +47,4 @@ else
     check 0 "control: could not make the zeroed-moments copy"
 fi
 
-echo "$pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+finish

@@ -8,16 +8,12 @@
 # independent implementation of the documented row hash.
 set -u
 : "${MPIRUN:?}" "${TOP_BUILDDIR:?}"
+. "$(dirname "$0")/train_lib.sh"
 dir=$TOP_BUILDDIR/tests/ckpt_roundtrip.d
 prog=$TOP_BUILDDIR/tests/mpi/test_ckpt
 inspect=${TOP_SRCDIR:-$(dirname "$0")/..}/scripts/ckpt_inspect.py
 rm -rf "$dir" && mkdir -p "$dir"
-pass=0
-fail=0
 
-check() {
-    if [ "$1" -eq 1 ]; then pass=$((pass + 1)); echo "ok: $2"; else fail=$((fail + 1)); echo "FAIL: $2"; fi
-}
 # prog NP MODE ARGS...: run test_ckpt; it prints "N passed, N failed"
 prog() {
     np=$1
@@ -70,5 +66,4 @@ else
     echo "skipped: /usr/bin/python3 has no h5py (apt-get install python3-h5py)"
 fi
 
-echo "$pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+finish

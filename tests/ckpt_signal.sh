@@ -6,16 +6,11 @@
 # uninterrupted run (constant learning rate, so --steps does not change the schedule).
 set -u
 : "${TPMPI:?}" "${MPIRUN:?}"
+. "$(dirname "$0")/train_lib.sh"
 dir=${TOP_BUILDDIR:-.}/tests/ckpt_signal.d
 rm -rf "$dir" && mkdir -p "$dir"
 common="--mode=train --model=tiny --batch=2 --grad-accum=2 --seed=5 --lr=1e-3 --min-lr=1e-3 --threads=1 --log-every=100000"
-pass=0
-fail=0
 
-check() {
-    if [ "$1" -eq 1 ]; then pass=$((pass + 1)); echo "ok: $2"; else fail=$((fail + 1)); echo "FAIL: $2"; fi
-}
-losses() { sed -n 's/.*"type":"step","step":\([0-9]*\),"loss":\([^,]*\),.*/\1 \2/p' "$1"; }
 nsteps() { if [ -f "$1" ]; then grep -c '"type":"step"' "$1"; else echo 0; fi; }
 
 # stop NAME SIGNAL WHO: start a long run, signal rank 1 only (WHO=one) or every rank (all)
@@ -76,5 +71,4 @@ stop usr1 USR1 one
 resume_matches usr1
 stop term TERM all
 
-echo "$pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+finish

@@ -10,14 +10,10 @@
 #    (within 1e-3 relative) but not identical.
 set -eu
 : "${TPMPI:?}" "${MPIRUN:?}"
+. "$(dirname "$0")/train_lib.sh"
 dir=${TOP_BUILDDIR:-.}/tests/compress_resume.d
 rm -rf "$dir" && mkdir -p "$dir"
 common="--mode=train --model=tiny --steps=10 --batch=2 --seed=5 --threads=1 --log-every=10 --grad-compression=2bit"
-pass=0
-fail=0
-check() {
-    if [ "$1" -eq 1 ]; then pass=$((pass + 1)); else fail=$((fail + 1)); echo "FAIL: $2"; fi
-}
 run() { # log options...
     log=$1
     shift
@@ -49,5 +45,4 @@ check "$(paste "$dir/a_fp32" "$dir/b_fp32" | awk '
     { d = $2 - $4; if (d < 0) d = -d; r = d / $2; if (r > m) m = r; if (d > 0) diff = 1; c++ }
     END { print (c == 5 && first && diff && m <= 1e-3) }')" \
     "fp32 residual: step 6 should match, later steps differ by at most 1e-3 relative"
-echo "$pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+finish

@@ -11,14 +11,10 @@
 # --compression-freeze-v trains after a warm-up and is refused (exit 2) without one.
 set -eu
 : "${TPMPI:?}" "${MPIRUN:?}"
+. "$(dirname "$0")/train_lib.sh"
 dir=${TOP_BUILDDIR:-.}/tests/compress_traffic.d
 rm -rf "$dir" && mkdir -p "$dir"
 common="--mode=train --model=tiny --steps=6 --batch=2 --seed=3 --threads=1 --log-every=6"
-pass=0
-fail=0
-check() {
-    if [ "$1" -eq 1 ]; then pass=$((pass + 1)); else fail=$((fail + 1)); echo "FAIL: $2"; fi
-}
 
 run() { # name np options...
     name=$1 np=$2
@@ -78,5 +74,4 @@ for v in fp32 bf16 stoch warm freeze; do
     check "$(awk -v l="$(field $v final_loss)" 'BEGIN { print (l > 0 && l < 20) }')" \
         "$v: no sane final loss"
 done
-echo "$pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+finish

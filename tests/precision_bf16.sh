@@ -11,28 +11,11 @@
 #  e) --precision is validated (unknown value: exit 2, names the option).
 set -u
 : "${TPMPI:?}" "${MPIRUN:?}"
+. "$(dirname "$0")/train_lib.sh"
 dir=${TOP_BUILDDIR:-.}/tests/precision_bf16.d
 rm -rf "$dir" && mkdir -p "$dir"
 common="--mode=train --model=tiny --steps=40 --batch=2 --seed=7 --lr=1e-3 --min-lr=1e-3 --threads=1 --log-every=100"
-pass=0
-fail=0
 
-check() {
-    if [ "$1" -eq 1 ]; then pass=$((pass + 1)); echo "ok: $2"; else fail=$((fail + 1)); echo "FAIL: $2"; fi
-}
-run() { # NAME NP ARGS...
-    name=$1 np=$2
-    shift 2
-    if ! timeout 300 $MPIRUN -np "$np" "$TPMPI" $common "$@" --metrics="$dir/$name.jsonl" \
-        >"$dir/$name.log" 2>&1; then
-        cat "$dir/$name.log"
-        echo "FAIL: tpmpi run '$name' failed"
-        echo "$pass passed, $((fail + 1)) failed"
-        exit 1
-    fi
-}
-losses() { sed -n 's/.*"type":"step","step":\([0-9]*\),"loss":\([^,]*\),.*/\1 \2/p' "$1"; }
-field() { sed -n "s/.*\"type\":\"summary\".*\"$2\":\([0-9.e+-]*\).*/\1/p" "$1"; }
 # maxrel A B LIMIT: 1 if every step's relative loss difference is <= LIMIT (and 40 steps)
 maxrel() {
     losses "$1" >"$dir/x"
@@ -43,19 +26,19 @@ maxrel() {
               print (c == 40 && m <= lim) ? 1 : 0 }'
 }
 
-run b1 1 --precision=bf16 --grad-accum=6
-run b2 2 --precision=bf16 --grad-accum=3
-run b3 3 --precision=bf16 --grad-accum=2
-run f2 2 --precision=fp32 --grad-accum=3
+run_tpmpi b1 1 --precision=bf16 --grad-accum=6
+run_tpmpi b2 2 --precision=bf16 --grad-accum=3
+run_tpmpi b3 3 --precision=bf16 --grad-accum=2
+run_tpmpi f2 2 --precision=fp32 --grad-accum=3
 check "$(maxrel "$dir/b1.jsonl" "$dir/b2.jsonl" 1e-5 'bf16 N=1 vs N=2')" "a) bf16: N=2 matches N=1"
 check "$(maxrel "$dir/b1.jsonl" "$dir/b3.jsonl" 1e-5 'bf16 N=1 vs N=3')" "a) bf16: N=3 matches N=1"
 check "$(maxrel "$dir/f2.jsonl" "$dir/b2.jsonl" 1e-2 'fp32 vs bf16')" "b) bf16 within 1e-2 of fp32"
 check "$(losses "$dir/f2.jsonl" | cmp -s - "$dir/y" && echo 0 || echo 1)" \
     "b) bf16 losses are not the fp32 ones"
-ag_f=$(field "$dir/f2.jsonl" allgather_bytes)
-ag_b=$(field "$dir/b2.jsonl" allgather_bytes)
-rs_f=$(field "$dir/f2.jsonl" reduce_scatter_bytes)
-rs_b=$(field "$dir/b2.jsonl" reduce_scatter_bytes)
+ag_f=$(summary_field "$dir/f2.jsonl" allgather_bytes)
+ag_b=$(summary_field "$dir/b2.jsonl" allgather_bytes)
+rs_f=$(summary_field "$dir/f2.jsonl" reduce_scatter_bytes)
+rs_b=$(summary_field "$dir/b2.jsonl" reduce_scatter_bytes)
 echo "all-gather bytes: fp32 $ag_f, bf16 $ag_b; reduce-scatter: fp32 $rs_f, bf16 $rs_b"
 check "$([ -n "$ag_b" ] && [ "$ag_f" -gt 0 ] && [ $((ag_b * 2)) -eq "$ag_f" ] && echo 1 || echo 0)" \
     "c) bf16 all-gathers move half the bytes"
@@ -64,8 +47,8 @@ check "$([ -n "$rs_b" ] && [ "$rs_b" -eq "$rs_f" ] && echo 1 || echo 0)" \
 check "$(grep -q '"precision":"bf16"' "$dir/b2.jsonl" && grep -q 'bf16 working weights' "$dir/b2.log" && echo 1 || echo 0)" \
     "c) the summary and the memory report name bf16"
 
-run r_first 2 --precision=bf16 --grad-accum=3 --steps=20 --ckpt-dir="$dir/ck"
-run r_second 2 --precision=bf16 --grad-accum=3 --ckpt-dir="$dir/ck" --resume
+run_tpmpi r_first 2 --precision=bf16 --grad-accum=3 --steps=20 --ckpt-dir="$dir/ck"
+run_tpmpi r_second 2 --precision=bf16 --grad-accum=3 --ckpt-dir="$dir/ck" --resume
 losses "$dir/b2.jsonl" | sed -n '21,40p' >"$dir/ref"
 losses "$dir/r_second.jsonl" >"$dir/got"
 check "$([ "$(wc -l <"$dir/got")" -eq 20 ] && cmp -s "$dir/ref" "$dir/got" && echo 1 || echo 0)" \
@@ -75,5 +58,4 @@ $MPIRUN -np 1 "$TPMPI" $common --precision=fp16 >"$dir/bad.log" 2>&1
 rc=$?
 check "$([ "$rc" -eq 2 ] && grep -q 'precision' "$dir/bad.log" && echo 1 || echo 0)" \
     "e) --precision=fp16 is refused with exit 2 (got $rc)"
-echo "$pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+finish

@@ -4,6 +4,7 @@
 # training loss must fall by a clear margin and a validation loss be reported.
 set -eu
 : "${TPMPI:?}" "${MPIRUN:?}"
+. "$(dirname "$0")/train_lib.sh"
 dir=${TOP_BUILDDIR:-.}/tests/train_tiny.d
 rm -rf "$dir" && mkdir -p "$dir"
 if ! $MPIRUN -np 1 "$TPMPI" --mode=train --model=tiny --steps=300 --batch=8 --lr=3e-3 \
@@ -18,16 +19,10 @@ first=$(sed -n 's/.*"type":"step","step":1,"loss":\([^,]*\),.*/\1/p' "$m")
 last=$(sed -n 's/.*"type":"summary".*"final_loss":\([^,]*\),.*/\1/p' "$m")
 val=$(sed -n 's/.*"type":"summary".*"final_val_loss":\([^,]*\),.*/\1/p' "$m")
 evals=$(grep -c '"type":"eval"' "$m" || true)
-pass=0
-fail=0
-check() {
-    if [ "$1" -eq 1 ]; then pass=$((pass + 1)); else fail=$((fail + 1)); echo "FAIL: $2"; fi
-}
 echo "first loss $first, final loss $last, final val loss $val, $evals evaluations"
 check "$(awk -v a="$first" -v b="$last" 'BEGIN { print (b < a - 1.5) }')" "loss did not fall by 1.5 nats"
 check "$(awk -v v="$val" 'BEGIN { print (v > 0 && v < 20) }')" "no sane validation loss"
 check "$([ "$evals" -eq 3 ] && echo 1 || echo 0)" "expected 3 evaluations"
 check "$(grep -q 'built-in corpus' "$dir/log" && echo 1 || echo 0)" "built-in corpus not announced"
 check "$([ -s "$dir/run/config.json" ] && echo 1 || echo 0)" "config.json not written"
-echo "$pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+finish
