@@ -33,6 +33,15 @@ __device__ __forceinline__ uint16_t dev_bf16_up(float f)
     return (uint16_t)((u >> 16) + ((u & 0xffffu) != 0));
 }
 
+/*
+ * |x| by clearing the sign bit, as x86's fabsf (andps) does: a NaN keeps its payload. PTX
+ * leaves the NaN result of abs.f32 unspecified, and the scale's bits depend on it.
+ */
+__device__ __forceinline__ float abs_bits(float x)
+{
+    return __uint_as_float(__float_as_uint(x) & 0x7fffffffu);
+}
+
 /* src/base/rng.c, tpm_rng_u64 */
 __device__ __forceinline__ uint64_t dev_mix64(uint64_t z)
 {
@@ -134,7 +143,7 @@ __global__ void encode_scale_kernel(int mode, int B, const float *g, size_t n, c
             return;
         }
         for (size_t i = 0; i < m; i++) {
-            const float a = fabsf(g[i0 + i]);
+            const float a = abs_bits(g[i0 + i]);
             if (a > mx || a != a) { /* the reference's NaN rule: the last NaN sticks */
                 mx = a;
             }
@@ -143,7 +152,7 @@ __global__ void encode_scale_kernel(int mode, int B, const float *g, size_t n, c
     } else {
         float a = 0.0f;
         for (size_t i = (size_t)lane; i < m; i += TPM_WARP) {
-            a = add_x86(a, fabsf(form_x(mode, g, residual, i0 + i)));
+            a = add_x86(a, abs_bits(form_x(mode, g, residual, i0 + i)));
         }
         for (int w = TPM_WARP / 2; w >= 1; w /= 2) {
             a = add_x86(a, __shfl_down_sync(TPM_FULL_MASK, a, w));

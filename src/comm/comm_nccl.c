@@ -192,7 +192,11 @@ static tpm_status_t nccl_end(nccl_priv_t *p, tpm_comm_req_t *req)
         TPM_CHECK(TPM_CUDA_CALL(cudaEventRecord(p->ev_done, p->stream)));
         return TPM_CUDA_CALL(cudaStreamWaitEvent(p->compute, p->ev_done, 0));
     }
-    TPM_CHECK(slot_take(p, &slot));
+    if (slot_take(p, &slot) != TPM_OK) {
+        /* the collective is queued already: keep later compute ordered after it, then fail */
+        (void)nccl_end(p, NULL);
+        return TPM_ERR_INTERNAL; /* slot_take said why */
+    }
     if (TPM_CUDA_CALL(cudaEventRecord(p->slots[slot].done, p->stream)) != TPM_OK) {
         p->slots[slot].used = 0;
         return TPM_ERR_CUDA;
@@ -329,6 +333,68 @@ static tpm_status_t nccl_all_to_all(tpm_comm_t *c, const void *send, void *recv,
     }
     TPM_CHECK(status);
     return nccl_end(p, req);
+}
+
+/*
+ * Variable chunks, blocking. The path is chosen by the kind of the buffers, not by the counts,
+ * so that a rank with nothing to send still takes the same path as the others (a NULL buffer
+ * counts as host memory): every rank must pass buffers of the same kind.
+ */
+static tpm_status_t nccl_all_to_allv(tpm_comm_t *c, const void *send, const size_t *send_counts,
+                                     const size_t *send_displs, void *recv,
+                                     const size_t *recv_counts, const size_t *recv_displs,
+                                     tpm_dtype_t dt)
+{
+    nccl_priv_t   *p   = priv_of(c);
+    const size_t   esz = tpm_dtype_size(dt);
+    const char    *s   = send;
+    char          *r   = recv;
+    ncclDataType_t t   = nccl_dtype(dt);
+    const int      ds = send != NULL && is_device(send), dr = recv != NULL && is_device(recv);
+    tpm_status_t   status;
+
+    if (send != NULL && recv != NULL && ds != dr) {
+        tpm_log_error("nccl comm all_to_allv: send buffer is %s memory, receive buffer %s memory",
+                      ds ? "device" : "host", dr ? "device" : "host");
+        return TPM_ERR_INVALID_ARG;
+    }
+    if (!ds && !dr) {
+        return p->mpi->ops->all_to_allv(p->mpi, send, send_counts, send_displs, recv, recv_counts,
+                                        recv_displs, dt);
+    }
+    TPM_CHECK(nccl_begin(p));
+    if (send_counts[c->rank] > 0) {
+        if (recv_counts[c->rank] != send_counts[c->rank]) {
+            tpm_log_error("nccl comm all_to_allv: this rank sends itself %zu elements but "
+                          "expects %zu",
+                          send_counts[c->rank], recv_counts[c->rank]);
+            return TPM_ERR_INVALID_ARG;
+        }
+        TPM_CHECK(TPM_CUDA_CALL(
+            cudaMemcpyAsync(r + recv_displs[c->rank] * esz, s + send_displs[c->rank] * esz,
+                            send_counts[c->rank] * esz, cudaMemcpyDeviceToDevice, p->stream)));
+    }
+    TPM_CHECK(TPM_NCCL_CALL(ncclGroupStart()));
+    status = TPM_OK;
+    for (int peer = 0; peer < c->size && status == TPM_OK; peer++) {
+        if (peer == c->rank) {
+            continue;
+        }
+        if (send_counts[peer] > 0) {
+            status = TPM_NCCL_CALL(ncclSend(s + send_displs[peer] * esz, send_counts[peer], t, peer,
+                                            p->nccl, p->stream));
+        }
+        if (status == TPM_OK && recv_counts[peer] > 0) {
+            status = TPM_NCCL_CALL(ncclRecv(r + recv_displs[peer] * esz, recv_counts[peer], t, peer,
+                                            p->nccl, p->stream));
+        }
+    }
+    /* a group that was opened is always closed, even after a failed call inside it */
+    if (TPM_NCCL_CALL(ncclGroupEnd()) != TPM_OK) {
+        status = TPM_ERR_CUDA;
+    }
+    TPM_CHECK(status);
+    return nccl_end(p, NULL);
 }
 
 static tpm_status_t nccl_all_reduce(tpm_comm_t *c, const void *send, void *recv, size_t count,
@@ -469,6 +535,7 @@ static const tpm_comm_ops_t comm_nccl_ops = {
     .all_gather     = nccl_all_gather,
     .reduce_scatter = nccl_reduce_scatter,
     .all_to_all     = nccl_all_to_all,
+    .all_to_allv    = nccl_all_to_allv,
     .all_reduce     = nccl_all_reduce,
     .bcast          = nccl_bcast,
     .barrier        = nccl_barrier,

@@ -171,6 +171,34 @@ int main(int argc, char **argv)
     check(c, tpm_comm_wait(c, &req) == TPM_OK && get_eq(d_recv, hw, (size_t)N * n),
           "all_to_all, non-blocking");
 
+    /*
+     * all-to-allv: rank s sends q + 1 values (s*100 + q) to rank q, at displacement 2q; rank r
+     * receives r + 1 values from each q, packed in rank order
+     */
+    {
+        size_t sc[64], sd[64], rc[64], rd[64], off = 0;
+        if (N <= 64 && (size_t)3 * N <= (size_t)N * n) { /* the chunks end before 3N */
+            for (int q = 0; q < N; q++) {
+                sc[q] = (size_t)q + 1;
+                sd[q] = 2 * (size_t)q;
+                rc[q] = (size_t)r + 1;
+                rd[q] = off;
+                for (size_t i = 0; i < sc[q]; i++) {
+                    hs[sd[q] + i] = (float)(r * 100 + q);
+                }
+                for (size_t i = 0; i < rc[q]; i++) {
+                    hw[off + i] = (float)(q * 100 + r);
+                }
+                off += rc[q];
+            }
+            put(d_send, hs, (size_t)N * 3);
+            check(c,
+                  tpm_comm_all_to_allv(c, d_send, sc, sd, d_recv, rc, rd, TPM_DT_FLOAT) == TPM_OK &&
+                      get_eq(d_recv, hw, off),
+                  "all_to_allv, variable chunks");
+        }
+    }
+
     /* all-reduce in place and broadcast */
     for (size_t i = 0; i < n; i++) {
         hs[i] = (float)(r + 1) * (float)(i % 5);
