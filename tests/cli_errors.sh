@@ -37,6 +37,8 @@ expect 2 2 "needs --ckpt" --mode=serve
 expect 2 2 "no such file" --mode=serve --ckpt="$dir/none.h5"
 expect 1 2 "exceeds the position table" --mode=train --model=tiny --seq-len=128
 expect 2 2 "precision" --mode=train --precision=fp8
+: >"$dir/a_file"
+expect 2 1 "cannot create directory" --mode=train --steps=1 --out="$dir/a_file/run"
 expect 2 2 "cuda-matmul" --mode=train --cuda-matmul=int8
 export TPMPI_PRECISION=half
 expect 1 2 "TPMPI_PRECISION" --mode=train

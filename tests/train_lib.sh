@@ -2,6 +2,8 @@
 # train_lib.sh: helpers shared by the training and checkpoint tests (sourced, POSIX sh).
 # The test sets $dir (its scratch directory) and $common (options every run gets), then:
 #   check OK LABEL            count a verdict (OK is 1 or 0), print "ok: LABEL" or "FAIL: LABEL"
+#                             (quiet_ok=1: only failures are printed, for tests whose labels
+#                             describe the failure)
 #   run_tpmpi NAME NP ARGS... tpmpi on NP ranks with $common ARGS, metrics in $dir/NAME.jsonl
 #                             and output in $dir/NAME.log; a failed run prints its log, the
 #                             counts, and exits 1
@@ -10,11 +12,12 @@
 #   finish                    print "N passed, N failed"; exit status 0 only without failures
 pass=0
 fail=0
+quiet_ok=0
 
 check() {
     if [ "$1" -eq 1 ]; then
         pass=$((pass + 1))
-        echo "ok: $2"
+        [ "$quiet_ok" = 1 ] || echo "ok: $2"
     else
         fail=$((fail + 1))
         echo "FAIL: $2"

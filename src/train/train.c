@@ -209,13 +209,29 @@ static void progress_line(const tpm_config_t *cfg, int64_t step, double loss, do
     }
 }
 
-static tpm_status_t ensure_dir(const char *dir)
+/* mkdir -p: every missing parent too (an existing directory is fine) */
+static tpm_status_t mkdir_p(const char *dir)
 {
-    if (mkdir(dir, 0755) != 0 && errno != EEXIST) {
-        tpm_log_error("cannot create output directory %s: %s", dir, strerror(errno));
-        return TPM_ERR_IO;
+    char path[TPM_PATH_MAX];
+
+    if (dir[0] == '\0') {
+        return TPM_OK;
     }
-    return TPM_OK;
+    snprintf(path, sizeof(path), "%s", dir);
+    for (char *p = path + 1;; p++) {
+        if (*p == '/' || *p == '\0') {
+            char c = *p;
+            *p     = '\0';
+            if (mkdir(path, 0755) != 0 && errno != EEXIST) {
+                tpm_log_error("cannot create directory %s: %s", path, strerror(errno));
+                return TPM_ERR_IO;
+            }
+            *p = c;
+            if (c == '\0') {
+                return TPM_OK;
+            }
+        }
+    }
 }
 
 /* rank 0: output directory with the resolved config, and the metrics file */
@@ -228,7 +244,7 @@ static tpm_status_t open_outputs(const tpm_config_t *cfg, tpm_comm_t *comm, tpm_
     if (comm->rank == 0) {
         const char *mpath = cfg->metrics;
         if (cfg->out[0] != '\0') {
-            status = ensure_dir(cfg->out);
+            status = mkdir_p(cfg->out);
             if (status == TPM_OK) {
                 FILE *f;
                 snprintf(path, sizeof(path), "%s/config.json", cfg->out);
@@ -304,27 +320,6 @@ static void stop_handlers_restore(const struct sigaction *old_term,
 {
     sigaction(SIGTERM, old_term, NULL);
     sigaction(SIGUSR1, old_usr1, NULL);
-}
-
-static tpm_status_t mkdir_p(const char *dir)
-{
-    char path[TPM_PATH_MAX];
-
-    snprintf(path, sizeof(path), "%s", dir);
-    for (char *p = path + 1;; p++) {
-        if (*p == '/' || *p == '\0') {
-            char c = *p;
-            *p     = '\0';
-            if (mkdir(path, 0755) != 0 && errno != EEXIST) {
-                tpm_log_error("cannot create directory %s: %s", path, strerror(errno));
-                return TPM_ERR_IO;
-            }
-            *p = c;
-            if (c == '\0') {
-                return TPM_OK;
-            }
-        }
-    }
 }
 
 /* the resolved configuration as a JSON string, secrets blanked; caller frees with free() */
