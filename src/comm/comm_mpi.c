@@ -3,6 +3,17 @@
  * comm_mpi.c: the comm op table on MPI (host buffers): the reference and the
  * CPU path. Communicator errors return (MPI_ERRORS_RETURN) and are turned into
  * TPM_ERR_MPI with MPI's message, so that the caller can agree and abort.
+ *
+ * The non-blocking reduce-scatter is not MPI_Ireduce_scatter_block: Open MPI's
+ * (coll/libnbc, 4.x and 5.x) reduces the whole vector to rank 0 along a binomial
+ * tree and then scatters it, so rank 0 receives and sums log2(N) full vectors
+ * and every rank sends the full vector instead of (N-1)/N of it. ZeRO-3 issues
+ * one per block and micro-batch. Here it is one MPI_Ialltoall of the chunks into
+ * a scratch buffer (each rank sends (N-1)/N of the vector, the bandwidth-optimal
+ * volume), and the owner sums its N chunks in rank order 0..N-1 when the
+ * request completes (in wait or test): balanced, and the same summation order
+ * whatever the MPI library. The blocking reduce-scatter stays MPI's (tuned,
+ * ring or recursive halving).
  */
 #include "comm/comm.h"
 
@@ -13,12 +24,32 @@
 
 #include "base/mem.h"
 
+/* one non-blocking reduce-scatter in flight: the all-to-all's scratch and what to sum */
+#define MPI_RS_SLOTS 4
+
 typedef struct {
-    MPI_Comm comm;
+    int         used;
+    void       *scratch; /* (N * count) received chunks, sender order; kept for reuse */
+    size_t      scratch_bytes;
+    void       *recv;
+    size_t      count;
+    tpm_dtype_t dt;
+    tpm_redop_t op;
+} mpi_rs_slot_t;
+
+typedef struct {
+    MPI_Comm      comm;
+    mpi_rs_slot_t rs[MPI_RS_SLOTS];
 } mpi_priv_t;
 
-_Static_assert(sizeof(MPI_Request) <= sizeof(((tpm_comm_req_t *)0)->opaque),
-               "MPI_Request must fit in tpm_comm_req_t");
+/* what a tpm_comm_req_t holds here: the MPI request, and the reduce-scatter slot (-1 none) */
+typedef struct {
+    MPI_Request mreq;
+    int         rs_slot;
+} mpi_req_t;
+
+_Static_assert(sizeof(mpi_req_t) <= sizeof(((tpm_comm_req_t *)0)->opaque),
+               "mpi_req_t must fit in tpm_comm_req_t");
 
 static tpm_status_t mpi_check(int ret, const char *what)
 {
@@ -60,9 +91,16 @@ static MPI_Op mpi_op(tpm_redop_t op)
     }
 }
 
+static mpi_req_t *req_of(tpm_comm_req_t *req)
+{
+    return (mpi_req_t *)(void *)req->opaque;
+}
+
+/* the MPI request of a plain non-blocking collective (no reduce-scatter slot) */
 static MPI_Request *req_handle(tpm_comm_req_t *req)
 {
-    return (MPI_Request *)(void *)req->opaque;
+    req_of(req)->rs_slot = -1;
+    return &req_of(req)->mreq;
 }
 
 /* MPI counts are int: large buffers would need derived types; refuse clearly instead */
@@ -90,17 +128,114 @@ static tpm_status_t mpi_all_gather(tpm_comm_t *c, const void *send, void *recv, 
     return TPM_OK;
 }
 
+/*
+ * out[i] = op over j = 0..n-1 of in[j * count + i], j in order: one pass per received chunk.
+ * fp32 (the gradients) is the hot path: vectorised, shared by the rank's OpenMP threads.
+ */
+static void rs_reduce_f32(const float *in, float *out, size_t count, int n, tpm_redop_t op)
+{
+    memcpy(out, in, count * sizeof(float));
+    for (int j = 1; j < n; j++) {
+        const float *x = in + (size_t)j * count;
+        if (op == TPM_RED_SUM) {
+#pragma omp parallel for simd schedule(static) if (count >= 65536)
+            for (size_t i = 0; i < count; i++) {
+                out[i] += x[i];
+            }
+        } else {
+            for (size_t i = 0; i < count; i++) {
+                const float a = out[i], b = x[i];
+                out[i] = op == TPM_RED_MAX ? (b > a ? b : a) : (b < a ? b : a);
+            }
+        }
+    }
+}
+
+/* the other types (small buffers: host-side agreements and counters) */
+#define RS_REDUCE(T)                                                                               \
+    do {                                                                                           \
+        const T *x = in;                                                                           \
+        T       *y = out;                                                                          \
+        memcpy(y, x, count * sizeof(T));                                                           \
+        for (int j = 1; j < n; j++) {                                                              \
+            for (size_t i = 0; i < count; i++) {                                                   \
+                const T a = y[i], b = x[(size_t)j * count + i];                                    \
+                y[i] = op == TPM_RED_SUM   ? a + b                                                 \
+                       : op == TPM_RED_MAX ? (b > a ? b : a)                                       \
+                                           : (b < a ? b : a);                                      \
+            }                                                                                      \
+        }                                                                                          \
+    } while (0)
+
+static void rs_reduce(const void *in, void *out, size_t count, int n, tpm_dtype_t dt,
+                      tpm_redop_t op)
+{
+    switch (dt) {
+    case TPM_DT_FLOAT: rs_reduce_f32(in, out, count, n, op); break;
+    case TPM_DT_DOUBLE: RS_REDUCE(double); break;
+    case TPM_DT_INT32: RS_REDUCE(int32_t); break;
+    case TPM_DT_INT64: RS_REDUCE(int64_t); break;
+    default: RS_REDUCE(uint8_t); break;
+    }
+}
+
+/* the all-to-all of a slot completed: reduce its chunks into recv and free the slot */
+static void rs_complete(tpm_comm_t *c, tpm_comm_req_t *req)
+{
+    mpi_priv_t    *p  = c->priv;
+    const int      si = req_of(req)->rs_slot;
+    mpi_rs_slot_t *s;
+
+    if (si < 0) {
+        return;
+    }
+    s = &p->rs[si];
+    rs_reduce(s->scratch, s->recv, s->count, c->size, s->dt, s->op);
+    s->used              = 0;
+    req_of(req)->rs_slot = -1;
+}
+
 static tpm_status_t mpi_reduce_scatter(tpm_comm_t *c, const void *send, void *recv, size_t count,
                                        tpm_dtype_t dt, tpm_redop_t op, tpm_comm_req_t *req)
 {
+    mpi_priv_t    *p = c->priv;
+    mpi_rs_slot_t *s = NULL;
+    size_t         nbytes;
+    int            si;
+
     TPM_CHECK(check_count(count, "reduce_scatter"));
     if (req == NULL) {
         return TPM_MPI_CALL(MPI_Reduce_scatter_block(send, recv, (int)count, mpi_dtype(dt),
                                                      mpi_op(op), comm_of(c)));
     }
-    TPM_CHECK(TPM_MPI_CALL(MPI_Ireduce_scatter_block(send, recv, (int)count, mpi_dtype(dt),
-                                                     mpi_op(op), comm_of(c), req_handle(req))));
-    req->active = 1;
+    for (si = 0; si < MPI_RS_SLOTS; si++) {
+        if (!p->rs[si].used) {
+            s = &p->rs[si];
+            break;
+        }
+    }
+    if (s == NULL) {
+        tpm_log_error("reduce_scatter: more than %d non-blocking reduce-scatters in flight",
+                      MPI_RS_SLOTS);
+        return TPM_ERR_INTERNAL;
+    }
+    TPM_CHECK(tpm_mul_size((size_t)c->size * count, tpm_dtype_size(dt), &nbytes));
+    if (nbytes > s->scratch_bytes) {
+        void *q;
+        TPM_CHECK(tpm_malloc(nbytes, &q));
+        tpm_free(s->scratch);
+        s->scratch       = q;
+        s->scratch_bytes = nbytes;
+    }
+    TPM_CHECK(TPM_MPI_CALL(MPI_Ialltoall(send, (int)count, mpi_dtype(dt), s->scratch, (int)count,
+                                         mpi_dtype(dt), comm_of(c), &req_of(req)->mreq)));
+    s->used              = 1;
+    s->recv              = recv;
+    s->count             = count;
+    s->dt                = dt;
+    s->op                = op;
+    req_of(req)->rs_slot = si;
+    req->active          = 1;
     return TPM_OK;
 }
 
@@ -168,19 +303,20 @@ static tpm_status_t mpi_barrier(tpm_comm_t *c)
 
 static tpm_status_t mpi_wait(tpm_comm_t *c, tpm_comm_req_t *req)
 {
-    (void)c;
     req->active = 0;
-    return TPM_MPI_CALL(MPI_Wait(req_handle(req), MPI_STATUS_IGNORE));
+    TPM_CHECK(TPM_MPI_CALL(MPI_Wait(&req_of(req)->mreq, MPI_STATUS_IGNORE)));
+    rs_complete(c, req);
+    return TPM_OK;
 }
 
 static tpm_status_t mpi_test(tpm_comm_t *c, tpm_comm_req_t *req, int *done_p)
 {
     int flag = 0;
 
-    (void)c;
-    TPM_CHECK(TPM_MPI_CALL(MPI_Test(req_handle(req), &flag, MPI_STATUS_IGNORE)));
+    TPM_CHECK(TPM_MPI_CALL(MPI_Test(&req_of(req)->mreq, &flag, MPI_STATUS_IGNORE)));
     if (flag) {
         req->active = 0;
+        rs_complete(c, req);
     }
     *done_p = flag;
     return TPM_OK;
@@ -192,6 +328,9 @@ static void mpi_destroy(tpm_comm_t *c)
 
     if (p != NULL && p->comm != MPI_COMM_NULL) {
         MPI_Comm_free(&p->comm);
+    }
+    for (int i = 0; p != NULL && i < MPI_RS_SLOTS; i++) {
+        tpm_free(p->rs[i].scratch);
     }
     tpm_free(p);
     tpm_free(c);

@@ -210,7 +210,8 @@ typedef enum {
     TPM_PROF_FCPROJ_FWD,
     TPM_PROF_LOGITS_FWD,
     TPM_PROF_XENT,
-    TPM_PROF_N_FWD, /* forward ops come before this mark */
+    TPM_PROF_GATHER_FWD, /* ZeRO-3: all-gather issue, wait and unpack */
+    TPM_PROF_N_FWD,      /* forward ops come before this mark */
     TPM_PROF_LOGITS_BWD = TPM_PROF_N_FWD,
     TPM_PROF_LN_BWD,
     TPM_PROF_FCPROJ_BWD,
@@ -221,7 +222,9 @@ typedef enum {
     TPM_PROF_QKV_BWD,
     TPM_PROF_EMBED_BWD,
     TPM_PROF_MEMZERO_BWD,
-    TPM_PROF_N_BWD, /* backward ops come before this mark */
+    TPM_PROF_GATHER_BWD, /* ZeRO-3: all-gather issue, wait and unpack */
+    TPM_PROF_RS_BWD,     /* ZeRO-3: gradient pack, reduce-scatter (or 2-bit exchange), sum */
+    TPM_PROF_N_BWD,      /* backward ops come before this mark */
     TPM_PROF_ZERO_GRAD = TPM_PROF_N_BWD,
     TPM_PROF_GRAD_NORM,
     TPM_PROF_CLIP,

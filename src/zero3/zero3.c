@@ -484,7 +484,7 @@ static tpm_status_t forward_pass(tpm_zero3_t *z, const int32_t *x, const int32_t
         *emb_p  = group_view(ge, local_params(z) + ge->shard_base);
         *demb_p = group_view(ge, z->grad + ge->shard_base);
     } else {
-        double tw = tpm_time_now();
+        double tw = tpm_time_now(), tp = tpm_prof_begin(z->be);
         TPM_CHECK(gather_group_start(z, L, z->emb_stage, NULL));
         z->times.wait_s += tpm_time_now() - tw;
         TPM_CHECK(gather_group_unpack(z, L, z->emb_stage, z->emb_full));
@@ -494,6 +494,7 @@ static tpm_status_t forward_pass(tpm_zero3_t *z, const int32_t *x, const int32_t
             TPM_CHECK(z->be->ops->memzero(z->be, z->emb_gfull, ge->full_numel * sizeof(float)));
         }
         TPM_CHECK(gather_start(z, 0));
+        tpm_prof_end(z->be, TPM_PROF_GATHER_FWD, tp);
     }
     t0 = tpm_time_now();
     TPM_CHECK(tpm_model_embed_fwd(z->be, &z->cfg, emb_p, a));
@@ -502,10 +503,12 @@ static tpm_status_t forward_pass(tpm_zero3_t *z, const int32_t *x, const int32_t
         if (N == 1) {
             p = group_view(&z->lay.g[l], local_params(z) + z->lay.g[l].shard_base);
         } else {
+            const double tp = tpm_prof_begin(z->be);
             TPM_CHECK(gather_finish(z, l));
             if (l + 1 < L) {
                 TPM_CHECK(gather_start(z, l + 1));
             }
+            tpm_prof_end(z->be, TPM_PROF_GATHER_FWD, tp);
             p = group_view(&z->lay.g[l], z->blk_full);
         }
         TPM_CHECK(tpm_model_block_fwd(z->be, &z->cfg, l, &p, a));
@@ -541,22 +544,28 @@ tpm_status_t tpm_zero3_fwd_bwd(tpm_zero3_t *z, const int32_t *x, const int32_t *
             p  = group_view(g, local_params(z) + g->shard_base);
             dp = group_view(g, z->grad + g->shard_base);
         } else {
+            double tp = tpm_prof_begin(z->be);
             if (l != L - 1) {
                 TPM_CHECK(gather_finish(z, l));
             }
             if (l > 0) {
                 TPM_CHECK(gather_start(z, l - 1));
             }
+            tpm_prof_end(z->be, TPM_PROF_GATHER_BWD, tp);
             p  = group_view(g, z->blk_full);
             dp = group_view(g, z->blk_gfull);
+            tp = tpm_prof_begin(z->be);
             TPM_CHECK(z->be->ops->memzero(z->be, z->blk_gfull, g->full_numel * sizeof(float)));
+            tpm_prof_end(z->be, TPM_PROF_MEMZERO_BWD, tp);
         }
         t0 = tpm_time_now();
         TPM_CHECK(tpm_model_block_bwd(z->be, &z->cfg, l, &p, &dp, z->acts));
         tc += tpm_time_now() - t0;
         if (N > 1) {
+            const double tp = tpm_prof_begin(z->be);
             TPM_CHECK(rs_finish(z));
             TPM_CHECK(rs_start(z, l));
+            tpm_prof_end(z->be, TPM_PROF_RS_BWD, tp);
         }
     }
     t0 = tpm_time_now();
@@ -564,7 +573,8 @@ tpm_status_t tpm_zero3_fwd_bwd(tpm_zero3_t *z, const int32_t *x, const int32_t *
     tc += tpm_time_now() - t0;
     z->times.compute_s += tc;
     if (N > 1) {
-        double tw;
+        const double tp = tpm_prof_begin(z->be);
+        double       tw;
         TPM_CHECK(rs_finish(z));
         TPM_CHECK(group_move(z, ge, z->emb_gfull, z->emb_stage, 1));
         tw = tpm_time_now() - z->gx->stats.codec_s; /* blocking: all but the encoding is wait */
@@ -574,6 +584,7 @@ tpm_status_t tpm_zero3_fwd_bwd(tpm_zero3_t *z, const int32_t *x, const int32_t *
         TPM_CHECK(tpm_exchange_finish(z->gx, NULL, z->rs_recv));
         TPM_CHECK(z->be->ops->axpy(z->be, z->grad + ge->shard_base, 1.0f, z->rs_recv,
                                    ge->shard_numel));
+        tpm_prof_end(z->be, TPM_PROF_RS_BWD, tp);
     }
     z->micro++;
     return TPM_OK;

@@ -77,6 +77,34 @@ int main(int argc, char **argv)
         mc_check_all(ok, nb ? "ireduce_scatter" : "reduce_scatter");
     }
 
+    /*
+     * two non-blocking reduce-scatters in flight at once, other types and ops: int32 max and
+     * double sum (the non-blocking path reduces on the owner, in rank order)
+     */
+    {
+        int32_t        isend[64 * 3], irecv[3];
+        double         dsend[64 * 3], drecv[3];
+        tpm_comm_req_t ra, rb;
+        if (N <= 64) {
+            for (int j = 0; j < N; j++) {
+                for (int i = 0; i < 3; i++) {
+                    isend[j * 3 + i] = (r == N - 1 - i % N) ? 1000 + j : -r;
+                    dsend[j * 3 + i] = 0.5 * (double)(r + 1) + (double)(j * 10 + i);
+                }
+            }
+            memset(&ra, 0, sizeof(ra));
+            memset(&rb, 0, sizeof(rb));
+            tpm_comm_reduce_scatter(c, isend, irecv, 3, TPM_DT_INT32, TPM_RED_MAX, &ra);
+            tpm_comm_reduce_scatter(c, dsend, drecv, 3, TPM_DT_DOUBLE, TPM_RED_SUM, &rb);
+            ok = tpm_comm_wait(c, &rb) == TPM_OK && tpm_comm_wait(c, &ra) == TPM_OK;
+            for (int i = 0; i < 3; i++) {
+                ok &= irecv[i] == 1000 + r;
+                ok &= drecv[i] == 0.25 * (double)N * (double)(N + 1) + (double)N * (r * 10 + i);
+            }
+            mc_check_all(ok, "ireduce_scatter int32 max and double sum, both in flight");
+        }
+    }
+
     /* all-to-all: chunk j goes to rank j */
     for (int j = 0; j < N; j++) {
         for (size_t i = 0; i < n; i++) {
