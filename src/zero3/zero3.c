@@ -96,6 +96,10 @@ tpm_status_t tpm_zero3_create(tpm_backend_t *be, tpm_comm_t *comm, const tpm_mod
         TPM_CHECK_GOTO(be_alloc(z, emb_full, &z->emb_gfull), status, err);
         TPM_CHECK_GOTO(be_alloc(z, emb_full, &z->emb_stage), status, err);
         z->mem.gather_bytes = (4 * blk + max_shard + 3 * emb_full) * sizeof(float);
+        if (strcmp(comm->ops->name, "mpi") == 0) {
+            /* the MPI comm's non-blocking reduce-scatter keeps an all-to-all scratch buffer */
+            z->mem.gather_bytes += blk * sizeof(float);
+        }
         {
             tpm_compress_opts_t off;
             memset(&off, 0, sizeof(off));
