@@ -51,6 +51,7 @@ def worker(rank, args, cfg, port, nprocs):
     if rank == 0:
         record(args, cfg, "pytorch-fsdp", nprocs, params, times,
                {"sharding": "FULL_SHARD", "backend": "gloo", "wrap": "per block"})
+    dist.barrier()  # nobody tears gloo down while a peer still uses it
     dist.destroy_process_group()
 
 
