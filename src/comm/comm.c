@@ -138,6 +138,17 @@ tpm_status_t tpm_comm_reduce_scatter_at(tpm_comm_t *c, const void *send, void *r
     return c->ops->reduce_scatter(c, send, recv, count, dt, op, req);
 }
 
+tpm_status_t tpm_comm_reduce_scatter_scratch_at(tpm_comm_t *c, const void *send, void *recv,
+                                                size_t count, tpm_dtype_t dt, tpm_redop_t op,
+                                                void *scratch, const char *file, int line)
+{
+    account(c, TPM_COLL_REDUCE_SCATTER, count, dt, file, line);
+    if (c->ops->reduce_scatter_scratch == NULL || scratch == NULL) {
+        return c->ops->reduce_scatter(c, send, recv, count, dt, op, NULL);
+    }
+    return c->ops->reduce_scatter_scratch(c, send, recv, count, dt, op, scratch);
+}
+
 tpm_status_t tpm_comm_all_to_all_at(tpm_comm_t *c, const void *send, void *recv, size_t count,
                                     tpm_dtype_t dt, tpm_comm_req_t *req, const char *file, int line)
 {

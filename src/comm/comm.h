@@ -68,6 +68,14 @@ typedef struct tpm_comm_ops {
     /* recv (count) = op over ranks of send[rank*count ...]; send is (size*count) */
     tpm_status_t (*reduce_scatter)(tpm_comm_t *c, const void *send, void *recv, size_t count,
                                    tpm_dtype_t dt, tpm_redop_t op, tpm_comm_req_t *req);
+    /*
+     * Optional: the same, blocking, with a caller's scratch buffer of size*count elements
+     * (same kind of memory as send) that the implementation may overwrite. NULL: the
+     * dispatcher uses reduce_scatter.
+     */
+    tpm_status_t (*reduce_scatter_scratch)(tpm_comm_t *c, const void *send, void *recv,
+                                           size_t count, tpm_dtype_t dt, tpm_redop_t op,
+                                           void *scratch);
     /* chunk i of send (count each) goes to rank i; chunk j of recv came from rank j */
     tpm_status_t (*all_to_all)(tpm_comm_t *c, const void *send, void *recv, size_t count,
                                tpm_dtype_t dt, tpm_comm_req_t *req);
@@ -123,6 +131,10 @@ tpm_status_t tpm_comm_all_gather_at(tpm_comm_t *c, const void *send, void *recv,
 tpm_status_t tpm_comm_reduce_scatter_at(tpm_comm_t *c, const void *send, void *recv, size_t count,
                                         tpm_dtype_t dt, tpm_redop_t op, tpm_comm_req_t *req,
                                         const char *file, int line);
+/** Blocking reduce-scatter that may use @p scratch (size*count elements, the caller's). */
+tpm_status_t tpm_comm_reduce_scatter_scratch_at(tpm_comm_t *c, const void *send, void *recv,
+                                                size_t count, tpm_dtype_t dt, tpm_redop_t op,
+                                                void *scratch, const char *file, int line);
 tpm_status_t tpm_comm_all_to_all_at(tpm_comm_t *c, const void *send, void *recv, size_t count,
                                     tpm_dtype_t dt, tpm_comm_req_t *req, const char *file,
                                     int line);
@@ -151,6 +163,9 @@ tpm_status_t tpm_comm_agree(tpm_comm_t *c, tpm_status_t local);
     tpm_comm_all_gather_at((_c), (_s), (_r), (_n), (_dt), (_req), __FILE__, __LINE__)
 #define tpm_comm_reduce_scatter(_c, _s, _r, _n, _dt, _op, _req)                                    \
     tpm_comm_reduce_scatter_at((_c), (_s), (_r), (_n), (_dt), (_op), (_req), __FILE__, __LINE__)
+#define tpm_comm_reduce_scatter_scratch(_c, _s, _r, _n, _dt, _op, _scr)                           \
+    tpm_comm_reduce_scatter_scratch_at((_c), (_s), (_r), (_n), (_dt), (_op), (_scr), __FILE__,     \
+                                       __LINE__)
 #define tpm_comm_all_to_all(_c, _s, _r, _n, _dt, _req)                                             \
     tpm_comm_all_to_all_at((_c), (_s), (_r), (_n), (_dt), (_req), __FILE__, __LINE__)
 #define tpm_comm_all_to_allv(_c, _s, _sc, _sd, _r, _rc, _rd, _dt)                                  \

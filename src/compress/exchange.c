@@ -127,6 +127,12 @@ err:
     return status;
 }
 
+void tpm_exchange_set_scratch(tpm_exchange_t *x, float *scratch, size_t n)
+{
+    x->scratch   = scratch;
+    x->scratch_n = scratch != NULL ? n : 0;
+}
+
 tpm_status_t tpm_exchange_reset_residual(tpm_exchange_t *x)
 {
     if (x == NULL || x->residual == NULL) {
@@ -150,7 +156,12 @@ tpm_status_t tpm_exchange_start(tpm_exchange_t *x, int gi, const float *rank_maj
 
     TPM_ASSERT(x->group < 0);
     TPM_ASSERT(!compress || x->opts.enabled);
-    if (!compress) {
+    if (!compress && req == NULL && x->scratch != NULL && x->scratch_n >= (size_t)N * n) {
+        status = tpm_comm_reduce_scatter_scratch(x->comm, rank_major, out, n, TPM_DT_FLOAT,
+                                                 TPM_RED_SUM, x->scratch);
+        x->stats.bytes_fp32 += grad_wire_bytes(x->comm) - b0;
+        x->stats.calls_fp32++;
+    } else if (!compress) {
         status =
             tpm_comm_reduce_scatter(x->comm, rank_major, out, n, TPM_DT_FLOAT, TPM_RED_SUM, req);
         x->stats.bytes_fp32 += grad_wire_bytes(x->comm) - b0;

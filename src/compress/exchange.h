@@ -74,6 +74,8 @@ typedef struct tpm_exchange {
     uint8_t *recv;     /* (N * max chunk_bytes) received chunks, sender order, backend memory */
     size_t               residual_bytes;
     size_t               buffer_bytes; /* send + recv */
+    float               *scratch;      /* optional, for the blocking fp32 path (backend memory) */
+    size_t               scratch_n;    /* its floats */
     int                  group;        /* group in flight, -1 none */
     int                  compressed;   /* the one in flight is compressed */
     tpm_exchange_stats_t stats;
@@ -109,6 +111,12 @@ tpm_status_t tpm_exchange_start(tpm_exchange_t *x, int gi, const float *rank_maj
  * the reduce-scatter result.
  */
 tpm_status_t tpm_exchange_finish(tpm_exchange_t *x, tpm_comm_req_t *req, float *out);
+
+/**
+ * Lend the exchange a buffer of @p n floats it may overwrite during a blocking fp32
+ * exchange (an all-to-all receive buffer on MPI; see comm_mpi.c). NULL: none.
+ */
+void tpm_exchange_set_scratch(tpm_exchange_t *x, float *scratch, size_t n);
 
 /** Zero the error-feedback residual (checkpoint load, or compression switched on). */
 tpm_status_t tpm_exchange_reset_residual(tpm_exchange_t *x);

@@ -46,6 +46,7 @@ static const char *const prof_name[TPM_PROF_N] = {
     [TPM_PROF_MEMZERO_BWD] = "memzero",
     [TPM_PROF_GATHER_BWD]  = "zero3 gather",
     [TPM_PROF_RS_BWD]      = "zero3 grad RS",
+    [TPM_PROF_EMB_RS_BWD]  = "zero3 emb RS",
     [TPM_PROF_ZERO_GRAD]   = "zero grad",
     [TPM_PROF_GRAD_NORM]   = "grad norm",
     [TPM_PROF_CLIP]        = "clip scale",

@@ -224,6 +224,7 @@ typedef enum {
     TPM_PROF_MEMZERO_BWD,
     TPM_PROF_GATHER_BWD, /* ZeRO-3: all-gather issue, wait and unpack */
     TPM_PROF_RS_BWD,     /* ZeRO-3: gradient pack, reduce-scatter (or 2-bit exchange), sum */
+    TPM_PROF_EMB_RS_BWD, /* the same for the embedding group (blocking, at the end) */
     TPM_PROF_N_BWD,      /* backward ops come before this mark */
     TPM_PROF_ZERO_GRAD = TPM_PROF_N_BWD,
     TPM_PROF_GRAD_NORM,

@@ -31,6 +31,8 @@ static tpm_status_t exchange_create(tpm_zero3_t *z, const tpm_compress_opts_t *o
     status = tpm_exchange_create(z->be, z->comm, opts, z->lay.n_groups, chunk_n, &z->gx);
     tpm_free(chunk_n);
     TPM_CHECK(status);
+    /* the embedding exchange is blocking and comes after the last use of emb_full */
+    tpm_exchange_set_scratch(z->gx, z->emb_full, z->lay.g[z->cfg.L].full_numel);
     z->copts                  = *opts;
     z->mem.residual_bytes     = z->gx->residual_bytes;
     z->mem.compress_buf_bytes = z->gx->buffer_bytes;
@@ -588,7 +590,7 @@ tpm_status_t tpm_zero3_fwd_bwd(tpm_zero3_t *z, const int32_t *x, const int32_t *
         TPM_CHECK(tpm_exchange_finish(z->gx, NULL, z->rs_recv));
         TPM_CHECK(z->be->ops->axpy(z->be, z->grad + ge->shard_base, 1.0f, z->rs_recv,
                                    ge->shard_numel));
-        tpm_prof_end(z->be, TPM_PROF_RS_BWD, tp);
+        tpm_prof_end(z->be, TPM_PROF_EMB_RS_BWD, tp);
     }
     z->micro++;
     return TPM_OK;

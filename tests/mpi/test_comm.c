@@ -77,6 +77,23 @@ int main(int argc, char **argv)
         mc_check_all(ok, nb ? "ireduce_scatter" : "reduce_scatter");
     }
 
+    /* blocking reduce-scatter through a caller's scratch buffer (the embedding exchange) */
+    {
+        float *scratch = malloc((size_t)N * n * sizeof(float));
+        for (int j = 0; j < N; j++) {
+            for (size_t i = 0; i < n; i++) {
+                send[(size_t)j * n + i] = (float)(r + 1) * (float)(j + 1) + (float)i;
+            }
+        }
+        ok = scratch != NULL && tpm_comm_reduce_scatter_scratch(c, send, recv, n, TPM_DT_FLOAT,
+                                                                TPM_RED_SUM, scratch) == TPM_OK;
+        for (size_t i = 0; ok && i < n; i++) {
+            ok &= recv[i] == (float)(N * (N + 1) / 2) * (float)(r + 1) + (float)N * (float)i;
+        }
+        mc_check_all(ok, "reduce_scatter with a scratch buffer");
+        free(scratch);
+    }
+
     /*
      * two non-blocking reduce-scatters in flight at once, other types and ops: int32 max and
      * double sum (the non-blocking path reduces on the owner, in rank order)
