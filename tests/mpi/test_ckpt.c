@@ -69,6 +69,15 @@ static tpm_status_t make_zero3(tpm_comm_t *c, const tpm_model_config_t *mc, tpm_
     return tpm_zero3_create(*be, c, mc, 2, 8, z);
 }
 
+/* the staged backend borrows the CPU ops: give them back so that its state is freed */
+static void backend_destroy(tpm_backend_t *be)
+{
+    if (be != NULL && staged) {
+        be->ops = &tpm_backend_cpu_ops;
+    }
+    tpm_backend_destroy(be);
+}
+
 static float *set_ptr(tpm_zero3_t *z, int set)
 {
     return set == 0 ? z->param : set == 1 ? z->m : z->v;
@@ -115,7 +124,7 @@ static int mode_write(tpm_comm_t *c, const char *path)
     meta.lr            = 0.25;
     mc_check_all(tpm_ckpt_save(z, path, &meta) == TPM_OK, "save");
     tpm_zero3_destroy(z);
-    tpm_backend_destroy(be);
+    backend_destroy(be);
     return 0;
 }
 
@@ -226,7 +235,7 @@ static int mode_read(tpm_comm_t *c, const char *path, int wrote_n)
     tpm_ckpt_close(ck);
     tpm_free(buf);
     tpm_zero3_destroy(z);
-    tpm_backend_destroy(be);
+    backend_destroy(be);
     return 0;
 }
 
@@ -291,7 +300,7 @@ static int mode_reset_optim(tpm_comm_t *c, const char *in, const char *out)
     mc_check_all(tpm_ckpt_save(z, out, &meta) == TPM_OK, "save with zero moments");
     tpm_ckpt_meta_cleanup(&meta);
     tpm_zero3_destroy(z);
-    tpm_backend_destroy(be);
+    backend_destroy(be);
     return 0;
 }
 
@@ -388,7 +397,7 @@ static int mode_fixture(tpm_comm_t *c, const char *fix, const char *out, const c
     }
     free(flat);
     tpm_zero3_destroy(z);
-    tpm_backend_destroy(be);
+    backend_destroy(be);
     return 0;
 }
 
