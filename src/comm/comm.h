@@ -50,6 +50,7 @@ typedef enum {
 typedef struct tpm_comm_stats {
     uint64_t calls[TPM_COLL_N];
     uint64_t bytes[TPM_COLL_N]; /* bytes sent by this rank (see above) */
+    size_t   scratch_bytes;     /* host memory the implementation keeps for collectives */
 } tpm_comm_stats_t;
 
 /** A non-blocking collective in flight; opaque storage for the implementation's handle. */

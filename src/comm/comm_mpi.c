@@ -132,28 +132,21 @@ static tpm_status_t mpi_all_gather(tpm_comm_t *c, const void *send, void *recv, 
 
 /*
  * out[i] = op over j = 0..n-1 of in[j * count + i], j in order: one pass per received chunk.
- * fp32 (the gradients) is the hot path: vectorised, shared by the rank's OpenMP threads.
+ * An fp32 sum (the gradients) is the hot path: vectorised, shared by the rank's OpenMP
+ * threads; other types and ops are small host-side buffers.
  */
-static void rs_reduce_f32(const float *in, float *out, size_t count, int n, tpm_redop_t op)
+static void rs_sum_f32(const float *in, float *out, size_t count, int n)
 {
     memcpy(out, in, count * sizeof(float));
     for (int j = 1; j < n; j++) {
         const float *x = in + (size_t)j * count;
-        if (op == TPM_RED_SUM) {
 #pragma omp parallel for simd schedule(static) if (count >= 65536)
-            for (size_t i = 0; i < count; i++) {
-                out[i] += x[i];
-            }
-        } else {
-            for (size_t i = 0; i < count; i++) {
-                const float a = out[i], b = x[i];
-                out[i] = op == TPM_RED_MAX ? (b > a ? b : a) : (b < a ? b : a);
-            }
+        for (size_t i = 0; i < count; i++) {
+            out[i] += x[i];
         }
     }
 }
 
-/* the other types (small buffers: host-side agreements and counters) */
 #define RS_REDUCE(T)                                                                               \
     do {                                                                                           \
         const T *x = in;                                                                           \
@@ -172,8 +165,12 @@ static void rs_reduce_f32(const float *in, float *out, size_t count, int n, tpm_
 static void rs_reduce(const void *in, void *out, size_t count, int n, tpm_dtype_t dt,
                       tpm_redop_t op)
 {
+    if (dt == TPM_DT_FLOAT && op == TPM_RED_SUM) {
+        rs_sum_f32(in, out, count, n);
+        return;
+    }
     switch (dt) {
-    case TPM_DT_FLOAT: rs_reduce_f32(in, out, count, n, op); break;
+    case TPM_DT_FLOAT: RS_REDUCE(float); break;
     case TPM_DT_DOUBLE: RS_REDUCE(double); break;
     case TPM_DT_INT32: RS_REDUCE(int32_t); break;
     case TPM_DT_INT64: RS_REDUCE(int64_t); break;
@@ -226,6 +223,7 @@ static tpm_status_t mpi_reduce_scatter(tpm_comm_t *c, const void *send, void *re
         void *q;
         TPM_CHECK(tpm_malloc(nbytes, &q));
         tpm_free(s->scratch);
+        c->stats.scratch_bytes += nbytes - s->scratch_bytes;
         s->scratch       = q;
         s->scratch_bytes = nbytes;
     }

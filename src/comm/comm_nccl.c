@@ -293,17 +293,82 @@ static tpm_status_t nccl_reduce_scatter(tpm_comm_t *c, const void *send, void *r
     return nccl_end(p, req);
 }
 
-/* chunk r of send to rank r: grouped point-to-point; the own chunk is a device copy */
+/*
+ * Per-peer chunks of an all-to-all: with counts NULL every chunk has @p count elements at
+ * peer * count (all_to_all), else counts/displacements per peer (all_to_allv), in elements.
+ */
+typedef struct {
+    size_t        count;
+    const size_t *send_counts, *send_displs, *recv_counts, *recv_displs;
+} chunks_t;
+
+static size_t ck_send_n(const chunks_t *k, int peer)
+{
+    return k->send_counts != NULL ? k->send_counts[peer] : k->count;
+}
+
+static size_t ck_send_off(const chunks_t *k, int peer)
+{
+    return k->send_displs != NULL ? k->send_displs[peer] : (size_t)peer * k->count;
+}
+
+static size_t ck_recv_n(const chunks_t *k, int peer)
+{
+    return k->recv_counts != NULL ? k->recv_counts[peer] : k->count;
+}
+
+static size_t ck_recv_off(const chunks_t *k, int peer)
+{
+    return k->recv_displs != NULL ? k->recv_displs[peer] : (size_t)peer * k->count;
+}
+
+/*
+ * The device path of both all-to-alls, on the communication stream: the own chunk is a
+ * device copy, the others grouped ncclSend/ncclRecv (empty chunks skipped: the peer skips
+ * the matching call). The caller brackets it with nccl_begin/nccl_end.
+ */
+static tpm_status_t nccl_p2p_exchange(tpm_comm_t *c, const char *s, char *r, tpm_dtype_t dt,
+                                      const chunks_t *k)
+{
+    nccl_priv_t         *p   = priv_of(c);
+    const size_t         esz = tpm_dtype_size(dt);
+    const ncclDataType_t t   = nccl_dtype(dt);
+    const int            me  = c->rank;
+    tpm_status_t         status;
+
+    if (ck_send_n(k, me) > 0) {
+        TPM_CHECK(TPM_CUDA_CALL(
+            cudaMemcpyAsync(r + ck_recv_off(k, me) * esz, s + ck_send_off(k, me) * esz,
+                            ck_send_n(k, me) * esz, cudaMemcpyDeviceToDevice, p->stream)));
+    }
+    TPM_CHECK(TPM_NCCL_CALL(ncclGroupStart()));
+    status = TPM_OK;
+    for (int peer = 0; peer < c->size && status == TPM_OK; peer++) {
+        if (peer == me) {
+            continue;
+        }
+        if (ck_send_n(k, peer) > 0) {
+            status = TPM_NCCL_CALL(ncclSend(s + ck_send_off(k, peer) * esz, ck_send_n(k, peer), t,
+                                            peer, p->nccl, p->stream));
+        }
+        if (status == TPM_OK && ck_recv_n(k, peer) > 0) {
+            status = TPM_NCCL_CALL(ncclRecv(r + ck_recv_off(k, peer) * esz, ck_recv_n(k, peer), t,
+                                            peer, p->nccl, p->stream));
+        }
+    }
+    /* a group that was opened is always closed, even after a failed call inside it */
+    if (TPM_NCCL_CALL(ncclGroupEnd()) != TPM_OK) {
+        status = TPM_ERR_CUDA;
+    }
+    return status;
+}
+
 static tpm_status_t nccl_all_to_all(tpm_comm_t *c, const void *send, void *recv, size_t count,
                                     tpm_dtype_t dt, tpm_comm_req_t *req)
 {
-    nccl_priv_t   *p     = priv_of(c);
-    coll_args_t    a     = {send, recv, count, dt, TPM_RED_SUM};
-    const size_t   chunk = count * tpm_dtype_size(dt);
-    const char    *s     = send;
-    char          *r     = recv;
-    ncclDataType_t t     = nccl_dtype(dt);
-    tpm_status_t   status;
+    nccl_priv_t   *p = priv_of(c);
+    coll_args_t    a = {send, recv, count, dt, TPM_RED_SUM};
+    const chunks_t k = {count, NULL, NULL, NULL, NULL};
     int            dev;
 
     TPM_CHECK(route(send, recv, count, "all_to_all", &dev));
@@ -311,27 +376,7 @@ static tpm_status_t nccl_all_to_all(tpm_comm_t *c, const void *send, void *recv,
         return mpi_nb(p, req, mpi_all_to_all_issue, &a);
     }
     TPM_CHECK(nccl_begin(p));
-    TPM_CHECK(
-        TPM_CUDA_CALL(cudaMemcpyAsync(r + (size_t)c->rank * chunk, s + (size_t)c->rank * chunk,
-                                      chunk, cudaMemcpyDeviceToDevice, p->stream)));
-    TPM_CHECK(TPM_NCCL_CALL(ncclGroupStart()));
-    status = TPM_OK;
-    for (int peer = 0; peer < c->size && status == TPM_OK; peer++) {
-        if (peer == c->rank) {
-            continue;
-        }
-        status =
-            TPM_NCCL_CALL(ncclSend(s + (size_t)peer * chunk, count, t, peer, p->nccl, p->stream));
-        if (status == TPM_OK) {
-            status = TPM_NCCL_CALL(
-                ncclRecv(r + (size_t)peer * chunk, count, t, peer, p->nccl, p->stream));
-        }
-    }
-    /* a group that was opened is always closed, even after a failed call inside it */
-    if (TPM_NCCL_CALL(ncclGroupEnd()) != TPM_OK) {
-        status = TPM_ERR_CUDA;
-    }
-    TPM_CHECK(status);
+    TPM_CHECK(nccl_p2p_exchange(c, send, recv, dt, &k));
     return nccl_end(p, req);
 }
 
@@ -345,13 +390,9 @@ static tpm_status_t nccl_all_to_allv(tpm_comm_t *c, const void *send, const size
                                      const size_t *recv_counts, const size_t *recv_displs,
                                      tpm_dtype_t dt)
 {
-    nccl_priv_t   *p   = priv_of(c);
-    const size_t   esz = tpm_dtype_size(dt);
-    const char    *s   = send;
-    char          *r   = recv;
-    ncclDataType_t t   = nccl_dtype(dt);
+    nccl_priv_t   *p  = priv_of(c);
+    const chunks_t k  = {0, send_counts, send_displs, recv_counts, recv_displs};
     const int      ds = send != NULL && is_device(send), dr = recv != NULL && is_device(recv);
-    tpm_status_t   status;
 
     if (send != NULL && recv != NULL && ds != dr) {
         tpm_log_error("nccl comm all_to_allv: send buffer is %s memory, receive buffer %s memory",
@@ -362,38 +403,13 @@ static tpm_status_t nccl_all_to_allv(tpm_comm_t *c, const void *send, const size
         return p->mpi->ops->all_to_allv(p->mpi, send, send_counts, send_displs, recv, recv_counts,
                                         recv_displs, dt);
     }
+    if (recv_counts[c->rank] != send_counts[c->rank]) {
+        tpm_log_error("nccl comm all_to_allv: this rank sends itself %zu elements but expects %zu",
+                      send_counts[c->rank], recv_counts[c->rank]);
+        return TPM_ERR_INVALID_ARG;
+    }
     TPM_CHECK(nccl_begin(p));
-    if (send_counts[c->rank] > 0) {
-        if (recv_counts[c->rank] != send_counts[c->rank]) {
-            tpm_log_error("nccl comm all_to_allv: this rank sends itself %zu elements but "
-                          "expects %zu",
-                          send_counts[c->rank], recv_counts[c->rank]);
-            return TPM_ERR_INVALID_ARG;
-        }
-        TPM_CHECK(TPM_CUDA_CALL(
-            cudaMemcpyAsync(r + recv_displs[c->rank] * esz, s + send_displs[c->rank] * esz,
-                            send_counts[c->rank] * esz, cudaMemcpyDeviceToDevice, p->stream)));
-    }
-    TPM_CHECK(TPM_NCCL_CALL(ncclGroupStart()));
-    status = TPM_OK;
-    for (int peer = 0; peer < c->size && status == TPM_OK; peer++) {
-        if (peer == c->rank) {
-            continue;
-        }
-        if (send_counts[peer] > 0) {
-            status = TPM_NCCL_CALL(ncclSend(s + send_displs[peer] * esz, send_counts[peer], t, peer,
-                                            p->nccl, p->stream));
-        }
-        if (status == TPM_OK && recv_counts[peer] > 0) {
-            status = TPM_NCCL_CALL(ncclRecv(r + recv_displs[peer] * esz, recv_counts[peer], t, peer,
-                                            p->nccl, p->stream));
-        }
-    }
-    /* a group that was opened is always closed, even after a failed call inside it */
-    if (TPM_NCCL_CALL(ncclGroupEnd()) != TPM_OK) {
-        status = TPM_ERR_CUDA;
-    }
-    TPM_CHECK(status);
+    TPM_CHECK(nccl_p2p_exchange(c, send, recv, dt, &k));
     return nccl_end(p, NULL);
 }
 

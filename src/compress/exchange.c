@@ -25,8 +25,8 @@ tpm_status_t tpm_compress_opts_from_config(const tpm_config_t *cfg, tpm_compress
     } else {
         o->mode = TPM_TWOBIT_EF_FP32;
     }
-    o->block  = cfg->compression_block;
-    o->warmup = cfg->compression_warmup;
+    o->block    = cfg->compression_block;
+    o->warmup   = cfg->compression_warmup;
     o->seed     = cfg->seed;
     o->freeze_v = cfg->compression_freeze_v;
     if (!tpm_twobit_block_ok(o->block)) {
@@ -72,7 +72,8 @@ static tpm_status_t be_zalloc(tpm_backend_t *be, size_t nbytes, void **p)
     return be->ops->memzero(be, *p, nbytes);
 }
 
-tpm_status_t tpm_exchange_create(tpm_backend_t *be, tpm_comm_t *comm, const tpm_compress_opts_t *opts, int n_groups,
+tpm_status_t tpm_exchange_create(tpm_backend_t *be, tpm_comm_t *comm,
+                                 const tpm_compress_opts_t *opts, int n_groups,
                                  const size_t *chunk_n, tpm_exchange_t **x_p)
 {
     const size_t    N = (size_t)comm->size;
@@ -156,14 +157,13 @@ tpm_status_t tpm_exchange_start(tpm_exchange_t *x, int gi, const float *rank_maj
 
     TPM_ASSERT(x->group < 0);
     TPM_ASSERT(!compress || x->opts.enabled);
-    if (!compress && req == NULL && x->scratch != NULL && x->scratch_n >= (size_t)N * n) {
-        status = tpm_comm_reduce_scatter_scratch(x->comm, rank_major, out, n, TPM_DT_FLOAT,
-                                                 TPM_RED_SUM, x->scratch);
-        x->stats.bytes_fp32 += grad_wire_bytes(x->comm) - b0;
-        x->stats.calls_fp32++;
-    } else if (!compress) {
-        status =
-            tpm_comm_reduce_scatter(x->comm, rank_major, out, n, TPM_DT_FLOAT, TPM_RED_SUM, req);
+    if (!compress) {
+        /* blocking: the lent scratch, when large enough, lets the comm avoid MPI's algorithm */
+        float *scratch = x->scratch_n >= (size_t)N * n ? x->scratch : NULL;
+        status         = req == NULL ? tpm_comm_reduce_scatter_scratch(x->comm, rank_major, out, n,
+                                                                       TPM_DT_FLOAT, TPM_RED_SUM, scratch)
+                                     : tpm_comm_reduce_scatter(x->comm, rank_major, out, n, TPM_DT_FLOAT,
+                                                               TPM_RED_SUM, req);
         x->stats.bytes_fp32 += grad_wire_bytes(x->comm) - b0;
         x->stats.calls_fp32++;
     } else {
@@ -203,8 +203,8 @@ tpm_status_t tpm_exchange_finish(tpm_exchange_t *x, tpm_comm_req_t *req, float *
         const double t0 = tpm_time_now();
         TPM_CHECK(x->be->ops->memzero(x->be, out, n * sizeof(float)));
         for (int j = 0; j < x->comm->size; j++) {
-            TPM_CHECK(x->be->ops->twobit_decode_add(x->be, x->opts.block,
-                                                    x->recv + (size_t)j * cb, n, out));
+            TPM_CHECK(x->be->ops->twobit_decode_add(x->be, x->opts.block, x->recv + (size_t)j * cb,
+                                                    n, out));
         }
         x->stats.codec_s += tpm_time_now() - t0;
     }

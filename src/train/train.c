@@ -284,7 +284,7 @@ static void report_memory(tpm_zero3_t *z)
                   "count), all-to-all buffers %.1f MiB",
                   mm->residual_bytes / mib, mm->compress_buf_bytes / mib);
     }
-    if (z->bf16) {
+    if (z->param16 != NULL) {
         tpm_info0("bf16 working weights: %.1f MiB per rank (fp32 master, gradients and moments "
                   "above; all-gathers move bf16)",
                   mm->work_bytes / mib);
@@ -488,6 +488,7 @@ static tpm_status_t init_state(const tpm_config_t *cfg, tpm_zero3_t *z, const da
 
 tpm_status_t tpm_train_run(const tpm_config_t *cfg, tpm_comm_t *comm)
 {
+    const int          bf16 = strcmp(cfg->precision, "bf16") == 0;
     const int          N = comm->size, A = cfg->grad_accum, B = cfg->batch;
     data_t             d;
     tpm_model_config_t mc;
@@ -513,14 +514,13 @@ tpm_status_t tpm_train_run(const tpm_config_t *cfg, tpm_comm_t *comm)
     status = tpm_backend_create(cfg->device, cfg->threads, &be);
     if (status == TPM_OK) {
         /* bf16 working weights pair with bf16 tensor-core inputs unless told otherwise */
-        const int bf16 = strcmp(cfg->precision, "bf16") == 0;
-        status         = tpm_backend_set_matmul(
+        status = tpm_backend_set_matmul(
             be, strcmp(cfg->cuda_matmul, "auto") == 0 && bf16 ? "bf16" : cfg->cuda_matmul);
     }
     TPM_CHECK_GOTO(tpm_comm_agree(comm, status), status, out);
     status = tpm_zero3_create(be, comm, &mc, B, T, &z);
     if (status == TPM_OK) {
-        status = tpm_zero3_set_precision(z, strcmp(cfg->precision, "bf16") == 0);
+        status = tpm_zero3_set_precision(z, bf16);
     }
     TPM_CHECK_GOTO(tpm_comm_agree(comm, status), status, out);
     {
@@ -668,7 +668,7 @@ tpm_status_t tpm_train_run(const tpm_config_t *cfg, tpm_comm_t *comm)
                 "\"world_size\":%d,\"peak_rss_bytes\":%.0f,\"params\":%zu,"
                 "\"mem\":{\"param_bytes\":%zu,\"grad_bytes\":%zu,\"optim_bytes\":%zu,"
                 "\"model_state_bytes\":%zu,\"gather_bytes\":%zu,\"act_bytes\":%zu,"
-                "\"work_bytes\":%zu},\"precision\":\"%s\","
+                "\"work_bytes\":%zu,\"comm_scratch_bytes\":%zu},\"precision\":\"%s\","
                 "\"comm\":{\"allgather_bytes\":%llu,\"reduce_scatter_bytes\":%llu,"
                 "\"alltoall_bytes\":%llu,\"wait_s\":%.3f,\"wait_frac\":%.4f},"
                 "\"grad_bytes_sent\":%llu,\"grad_bytes_compressed\":%llu,"
@@ -678,7 +678,8 @@ tpm_status_t tpm_train_run(const tpm_config_t *cfg, tpm_comm_t *comm)
                 last_loss, last_val, N, maxv[0],
                 z->lay.logical_numel, z->mem.param_bytes, z->mem.grad_bytes, z->mem.optim_bytes,
                 z->mem.param_bytes + z->mem.grad_bytes + z->mem.optim_bytes, z->mem.gather_bytes,
-                z->mem.act_bytes, z->mem.work_bytes, z->bf16 ? "bf16" : "fp32",
+                z->mem.act_bytes, z->mem.work_bytes, comm->stats.scratch_bytes,
+                z->param16 != NULL ? "bf16" : "fp32",
                 (unsigned long long)abytes, (unsigned long long)gbytes,
                 (unsigned long long)a2abytes, maxv[1], wait_frac,
                 (unsigned long long)tpm_zero3_grad_bytes_sent(z), (unsigned long long)g2bit,

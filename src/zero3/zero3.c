@@ -98,10 +98,6 @@ tpm_status_t tpm_zero3_create(tpm_backend_t *be, tpm_comm_t *comm, const tpm_mod
         TPM_CHECK_GOTO(be_alloc(z, emb_full, &z->emb_gfull), status, err);
         TPM_CHECK_GOTO(be_alloc(z, emb_full, &z->emb_stage), status, err);
         z->mem.gather_bytes = (4 * blk + max_shard + 3 * emb_full) * sizeof(float);
-        if (strcmp(comm->ops->name, "mpi") == 0) {
-            /* the MPI comm's non-blocking reduce-scatter keeps an all-to-all scratch buffer */
-            z->mem.gather_bytes += blk * sizeof(float);
-        }
         {
             tpm_compress_opts_t off;
             memset(&off, 0, sizeof(off));
@@ -157,10 +153,10 @@ tpm_status_t tpm_zero3_init_params(tpm_zero3_t *z, uint64_t seed)
     for (int gi = 0; gi < z->lay.n_groups; gi++) {
         const tpm_shard_group_t *g = &z->lay.g[gi];
         for (int t = 0; t < g->n_tensors; t++) {
-            const tpm_shard_tensor_t *st = &g->t[t];
+            const tpm_shard_tensor_t *st   = &g->t[t];
             const int64_t             cols = st->desc.cols;
-            float  *dst = host + g->shard_base + st->shard_off;
-            int64_t row0, nrows;
+            float                    *dst  = host + g->shard_base + st->shard_off;
+            int64_t                   row0, nrows;
 
             tpm_shard_rows(st, rank, &row0, &nrows);
             for (int64_t r = 0; r < nrows; r++) {
@@ -170,8 +166,8 @@ tpm_status_t tpm_zero3_init_params(tpm_zero3_t *z, uint64_t seed)
             }
         }
     }
-    status = z->be->ops->copy(z->be, z->param, host, z->lay.shard_numel * sizeof(float),
-                              TPM_COPY_H2D);
+    status =
+        z->be->ops->copy(z->be, z->param, host, z->lay.shard_numel * sizeof(float), TPM_COPY_H2D);
     tpm_free(host);
     TPM_CHECK(status);
     TPM_CHECK(z->be->ops->memzero(z->be, z->m, z->lay.shard_numel * sizeof(float)));
@@ -199,7 +195,7 @@ void tpm_zero3_print_layout(const tpm_zero3_t *z)
         }
         for (int t = 0; t < g->n_tensors; t++) {
             const tpm_shard_tensor_t *st = &g->t[t];
-            char name[32], shape[32];
+            char                      name[32], shape[32];
             if (gi < z->cfg.L) {
                 snprintf(name, sizeof(name), "h.*.%s", st->desc.name);
             } else {
@@ -263,20 +259,17 @@ tpm_status_t tpm_zero3_set_precision(tpm_zero3_t *z, int bf16)
     void        *p;
 
     TPM_ASSERT(z->gather_group < 0 && z->rs_group < 0);
-    z->bf16       = 0;
-    z->work_valid = 0;
     if (!bf16 || z->param16 != NULL) {
-        z->bf16 = bf16;
         return TPM_OK;
     }
     TPM_CHECK(z->be->ops->alloc(z->be, n * sizeof(uint16_t), &p));
     z->param16        = p;
+    z->work_valid     = 0;
     z->mem.work_bytes = n * sizeof(uint16_t);
     if (z->lay.world == 1) {
         TPM_CHECK(be_alloc(z, n, &z->work16));
         z->mem.work_bytes += n * sizeof(float);
     }
-    z->bf16 = 1;
     return TPM_OK;
 }
 
@@ -290,7 +283,7 @@ static tpm_status_t working_refresh(tpm_zero3_t *z)
 {
     const size_t n = z->lay.shard_numel;
 
-    if (!z->bf16 || z->work_valid) {
+    if (z->param16 == NULL || z->work_valid) {
         return TPM_OK;
     }
     TPM_CHECK(z->be->ops->to_bf16(z->be, z->param16, z->param, n));
@@ -304,7 +297,7 @@ static tpm_status_t working_refresh(tpm_zero3_t *z)
 /* the parameters the N = 1 pass computes on: the master shard, or its bf16 rounding */
 static float *local_params(tpm_zero3_t *z)
 {
-    return z->bf16 ? z->work16 : z->param;
+    return z->param16 != NULL ? z->work16 : z->param;
 }
 
 uint64_t tpm_zero3_grad_bytes_sent(const tpm_zero3_t *z)
@@ -356,14 +349,21 @@ static tpm_status_t timed_wait(tpm_zero3_t *z, tpm_comm_req_t *req)
     return TPM_OK;
 }
 
+typedef enum {
+    MOVE_PACK,        /* full layout (fp32) -> rank-major (fp32): gradients to reduce-scatter */
+    MOVE_UNPACK,      /* rank-major (fp32) -> full layout: gathered parameters */
+    MOVE_UNPACK_BF16, /* rank-major (bf16 bits) -> full layout (fp32, exact widening) */
+} move_dir_t;
+
 /*
  * Move a group between the rank-major (gathered / to-be-reduced) layout and the full
- * layout through the backend's copy, so that device buffers (CUDA + NCCL) work as well
- * as host ones; shard.h's tpm_shard_pack/unpack are the host reference of the same
- * mapping. pack: full -> rank-major; otherwise rank-major -> full.
+ * layout through the backend (copy, or from_bf16), so that device buffers (CUDA + NCCL)
+ * work as well as host ones; shard.h's tpm_shard_pack/unpack are the host reference of the
+ * same mapping. src and dst are float buffers, or bf16 bits for the rank-major side of
+ * MOVE_UNPACK_BF16.
  */
-static tpm_status_t group_move(tpm_zero3_t *z, const tpm_shard_group_t *g, const float *src,
-                               float *dst, int pack)
+static tpm_status_t group_move(tpm_zero3_t *z, const tpm_shard_group_t *g, const void *src,
+                               float *dst, move_dir_t dir)
 {
     for (int i = 0; i < z->lay.world; i++) {
         for (int t = 0; t < g->n_tensors; t++) {
@@ -371,24 +371,17 @@ static tpm_status_t group_move(tpm_zero3_t *z, const tpm_shard_group_t *g, const
             const size_t              n    = (size_t)st->rows_per_rank * (size_t)st->desc.cols;
             const size_t              full = st->full_off + (size_t)i * n;
             const size_t              rm   = (size_t)i * g->shard_numel + st->shard_off;
-            TPM_CHECK(z->be->ops->copy(z->be, dst + (pack ? rm : full), src + (pack ? full : rm),
-                                       n * sizeof(float), TPM_COPY_D2D));
-        }
-    }
-    return TPM_OK;
-}
-
-/* bf16 mode: the gathered rank-major bf16 group -> the full fp32 layout (widening, exact) */
-static tpm_status_t group_unpack16(tpm_zero3_t *z, const tpm_shard_group_t *g,
-                                   const uint16_t *src, float *dst)
-{
-    for (int i = 0; i < z->lay.world; i++) {
-        for (int t = 0; t < g->n_tensors; t++) {
-            const tpm_shard_tensor_t *st = &g->t[t];
-            const size_t              n  = (size_t)st->rows_per_rank * (size_t)st->desc.cols;
-            TPM_CHECK(z->be->ops->from_bf16(z->be, dst + st->full_off + (size_t)i * n,
-                                            src + (size_t)i * g->shard_numel + st->shard_off,
-                                            n));
+            tpm_status_t              status;
+            if (dir == MOVE_UNPACK_BF16) {
+                status = z->be->ops->from_bf16(z->be, dst + full, (const uint16_t *)src + rm, n);
+            } else if (dir == MOVE_PACK) {
+                status = z->be->ops->copy(z->be, dst + rm, (const float *)src + full,
+                                          n * sizeof(float), TPM_COPY_D2D);
+            } else {
+                status = z->be->ops->copy(z->be, dst + full, (const float *)src + rm,
+                                          n * sizeof(float), TPM_COPY_D2D);
+            }
+            TPM_CHECK(status);
         }
     }
     return TPM_OK;
@@ -402,7 +395,7 @@ static tpm_status_t gather_group_start(tpm_zero3_t *z, int gi, float *stage, tpm
 {
     const tpm_shard_group_t *g = &z->lay.g[gi];
 
-    if (z->bf16) {
+    if (z->param16 != NULL) {
         return tpm_comm_all_gather(z->comm, z->param16 + g->shard_base, stage,
                                    g->shard_numel * sizeof(uint16_t), TPM_DT_BYTE, req);
     }
@@ -413,10 +406,8 @@ static tpm_status_t gather_group_start(tpm_zero3_t *z, int gi, float *stage, tpm
 /* the gathered @p stage of group @p gi -> @p full (full layout, fp32) */
 static tpm_status_t gather_group_unpack(tpm_zero3_t *z, int gi, const float *stage, float *full)
 {
-    if (z->bf16) {
-        return group_unpack16(z, &z->lay.g[gi], (const uint16_t *)(const void *)stage, full);
-    }
-    return group_move(z, &z->lay.g[gi], stage, full, 0);
+    return group_move(z, &z->lay.g[gi], stage, full,
+                      z->param16 != NULL ? MOVE_UNPACK_BF16 : MOVE_UNPACK);
 }
 
 static tpm_status_t gather_start(tpm_zero3_t *z, int gi)
@@ -462,7 +453,7 @@ static tpm_status_t rs_start(tpm_zero3_t *z, int gi)
     const tpm_shard_group_t *g = &z->lay.g[gi];
 
     TPM_ASSERT(z->rs_group < 0);
-    TPM_CHECK(group_move(z, g, z->blk_gfull, z->rs_stage, 1));
+    TPM_CHECK(group_move(z, g, z->blk_gfull, z->rs_stage, MOVE_PACK));
     TPM_CHECK(tpm_exchange_start(z->gx, gi, z->rs_stage, z->compress_now, compress_key(z),
                                  z->rs_recv, &z->rs_req));
     z->rs_group = gi;
@@ -476,10 +467,10 @@ static tpm_status_t forward_pass(tpm_zero3_t *z, const int32_t *x, const int32_t
                                  float dloss_scale, float *loss_p, tpm_group_view_t *emb_p,
                                  tpm_group_view_t *demb_p)
 {
-    const int                L   = z->cfg.L;
-    const int                N   = z->lay.world;
-    const tpm_shard_group_t *ge  = &z->lay.g[L];
-    tpm_acts_t              *a   = z->acts;
+    const int                L  = z->cfg.L;
+    const int                N  = z->lay.world;
+    const tpm_shard_group_t *ge = &z->lay.g[L];
+    tpm_acts_t              *a  = z->acts;
     double                   t0;
 
     TPM_CHECK(tpm_model_set_batch(z->be, a, x, y));
@@ -582,14 +573,14 @@ tpm_status_t tpm_zero3_fwd_bwd(tpm_zero3_t *z, const int32_t *x, const int32_t *
         const double tp = tpm_prof_begin(z->be);
         double       tw;
         TPM_CHECK(rs_finish(z));
-        TPM_CHECK(group_move(z, ge, z->emb_gfull, z->emb_stage, 1));
+        TPM_CHECK(group_move(z, ge, z->emb_gfull, z->emb_stage, MOVE_PACK));
         tw = tpm_time_now() - z->gx->stats.codec_s; /* blocking: all but the encoding is wait */
         TPM_CHECK(tpm_exchange_start(z->gx, L, z->emb_stage, z->compress_now, compress_key(z),
                                      z->rs_recv, NULL));
         z->times.wait_s += tpm_time_now() - tw - z->gx->stats.codec_s;
         TPM_CHECK(tpm_exchange_finish(z->gx, NULL, z->rs_recv));
-        TPM_CHECK(z->be->ops->axpy(z->be, z->grad + ge->shard_base, 1.0f, z->rs_recv,
-                                   ge->shard_numel));
+        TPM_CHECK(
+            z->be->ops->axpy(z->be, z->grad + ge->shard_base, 1.0f, z->rs_recv, ge->shard_numel));
         tpm_prof_end(z->be, TPM_PROF_EMB_RS_BWD, tp);
     }
     z->micro++;
@@ -632,7 +623,7 @@ tpm_status_t tpm_zero3_adamw(tpm_zero3_t *z, float lr, float beta1, float beta2,
 {
     const int frozen = z->compress_now && z->copts.freeze_v;
     float     bc1 = 1.0f - powf(beta1, (float)t), bc2 = 1.0f - powf(beta2, (float)z->copts.warmup);
-    double    t0  = tpm_prof_begin(z->be);
+    double    t0 = tpm_prof_begin(z->be);
 
     if (clip_scale != 1.0f) {
         TPM_CHECK(z->be->ops->scale(z->be, z->grad, clip_scale, z->lay.shard_numel));
@@ -646,8 +637,8 @@ tpm_status_t tpm_zero3_adamw(tpm_zero3_t *z, float lr, float beta1, float beta2,
             const size_t              off = g->shard_base + st->shard_off;
             const size_t              n   = (size_t)st->rows_per_rank * (size_t)st->desc.cols;
             if (frozen) {
-                adamw_frozen_v(z->param + off, z->grad + off, z->m + off, z->v + off, n, lr,
-                               beta1, eps, st->desc.decay ? wd : 0.0f, bc1, bc2);
+                adamw_frozen_v(z->param + off, z->grad + off, z->m + off, z->v + off, n, lr, beta1,
+                               eps, st->desc.decay ? wd : 0.0f, bc1, bc2);
                 continue;
             }
             TPM_CHECK(z->be->ops->adamw(z->be, z->param + off, z->grad + off, z->m + off,

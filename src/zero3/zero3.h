@@ -58,13 +58,13 @@ typedef struct tpm_zero3 {
     float *m, *v; /* (shard_numel) AdamW moments */
 
     /*
-     * bf16 working weights (--precision=bf16): param16 is the bf16 rounding of param, what
-     * every forward/backward sees and what the all-gathers move (half the bytes); at N = 1
-     * work16 is its fp32 widening, the view the blocks compute on. work_valid = 0 after
-     * anything that writes param (AdamW, init, checkpoint load): the next pass refreshes.
+     * bf16 working weights (--precision=bf16, on when param16 is not NULL): param16 is the
+     * bf16 rounding of param, what every forward/backward sees and what the all-gathers move
+     * (half the bytes); at N = 1 work16 is its fp32 widening, the view the blocks compute on.
+     * work_valid = 0 after anything that writes param (AdamW, init, checkpoint load): the
+     * next pass refreshes.
      */
-    int       bf16;
-    uint16_t *param16; /* (shard_numel) */
+    uint16_t *param16; /* (shard_numel), NULL in fp32 mode */
     float    *work16;  /* (shard_numel), N = 1 only */
     int       work_valid;
 
@@ -137,9 +137,10 @@ void tpm_zero3_begin_step(tpm_zero3_t *z, int64_t step);
 tpm_status_t tpm_zero3_reset_residual(tpm_zero3_t *z);
 
 /**
- * Working-weight precision: @p bf16 = 0 computes on the fp32 parameters; 1 on their bf16
- * rounding (fp32 master weights, gradients and AdamW moments, bf16 all-gathers). Allocates
- * the bf16 copy here, once. Local, before the step loop.
+ * Working-weight precision: @p bf16 = 0 computes on the fp32 parameters (the default); 1 on
+ * their bf16 rounding (fp32 master weights, gradients and AdamW moments, bf16 all-gathers).
+ * Allocates the bf16 copy here, once; bf16 cannot be switched off again. Local, before the
+ * step loop.
  */
 tpm_status_t tpm_zero3_set_precision(tpm_zero3_t *z, int bf16);
 
