@@ -43,7 +43,6 @@
 #define HTTP_IDLE_TIMEOUT_S 120 /* an idle connection (slow headers or body) is closed */
 #endif
 #define HTTP_MAX_CONN     4096        /* upper bound of the connection (= thread) limit */
-#define HTTP_BODY_CHUNK   16384       /* first body buffer size */
 #define HTTP_DISCARD_MAX  (64u << 20) /* over-limit body bytes read (and dropped) before 413 */
 #define HTTP_STOP_GRACE_S 3.0         /* tpm_http_stop waits this long for open answers to end */
 
@@ -274,25 +273,39 @@ static void http_active_remove(tpm_http_t *h, http_req_t *r)
     pthread_mutex_unlock(&h->mu);
 }
 
+/*
+ * Append @p n bytes to the growable buffer (*buf, *len, *cap), doubling from at least 256
+ * bytes and never beyond @p max: 1 done, 0 the result would exceed max, -1 out of memory.
+ */
+static int buf_append(char **buf, size_t *len, size_t *cap, const char *s, size_t n, size_t max)
+{
+    if (n > max || *len > max - n) {
+        return 0;
+    }
+    if (*len + n > *cap) {
+        size_t c = *cap > 0 ? *cap : 256;
+        char  *b;
+
+        while (c < *len + n) {
+            c = c > max / 2 ? max : 2 * c;
+        }
+        b = realloc(*buf, c);
+        if (b == NULL) {
+            return -1;
+        }
+        *buf = b;
+        *cap = c;
+    }
+    memcpy(*buf + *len, s, n);
+    *len += n;
+    return 1;
+}
+
 /* ---- engine callbacks (engine thread) ------------------------------------------------------ */
 
 static int http_gen_append(http_req_t *r, const char *text, size_t len)
 {
-    if (r->n_gen + len > r->cap_gen) {
-        size_t cap = r->cap_gen * 2 > r->n_gen + len ? r->cap_gen * 2 : r->n_gen + len;
-        char  *g;
-
-        cap = cap < 256 ? 256 : cap;
-        g   = realloc(r->gen, cap);
-        if (g == NULL) {
-            return 0;
-        }
-        r->gen     = g;
-        r->cap_gen = cap;
-    }
-    memcpy(r->gen + r->n_gen, text, len);
-    r->n_gen += len;
-    return 1;
+    return buf_append(&r->gen, &r->n_gen, &r->cap_gen, text, len, SIZE_MAX) == 1;
 }
 
 static void http_on_token(tpm_serve_job_t *job, int32_t token, const char *text, size_t text_len)
@@ -565,19 +578,7 @@ static enum MHD_Result http_completion_wait(http_req_t *r)
 /* append to the pending SSE bytes */
 static int http_out(http_req_t *r, const char *s, size_t n)
 {
-    if (r->n_out + n > r->cap_out) {
-        size_t cap = 2 * r->cap_out + n + 256;
-        char  *o   = realloc(r->out, cap);
-
-        if (o == NULL) {
-            return 0;
-        }
-        r->out     = o;
-        r->cap_out = cap;
-    }
-    memcpy(r->out + r->n_out, s, n);
-    r->n_out += n;
-    return 1;
+    return buf_append(&r->out, &r->n_out, &r->cap_out, s, n, SIZE_MAX) == 1;
 }
 
 /* one "data: JSON\n\n" event; takes ownership of json */
@@ -995,29 +996,7 @@ static enum MHD_Result http_begin(http_req_t *r, const char *url, const char *me
 
 static int http_body_append(http_req_t *r, const char *data, size_t n)
 {
-    size_t max = r->h->max_body;
-
-    if (n > max || r->n_body > max - n) {
-        return 0;
-    }
-    if (r->n_body + n > r->cap_body) {
-        size_t cap = r->cap_body > 0 ? r->cap_body : HTTP_BODY_CHUNK;
-        char  *b;
-
-        while (cap < r->n_body + n) {
-            cap *= 2;
-        }
-        cap = cap < max ? cap : max;
-        b   = realloc(r->body, cap);
-        if (b == NULL) {
-            return -1;
-        }
-        r->body     = b;
-        r->cap_body = cap;
-    }
-    memcpy(r->body + r->n_body, data, n);
-    r->n_body += n;
-    return 1;
+    return buf_append(&r->body, &r->n_body, &r->cap_body, data, n, r->h->max_body);
 }
 
 static enum MHD_Result http_handler(void *cls, struct MHD_Connection *conn, const char *url,
