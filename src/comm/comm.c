@@ -18,7 +18,8 @@ size_t tpm_dtype_size(tpm_dtype_t dt)
 const char *tpm_coll_kind_name(tpm_coll_kind_t kind)
 {
     static const char *names[TPM_COLL_N] = {"all_gather", "reduce_scatter", "all_to_all",
-                                            "all_reduce", "bcast",          "barrier"};
+                                            "all_reduce", "bcast",          "barrier",
+                                            "split",      "p2p"};
 
     return names[kind];
 }
@@ -195,6 +196,59 @@ tpm_status_t tpm_comm_barrier_at(tpm_comm_t *c, const char *file, int line)
 {
     account(c, TPM_COLL_BARRIER, 0, TPM_DT_BYTE, file, line);
     return c->ops->barrier(c);
+}
+
+tpm_status_t tpm_comm_split_at(tpm_comm_t *c, int color, int key, tpm_comm_t **child_p,
+                               const char *file, int line)
+{
+    *child_p = NULL;
+    if (color < 0 && color != TPM_COMM_NO_GROUP) {
+        tpm_log_error("comm split: colour %d is negative (TPM_COMM_NO_GROUP for no group)",
+                      color);
+        return TPM_ERR_INVALID_ARG;
+    }
+    account(c, TPM_COLL_SPLIT, 0, TPM_DT_BYTE, file, line);
+    if (c->ops->split == NULL) {
+        tpm_log_error("comm %s: groups (split) are not supported", c->ops->name);
+        return TPM_ERR_UNSUPPORTED;
+    }
+    return c->ops->split(c, color, key, child_p);
+}
+
+/* peer and tag checks shared by send and recv; the sent bytes are counted under P2P */
+static tpm_status_t p2p_check(tpm_comm_t *c, int peer, int tag, int have_op, const char *what)
+{
+    if (peer < 0 || peer >= c->size) {
+        tpm_log_error("comm %s: peer %d is not a rank of this communicator (size %d)", what,
+                      peer, c->size);
+        return TPM_ERR_INVALID_ARG;
+    }
+    if (tag < 0 || tag > 32767) {
+        tpm_log_error("comm %s: tag %d outside 0..32767", what, tag);
+        return TPM_ERR_INVALID_ARG;
+    }
+    if (!have_op) {
+        tpm_log_error("comm %s: point-to-point is not supported", c->ops->name);
+        return TPM_ERR_UNSUPPORTED;
+    }
+    return TPM_OK;
+}
+
+tpm_status_t tpm_comm_send(tpm_comm_t *c, const void *buf, size_t count, tpm_dtype_t dt,
+                           int peer, int tag, tpm_comm_req_t *req)
+{
+    TPM_CHECK(p2p_check(c, peer, tag, c->ops->send != NULL, "send"));
+    c->stats.calls[TPM_COLL_P2P]++;
+    c->stats.bytes[TPM_COLL_P2P] += (uint64_t)count * tpm_dtype_size(dt);
+    return c->ops->send(c, buf, count, dt, peer, tag, req);
+}
+
+tpm_status_t tpm_comm_recv(tpm_comm_t *c, void *buf, size_t count, tpm_dtype_t dt, int peer,
+                           int tag, tpm_comm_req_t *req)
+{
+    TPM_CHECK(p2p_check(c, peer, tag, c->ops->recv != NULL, "recv"));
+    c->stats.calls[TPM_COLL_P2P]++;
+    return c->ops->recv(c, buf, count, dt, peer, tag, req);
 }
 
 tpm_status_t tpm_comm_wait(tpm_comm_t *c, tpm_comm_req_t *req)

@@ -12,6 +12,16 @@
  * under a bandwidth-optimal algorithm (ring / pairwise): all-gather and
  * reduce-scatter (N-1)/N of the full buffer, all-to-all (N-1) chunks,
  * all-reduce 2(N-1)/N, broadcast the buffer on the root. Nothing at N = 1.
+ * Point-to-point sends count their buffer under TPM_COLL_P2P (at any N).
+ *
+ * Groups. tpm_comm_split() cuts a communicator into disjoint groups (MPI_Comm_split's
+ * colour and key), each a communicator of the same implementation with its own ranks,
+ * sequence numbers and counters: a training group and a serving group of one job each
+ * run their collectives on their own. Transfers between groups are point-to-point on a
+ * communicator that holds both (the parent): tpm_comm_send()/tpm_comm_recv() are
+ * non-blocking, matched by (peer, tag) in posting order, and completed by
+ * tpm_comm_wait()/tpm_comm_test() like a non-blocking collective. They are not
+ * collective: they do not advance the sequence number that --debug-collectives checks.
  */
 #ifndef TPM_COMM_H
 #define TPM_COMM_H
@@ -44,6 +54,8 @@ typedef enum {
     TPM_COLL_ALLREDUCE,
     TPM_COLL_BCAST,
     TPM_COLL_BARRIER,
+    TPM_COLL_SPLIT,
+    TPM_COLL_P2P, /* point-to-point: not a collective; counted, not sequence-checked */
     TPM_COLL_N
 } tpm_coll_kind_t;
 
@@ -89,6 +101,16 @@ typedef struct tpm_comm_ops {
                                tpm_dtype_t dt, tpm_redop_t op);
     tpm_status_t (*bcast)(tpm_comm_t *c, void *buf, size_t count, tpm_dtype_t dt, int root);
     tpm_status_t (*barrier)(tpm_comm_t *c);
+    /*
+     * Collective: ranks of one colour (>= 0) form *child_p, ordered by key then rank;
+     * colour TPM_COMM_NO_GROUP gives *child_p = NULL. NULL op: not supported.
+     */
+    tpm_status_t (*split)(tpm_comm_t *c, int color, int key, tpm_comm_t **child_p);
+    /* point-to-point to/from rank peer of c (req NULL = blocking); NULL op: not supported */
+    tpm_status_t (*send)(tpm_comm_t *c, const void *buf, size_t count, tpm_dtype_t dt, int peer,
+                         int tag, tpm_comm_req_t *req);
+    tpm_status_t (*recv)(tpm_comm_t *c, void *buf, size_t count, tpm_dtype_t dt, int peer,
+                         int tag, tpm_comm_req_t *req);
     tpm_status_t (*wait)(tpm_comm_t *c, tpm_comm_req_t *req);
     /* *done_p = 1 when finished (then the request is released); drives progress */
     tpm_status_t (*test)(tpm_comm_t *c, tpm_comm_req_t *req, int *done_p);
@@ -124,6 +146,27 @@ void tpm_comm_destroy(tpm_comm_t *c); /* no-op on NULL */
 
 size_t tpm_dtype_size(tpm_dtype_t dt);
 const char *tpm_coll_kind_name(tpm_coll_kind_t kind);
+
+/** Colour of a rank that joins no group in tpm_comm_split(). */
+#define TPM_COMM_NO_GROUP (-1)
+
+/**
+ * Split @p c into groups (collective over c): every rank passes its colour (>= 0, or
+ * TPM_COMM_NO_GROUP) and key; the ranks of one colour get a new communicator of the same
+ * implementation, ranked by (key, rank in c), with --debug-collectives as c. Caller owns
+ * *child_p (NULL for TPM_COMM_NO_GROUP).
+ */
+tpm_status_t tpm_comm_split_at(tpm_comm_t *c, int color, int key, tpm_comm_t **child_p,
+                               const char *file, int line);
+/**
+ * Non-blocking point-to-point (req NULL: blocking): @p count elements to / from rank @p peer
+ * of @p c with tag @p tag (0..32767). Messages between two ranks with the same tag arrive
+ * in the order they were sent. The buffer must stay valid until the request completes.
+ */
+tpm_status_t tpm_comm_send(tpm_comm_t *c, const void *buf, size_t count, tpm_dtype_t dt,
+                           int peer, int tag, tpm_comm_req_t *req);
+tpm_status_t tpm_comm_recv(tpm_comm_t *c, void *buf, size_t count, tpm_dtype_t dt, int peer,
+                           int tag, tpm_comm_req_t *req);
 
 /* Dispatchers with call-site tracking (the functions are the implementation). */
 tpm_status_t tpm_comm_all_gather_at(tpm_comm_t *c, const void *send, void *recv, size_t count,
@@ -177,5 +220,7 @@ tpm_status_t tpm_comm_agree(tpm_comm_t *c, tpm_status_t local);
 #define tpm_comm_bcast(_c, _b, _n, _dt, _root)                                                     \
     tpm_comm_bcast_at((_c), (_b), (_n), (_dt), (_root), __FILE__, __LINE__)
 #define tpm_comm_barrier(_c) tpm_comm_barrier_at((_c), __FILE__, __LINE__)
+#define tpm_comm_split(_c, _color, _key, _child)                                                   \
+    tpm_comm_split_at((_c), (_color), (_key), (_child), __FILE__, __LINE__)
 
 #endif /* TPM_COMM_H */

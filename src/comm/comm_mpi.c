@@ -333,6 +333,52 @@ static tpm_status_t mpi_test(tpm_comm_t *c, tpm_comm_req_t *req, int *done_p)
     return TPM_OK;
 }
 
+static tpm_status_t mpi_send(tpm_comm_t *c, const void *buf, size_t count, tpm_dtype_t dt,
+                             int peer, int tag, tpm_comm_req_t *req)
+{
+    TPM_CHECK(check_count(count, "send"));
+    if (req == NULL) {
+        return TPM_MPI_CALL(MPI_Send(buf, (int)count, mpi_dtype(dt), peer, tag, comm_of(c)));
+    }
+    TPM_CHECK(TPM_MPI_CALL(
+        MPI_Isend(buf, (int)count, mpi_dtype(dt), peer, tag, comm_of(c), req_handle(req))));
+    req->active = 1;
+    return TPM_OK;
+}
+
+static tpm_status_t mpi_recv(tpm_comm_t *c, void *buf, size_t count, tpm_dtype_t dt, int peer,
+                             int tag, tpm_comm_req_t *req)
+{
+    TPM_CHECK(check_count(count, "recv"));
+    if (req == NULL) {
+        return TPM_MPI_CALL(
+            MPI_Recv(buf, (int)count, mpi_dtype(dt), peer, tag, comm_of(c), MPI_STATUS_IGNORE));
+    }
+    TPM_CHECK(TPM_MPI_CALL(
+        MPI_Irecv(buf, (int)count, mpi_dtype(dt), peer, tag, comm_of(c), req_handle(req))));
+    req->active = 1;
+    return TPM_OK;
+}
+
+static tpm_status_t mpi_wrap(MPI_Comm comm, int debug, tpm_comm_t **comm_p);
+
+static tpm_status_t mpi_split(tpm_comm_t *c, int color, int key, tpm_comm_t **child_p)
+{
+    MPI_Comm     sub = MPI_COMM_NULL;
+    tpm_status_t status;
+
+    TPM_CHECK(TPM_MPI_CALL(MPI_Comm_split(comm_of(c), color < 0 ? MPI_UNDEFINED : color, key,
+                                          &sub)));
+    if (sub == MPI_COMM_NULL) {
+        return TPM_OK; /* TPM_COMM_NO_GROUP */
+    }
+    status = mpi_wrap(sub, c->debug, child_p);
+    if (status != TPM_OK) {
+        MPI_Comm_free(&sub);
+    }
+    return status;
+}
+
 static void mpi_destroy(tpm_comm_t *c)
 {
     mpi_priv_t *p = c->priv;
@@ -357,12 +403,16 @@ static const tpm_comm_ops_t comm_mpi_ops = {
     .all_reduce             = mpi_all_reduce,
     .bcast                  = mpi_bcast,
     .barrier                = mpi_barrier,
+    .split                  = mpi_split,
+    .send                   = mpi_send,
+    .recv                   = mpi_recv,
     .wait                   = mpi_wait,
     .test                   = mpi_test,
     .destroy                = mpi_destroy,
 };
 
-tpm_status_t tpm_comm_mpi_create(int debug, tpm_comm_t **comm_p)
+/* a tpm_comm_t over @p comm, which it then owns (freed by destroy; not on failure) */
+static tpm_status_t mpi_wrap(MPI_Comm comm, int debug, tpm_comm_t **comm_p)
 {
     tpm_comm_t  *c;
     mpi_priv_t  *p;
@@ -371,27 +421,38 @@ tpm_status_t tpm_comm_mpi_create(int debug, tpm_comm_t **comm_p)
 
     TPM_CHECK(tpm_calloc(1, sizeof(*c), (void **)&c));
     TPM_CHECK_GOTO(tpm_calloc(1, sizeof(*p), (void **)&p), status, err_free_c);
-    /* a private duplicate: tpmpi's traffic never matches a user's or a library's */
-    TPM_CHECK_GOTO(TPM_MPI_CALL(MPI_Comm_dup(MPI_COMM_WORLD, &p->comm)), status, err_free_p);
-    MPI_Comm_set_errhandler(p->comm, MPI_ERRORS_RETURN);
-    MPI_Comm_rank(p->comm, &c->rank);
-    MPI_Comm_size(p->comm, &c->size);
-    TPM_CHECK_GOTO(TPM_MPI_CALL(MPI_Comm_split_type(p->comm, MPI_COMM_TYPE_SHARED, c->rank,
+    MPI_Comm_set_errhandler(comm, MPI_ERRORS_RETURN);
+    MPI_Comm_rank(comm, &c->rank);
+    MPI_Comm_size(comm, &c->size);
+    TPM_CHECK_GOTO(TPM_MPI_CALL(MPI_Comm_split_type(comm, MPI_COMM_TYPE_SHARED, c->rank,
                                                     MPI_INFO_NULL, &node)),
-                   status, err_free_comm);
+                   status, err_free_p);
     MPI_Comm_rank(node, &c->local_rank);
     MPI_Comm_free(&node);
+    p->comm  = comm;
     c->ops   = &comm_mpi_ops;
     c->priv  = p;
     c->debug = debug;
     *comm_p  = c;
     return TPM_OK;
 
-err_free_comm:
-    MPI_Comm_free(&p->comm);
 err_free_p:
     tpm_free(p);
 err_free_c:
     tpm_free(c);
+    return status;
+}
+
+tpm_status_t tpm_comm_mpi_create(int debug, tpm_comm_t **comm_p)
+{
+    MPI_Comm     comm;
+    tpm_status_t status;
+
+    /* a private duplicate: tpmpi's traffic never matches a user's or a library's */
+    TPM_CHECK(TPM_MPI_CALL(MPI_Comm_dup(MPI_COMM_WORLD, &comm)));
+    status = mpi_wrap(comm, debug, comm_p);
+    if (status != TPM_OK) {
+        MPI_Comm_free(&comm);
+    }
     return status;
 }

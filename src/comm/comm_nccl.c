@@ -546,26 +546,33 @@ static void nccl_destroy(tpm_comm_t *c)
     tpm_free(c);
 }
 
-static const tpm_comm_ops_t comm_nccl_ops = {
-    .name           = "nccl",
-    .all_gather     = nccl_all_gather,
-    .reduce_scatter = nccl_reduce_scatter,
-    .all_to_all     = nccl_all_to_all,
-    .all_to_allv    = nccl_all_to_allv,
-    .all_reduce     = nccl_all_reduce,
-    .bcast          = nccl_bcast,
-    .barrier        = nccl_barrier,
-    .wait           = nccl_wait,
-    .test           = nccl_test,
-    .destroy        = nccl_destroy,
-};
 
-/* GPU, streams and events of this rank (before any NCCL call) */
+/* streams and events of a communicator on the process's GPU (device -1: the current one) */
+static tpm_status_t setup_streams(nccl_priv_t *p, int device)
+{
+    int   lo, hi;
+    void *compute;
+
+    TPM_CHECK(tpm_cuda_proc_acquire(device, &compute));
+    p->have_proc = 1;
+    p->compute   = compute;
+    /* collectives get the SMs first when they are ready: they gate the next block */
+    TPM_CHECK(TPM_CUDA_CALL(cudaDeviceGetStreamPriorityRange(&lo, &hi)));
+    TPM_CHECK(TPM_CUDA_CALL(cudaStreamCreateWithPriority(&p->stream, cudaStreamNonBlocking, hi)));
+    TPM_CHECK(TPM_CUDA_CALL(cudaEventCreateWithFlags(&p->ev_ready, cudaEventDisableTiming)));
+    TPM_CHECK(TPM_CUDA_CALL(cudaEventCreateWithFlags(&p->ev_done, cudaEventDisableTiming)));
+    for (int i = 0; i < NCCL_MAX_REQS; i++) {
+        TPM_CHECK(
+            TPM_CUDA_CALL(cudaEventCreateWithFlags(&p->slots[i].done, cudaEventDisableTiming)));
+    }
+    return TPM_OK;
+}
+
+/* GPU of this rank (collective over MPI_COMM_WORLD: node-local ranks), then its streams */
 static tpm_status_t setup_device(nccl_priv_t *p)
 {
     MPI_Comm node;
-    int      local_rank, local_size, ndev, device, lo, hi;
-    void    *compute;
+    int      local_rank, local_size, ndev, device;
 
     if (MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node) !=
         MPI_SUCCESS) {
@@ -587,20 +594,135 @@ static tpm_status_t setup_device(nccl_priv_t *p)
                       local_size, ndev);
         return TPM_ERR_UNSUPPORTED;
     }
-    TPM_CHECK(tpm_cuda_proc_acquire(device, &compute));
-    p->have_proc = 1;
-    p->compute   = compute;
-    /* collectives get the SMs first when they are ready: they gate the next block */
-    TPM_CHECK(TPM_CUDA_CALL(cudaDeviceGetStreamPriorityRange(&lo, &hi)));
-    TPM_CHECK(TPM_CUDA_CALL(cudaStreamCreateWithPriority(&p->stream, cudaStreamNonBlocking, hi)));
-    TPM_CHECK(TPM_CUDA_CALL(cudaEventCreateWithFlags(&p->ev_ready, cudaEventDisableTiming)));
-    TPM_CHECK(TPM_CUDA_CALL(cudaEventCreateWithFlags(&p->ev_done, cudaEventDisableTiming)));
-    for (int i = 0; i < NCCL_MAX_REQS; i++) {
-        TPM_CHECK(
-            TPM_CUDA_CALL(cudaEventCreateWithFlags(&p->slots[i].done, cudaEventDisableTiming)));
+    return setup_streams(p, device);
+}
+
+/*
+ * A group of c: the inner MPI communicator is split first (host traffic, agreement), then
+ * the NCCL one (ncclCommSplit, collective over c); the child runs on the same GPU with its
+ * own communication stream. Failures are agreed on over c's MPI communicator.
+ */
+static tpm_status_t nccl_split(tpm_comm_t *c, int color, int key, tpm_comm_t **child_p)
+{
+    nccl_priv_t *p     = priv_of(c), *q = NULL;
+    tpm_comm_t  *host  = NULL, *k = NULL;
+    ncclComm_t   sub   = NULL;
+    tpm_status_t status;
+
+    TPM_CHECK(p->mpi->ops->split(p->mpi, color, key, &host));
+    status = TPM_NCCL_CALL(
+        ncclCommSplit(p->nccl, color < 0 ? NCCL_SPLIT_NOCOLOR : color, key, &sub, NULL));
+    if (status == TPM_OK && host != NULL) {
+        status = tpm_calloc(1, sizeof(*k), (void **)&k);
+        if (status == TPM_OK) {
+            status = tpm_calloc(1, sizeof(*q), (void **)&q);
+        }
+        if (status == TPM_OK) {
+            k->priv = q;
+            k->ops  = c->ops;
+            q->mpi  = host;
+            q->nccl = sub;
+            host    = NULL;
+            sub     = NULL;
+            status  = setup_streams(q, -1);
+        }
     }
+    status = tpm_comm_agree(p->mpi, status);
+    if (status != TPM_OK) {
+        if (q != NULL) {
+            nccl_destroy(k);
+        } else {
+            tpm_free(k);
+        }
+        if (sub != NULL) {
+            (void)TPM_NCCL_CALL(ncclCommDestroy(sub));
+        }
+        tpm_comm_destroy(host);
+        return status;
+    }
+    if (k != NULL) {
+        k->rank       = q->mpi->rank;
+        k->size       = q->mpi->size;
+        k->local_rank = q->mpi->local_rank;
+        k->debug      = c->debug;
+    }
+    *child_p = k;
     return TPM_OK;
 }
+
+/*
+ * Point-to-point. Device buffers go through ncclSend/ncclRecv on the communication stream
+ * (NCCL has no tags: messages between two ranks match in posting order, and a receive that
+ * is not yet matched holds back the collectives queued after it on that stream); host
+ * buffers through the inner MPI communicator, with tags.
+ */
+typedef struct {
+    void       *buf;
+    size_t      count;
+    tpm_dtype_t dt;
+    int         peer, tag, is_send;
+} p2p_args_t;
+
+static tpm_status_t mpi_p2p_issue(nccl_priv_t *p, void *ctx, tpm_comm_req_t *mreq)
+{
+    p2p_args_t *a = ctx;
+
+    return a->is_send ? p->mpi->ops->send(p->mpi, a->buf, a->count, a->dt, a->peer, a->tag, mreq)
+                      : p->mpi->ops->recv(p->mpi, a->buf, a->count, a->dt, a->peer, a->tag, mreq);
+}
+
+static tpm_status_t nccl_p2p(tpm_comm_t *c, p2p_args_t *a, tpm_comm_req_t *req)
+{
+    nccl_priv_t *p = priv_of(c);
+    int          dev;
+
+    TPM_CHECK(route(a->buf, a->buf, a->count, a->is_send ? "send" : "recv", &dev));
+    if (!dev) {
+        return mpi_nb(p, req, mpi_p2p_issue, a);
+    }
+    TPM_CHECK(nccl_begin(p));
+    if (a->is_send) {
+        TPM_CHECK(TPM_NCCL_CALL(
+            ncclSend(a->buf, a->count, nccl_dtype(a->dt), a->peer, p->nccl, p->stream)));
+    } else {
+        TPM_CHECK(TPM_NCCL_CALL(
+            ncclRecv(a->buf, a->count, nccl_dtype(a->dt), a->peer, p->nccl, p->stream)));
+    }
+    return nccl_end(p, req);
+}
+
+static tpm_status_t nccl_send(tpm_comm_t *c, const void *buf, size_t count, tpm_dtype_t dt,
+                              int peer, int tag, tpm_comm_req_t *req)
+{
+    p2p_args_t a = {(void *)(uintptr_t)buf, count, dt, peer, tag, 1};
+
+    return nccl_p2p(c, &a, req);
+}
+
+static tpm_status_t nccl_recv(tpm_comm_t *c, void *buf, size_t count, tpm_dtype_t dt, int peer,
+                              int tag, tpm_comm_req_t *req)
+{
+    p2p_args_t a = {buf, count, dt, peer, tag, 0};
+
+    return nccl_p2p(c, &a, req);
+}
+
+static const tpm_comm_ops_t comm_nccl_ops = {
+    .name           = "nccl",
+    .all_gather     = nccl_all_gather,
+    .reduce_scatter = nccl_reduce_scatter,
+    .all_to_all     = nccl_all_to_all,
+    .all_to_allv    = nccl_all_to_allv,
+    .all_reduce     = nccl_all_reduce,
+    .bcast          = nccl_bcast,
+    .barrier        = nccl_barrier,
+    .split          = nccl_split,
+    .send           = nccl_send,
+    .recv           = nccl_recv,
+    .wait           = nccl_wait,
+    .test           = nccl_test,
+    .destroy        = nccl_destroy,
+};
 
 tpm_status_t tpm_comm_nccl_create(int debug, tpm_comm_t **comm_p)
 {

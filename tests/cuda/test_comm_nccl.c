@@ -6,7 +6,9 @@
  * device buffers whose input is written by a kernel just before the call (the
  * communication stream must wait for it) and whose output is read back through the
  * backend right after the wait (the compute stream must wait for the collective); the
- * host-buffer path through MPI; the byte counters; a host/device mix is refused.
+ * host-buffer path through MPI; the byte counters; a host/device mix is refused; groups
+ * (ncclCommSplit) with a device all-reduce inside each, and (at 2+ ranks) a device
+ * point-to-point transfer from one group to the other on the parent.
  * Exit 77 (automake SKIP) without a CUDA device; rank 0 prints the results, exit 1 on failure.
  */
 #include <cuda_runtime.h>
@@ -231,6 +233,46 @@ int main(int argc, char **argv)
           "host send with device receive is refused");
     check(c, tpm_comm_agree(c, TPM_OK) == TPM_OK && tpm_comm_barrier(c) == TPM_OK,
           "agree and barrier");
+
+    /* groups: even and odd ranks; a device all-reduce inside each group */
+    {
+        tpm_comm_t *g = NULL;
+        const int   odd = r % 2, gsize = odd ? N / 2 : (N + 1) / 2;
+
+        check(c, tpm_comm_split(c, odd, r, &g) == TPM_OK && g != NULL && g->size == gsize &&
+                     g->rank == r / 2,
+              "split into even and odd ranks");
+        for (size_t i = 0; i < n; i++) {
+            hs[i] = (float)(i % 7);
+            hw[i] = (float)gsize * (float)(i % 7);
+        }
+        put(d_send, hs, n);
+        check(c,
+              g != NULL &&
+                  tpm_comm_all_reduce(g, d_send, d_recv, n, TPM_DT_FLOAT, TPM_RED_SUM) == TPM_OK &&
+                  get_eq(d_recv, hw, n),
+              "device all_reduce inside a group");
+        if (N >= 2) {
+            /* rank 0 (even group) sends to rank 1 (odd group) on the parent, non-blocking */
+            for (size_t i = 0; i < n; i++) {
+                hs[i] = (float)(i % 11) + 0.25f;
+            }
+            put(d_send, hs, n);
+            memset(&req, 0, sizeof(req));
+            if (r == 0) {
+                check(c, tpm_comm_send(c, d_send, n, TPM_DT_FLOAT, 1, 3, &req) == TPM_OK &&
+                             tpm_comm_wait(c, &req) == TPM_OK,
+                      "device send to the other group");
+            } else if (r == 1) {
+                check(c, tpm_comm_recv(c, d_recv, n, TPM_DT_FLOAT, 0, 3, &req) == TPM_OK &&
+                             tpm_comm_wait(c, &req) == TPM_OK && get_eq(d_recv, hs, n),
+                      "device send to the other group");
+            } else {
+                check(c, 1, "device send to the other group");
+            }
+        }
+        tpm_comm_destroy(g);
+    }
 
     if (r == 0) {
         printf("1..%d\n# %d passed, %d failed (%d rank(s), %d test polls)\n", n_pass + n_fail,

@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * test_comm.c: the MPI comm layer under mpirun (any rank count): results of
- * every collective, blocking and non-blocking, the byte counters, and
- * agree-then-branch. Rank 0 prints "N passed, N failed"; exit 1 on failure.
+ * every collective, blocking and non-blocking, the byte counters,
+ * agree-then-branch, groups (split) and point-to-point transfers between them. Rank 0 prints "N passed, N failed"; exit 1 on failure.
  */
 #include <mpi.h>
 #include <stdio.h>
@@ -200,6 +200,107 @@ int main(int argc, char **argv)
               "byte counters");
     }
     mc_check_all(c->seq > 0, "sequence numbers advance");
+
+    /*
+     * Groups: the last M = N/2 ranks (at least one) form a "serving" group, the others a
+     * "training" group, with the ranks reversed by key in the serving group; each group runs
+     * its own collectives, and a transfer between the groups goes point-to-point on the parent.
+     */
+    {
+        const int   M = N > 1 ? N / 2 : 1, T = N - M, serving = r >= T;
+        tpm_comm_t *g = NULL, *none = (tpm_comm_t *)&ok;
+        int64_t     sum = 0, me = r;
+
+        ok = tpm_comm_split(c, serving, serving ? -r : r, &g) == TPM_OK && g != NULL;
+        mc_check_all(ok, "split into two groups");
+        if (ok) {
+            const int want_size = serving ? M : T;
+            const int want_rank = serving ? (N - 1 - r) : r;
+            mc_check_all(g->size == want_size && g->rank == want_rank,
+                         "group size and rank order by key");
+            tpm_comm_all_reduce(g, &me, &sum, 1, TPM_DT_INT64, TPM_RED_SUM);
+            mc_check_all(sum == (serving ? (int64_t)(T + N - 1) * M / 2
+                                         : (int64_t)(T - 1) * T / 2),
+                         "all_reduce inside each group");
+            mc_check_all(g->seq == 1 && g->stats.calls[TPM_COLL_ALLREDUCE] == 1,
+                         "a group has its own sequence and counters");
+        }
+        /* a rank that joins no group gets NULL; the split is still collective */
+        mc_check_all(tpm_comm_split(c, r == 0 ? 0 : TPM_COMM_NO_GROUP, 0, &none) == TPM_OK &&
+                         (r == 0 ? none != NULL && none->size == 1 : none == NULL),
+                     "TPM_COMM_NO_GROUP gives no communicator");
+        tpm_comm_destroy(none);
+        mc_check_all(tpm_comm_split(c, -5, 0, &none) == TPM_ERR_INVALID_ARG && none == NULL,
+                     "a negative colour is refused");
+
+        /*
+         * Between the groups: training rank t sends a distinct chunk to every serving rank
+         * (tag = t), non-blocking on both sides; a serving rank posts all its receives first
+         * and tests them while "decoding" (here: a collective of its own group) until done.
+         */
+        if (N > 1) {
+            const size_t   m  = 257;
+            float         *out = calloc((size_t)T * m, sizeof(float));
+            tpm_comm_req_t reqs[64];
+            int            nreq = 0, good = 1, polls = 0;
+            uint64_t       b0 = c->stats.bytes[TPM_COLL_P2P], s0 = c->seq;
+
+            memset(reqs, 0, sizeof(reqs));
+            if (serving) {
+                for (int t = 0; t < T && nreq < 64; t++) {
+                    good &= tpm_comm_recv(c, out + (size_t)t * m, m, TPM_DT_FLOAT, t, t,
+                                          &reqs[nreq++]) == TPM_OK;
+                }
+                for (int busy = 1; busy;) {
+                    double x = 1.0;
+                    busy     = 0;
+                    tpm_comm_all_reduce(g, &x, &x, 1, TPM_DT_DOUBLE, TPM_RED_SUM);
+                    good &= x == (double)M;
+                    for (int i = 0; i < nreq; i++) {
+                        good &= tpm_comm_test(c, &reqs[i]) == TPM_OK;
+                        busy |= reqs[i].active;
+                    }
+                    polls++;
+                    /* every serving rank polls the same number of times: agree on "done" */
+                    {
+                        int32_t b = busy;
+                        tpm_comm_all_reduce(g, &b, &b, 1, TPM_DT_INT32, TPM_RED_MAX);
+                        busy = b;
+                    }
+                }
+                for (int t = 0; t < T; t++) {
+                    for (size_t i = 0; i < m; i++) {
+                        good &= out[(size_t)t * m + i] == (float)(t * 1000 + r * 10) + (float)i;
+                    }
+                }
+            } else {
+                float *chunk = calloc((size_t)M * m, sizeof(float));
+                for (int s = 0; s < M; s++) {
+                    for (size_t i = 0; i < m; i++) {
+                        chunk[(size_t)s * m + i] = (float)(r * 1000 + (T + s) * 10) + (float)i;
+                    }
+                    good &= tpm_comm_send(c, chunk + (size_t)s * m, m, TPM_DT_FLOAT, T + s, r,
+                                          &reqs[nreq++]) == TPM_OK;
+                }
+                for (int i = 0; i < nreq; i++) {
+                    good &= tpm_comm_wait(c, &reqs[i]) == TPM_OK && !reqs[i].active;
+                }
+                free(chunk);
+            }
+            mc_check_all(good && polls >= (serving ? 1 : 0),
+                         "non-blocking transfer between the groups");
+            mc_check_all(c->stats.bytes[TPM_COLL_P2P] - b0 ==
+                                 (serving ? 0 : (uint64_t)M * m * sizeof(float)) &&
+                             c->seq == s0,
+                         "p2p bytes counted, sequence unchanged");
+            free(out);
+        }
+        mc_check_all(tpm_comm_send(c, send, 1, TPM_DT_FLOAT, N, 0, NULL) == TPM_ERR_INVALID_ARG &&
+                         tpm_comm_recv(c, recv, 1, TPM_DT_FLOAT, 0, 40000, NULL) ==
+                             TPM_ERR_INVALID_ARG,
+                     "bad peer and tag refused");
+        tpm_comm_destroy(g);
+    }
 
     snprintf(prefix, sizeof(prefix), "test_comm np=%d: ", N);
     ok = mc_report(prefix);
