@@ -204,7 +204,7 @@ static const config_opt_t options[] = {
      CONFIG_GROUP_TRAINING, CONFIG_TYPE_U64, OFF(seed), 0, 0, I64_MAX, 0, 0, 0, NULL},
     {"eval-every", "TPMPI_EVAL_EVERY", "0", "N", "validate every N steps (0 = only at the end)",
      CONFIG_GROUP_TRAINING, CONFIG_TYPE_I64, OFF(eval_every), 0, 0, I64_MAX, 0, 0, 0, NULL},
-    {"eval-batches", "TPMPI_EVAL_BATCHES", "4", "N", "validation micro-batches per evaluation",
+    {"eval-batches", "TPMPI_EVAL_BATCHES", "4", "N", "validation global batches per evaluation",
      CONFIG_GROUP_TRAINING, CONFIG_TYPE_INT, OFF(eval_batches), 0, 1, 1000000, 0, 0, 0, NULL},
 
     /* logging */
