@@ -126,7 +126,9 @@ static const config_opt_t options[] = {
      "--precision=bf16, else tf32",
      CONFIG_GROUP_GENERAL, CONFIG_TYPE_CHOICE, OFF(cuda_matmul), SZ(cuda_matmul), 0, 0, 0, 0, 0,
      cuda_matmul_names},
-    {"threads", "TPMPI_THREADS", "0", "N", "OpenMP/BLAS threads per rank (0 = OpenMP default)",
+    {"threads", "TPMPI_THREADS", "0", "N",
+     "OpenMP/BLAS threads per rank (0 = OpenMP default); more than the CPU affinity mask holds "
+     "is warned about",
      CONFIG_GROUP_GENERAL, CONFIG_TYPE_INT, OFF(threads), 0, 0, 4096, 0, 0, 0, NULL},
     {"help", NULL, NULL, NULL, "print this help and exit",
      CONFIG_GROUP_GENERAL, CONFIG_TYPE_HELP, 0, 0, 0, 0, 0, 0, 0, NULL},
