@@ -5,7 +5,8 @@
 # calibrated on: bench_comm at N = 2 and 4 (alpha-beta of all-gather, reduce-scatter and
 # all-to-all through tpmpi's comm layer) and the same training run at N = 1, 2, 4 with
 # TPMPI_PROFILE=1 (per-op compute at each N; 1 thread per rank; N = 4 oversubscribes a 2-core
-# machine), then prints model.py's prediction-vs-measurement table:
+# machine), and at N = 2, 4 with 2-bit compression, then prints model.py's
+# prediction-vs-measurement table:
 #
 #   benchmarks/scaling/calibrate.sh [OUTDIR]      (default build/scaling)
 #
@@ -34,15 +35,18 @@ for n in 2 4; do
     "${run_env[@]}" "$mpirun" --oversubscribe --bind-to none -np "$n" "$comm" -e $((16 << 20)) \
         -n 20 | tee -a "$out/comm.txt" >&2
 done
-train() { # N TAG [env...]
+train() { # N TAG [tpmpi options...]
     local n=$1 tag=$2
     shift 2
-    "${run_env[@]}" "$@" "$mpirun" --oversubscribe --bind-to none -np "$n" "$tpmpi" \
+    "${run_env[@]}" TPMPI_PROFILE=1 "$mpirun" --oversubscribe --bind-to none -np "$n" "$tpmpi" \
         --mode=train --model="$model" --batch="$B" --seq-len="$T" --steps="$steps" --threads=1 \
-        --eval-batches=1 --log-every=1000000 --metrics="$out/$tag.jsonl" >"$out/$tag.log" 2>&1
+        --eval-batches=1 --log-every=1000000 --metrics="$out/$tag.jsonl" "$@" >"$out/$tag.log" 2>&1
 }
 for n in 1 2 4; do
-    train "$n" "n$n" TPMPI_PROFILE=1
+    train "$n" "n$n"
+done
+for n in 2 4; do
+    train "$n" "n$n-2bit" --grad-compression=2bit
 done
 echo "load at end: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$out/machine.txt" >&2
 printf '{"model": "%s", "batch": %d, "seq_len": %d, "cores": %d, "ranks": [1, 2, 4]}\n' \

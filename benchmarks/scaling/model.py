@@ -275,17 +275,26 @@ def calibrate(d):
     print("| N | compute ms (profile) | zero3 comm ms (profile) | predicted exposed comm ms | "
           "predicted step ms | measured step ms (median) | measured comm wait ms | error |")
     print("|---|---|---|---|---|---|---|---|")
-    for n in info["ranks"]:
-        steps, _ = metrics(os.path.join(d, f"n{n}.jsonl"))
+    runs = [(n, "", False) for n in info["ranks"]]
+    runs += [(n, "-2bit", True) for n in info["ranks"] if n > 1 and
+             os.path.exists(os.path.join(d, f"n{n}-2bit.jsonl"))]
+    for n, suffix, twobit in runs:
+        steps, summ = metrics(os.path.join(d, f"n{n}{suffix}.jsonl"))
         st = steps[2:]
         meas = statistics.median(x["step_ms"] for x in st)
         wait = statistics.median(x["comm_wait_ms"] for x in st)
-        comp = parse_profile(os.path.join(d, f"n{n}.log"), s["L"])
+        log = os.path.join(d, f"n{n}{suffix}.log")
+        comp = parse_profile(log, s["L"])
         comp["opt"] *= n  # the profile's optimizer ran on 1/N of the state; step_time divides
         c, _ = step_time(s, 1, comp, (0, 1))
         c -= comp["opt"] - comp["opt"] / n
-        pred, exp = step_time(s, n, comp, net)
-        print(f"| {n} | {c * 1e3:.1f} | {zero3_ms(os.path.join(d, f'n{n}.log')):.1f} | "
+        rate = None
+        if twobit:
+            # the codec as measured by the run (summary codec_s over its steps)
+            rate = counts(s)[2] / (summ["codec_s"] / summ["steps"])
+        pred, exp = step_time(s, n, comp, net, twobit=twobit, codec_rate=rate)
+        lab = f"{n}" + (f" 2-bit (codec {rate / 1e9:.2f} G values/s)" if twobit else "")
+        print(f"| {lab} | {c * 1e3:.1f} | {zero3_ms(log):.1f} | "
               f"{exp * 1e3:.1f} | {pred * 1e3:.1f} | {meas:.1f} | {wait:.1f} | "
               f"{100 * (pred * 1e3 - meas) / meas:+.0f}% |")
     return fits
