@@ -2,7 +2,7 @@
 # SPDX-License-Identifier: MIT
 #
 # bench_speed.sh: the issue-9 measurement of CPU training speed. One rank with 2 threads trains
-# GPT-2 124M (B=4, T=64, 256 and 1024) and the small model (L4 C256 NH4, vocabulary 8192,
+# GPT-2 124M (B=4, T=64, 256 and 1024; B=8 T=256) and the small model (L4 C256 NH4, vocabulary 8192,
 # B=4 T=64); the PyTorch peer (benchmarks/pytorch/train_gpt2.py) trains the same model, batch
 # and threads; the sgemm ceiling is measured before and after. Every point is repeated and the
 # implementations alternate inside each repetition, because the machine may be shared: the
@@ -14,7 +14,7 @@
 #
 # Environment: TPMPI (default build/tpmpi), TPMPI_BASE (optional second binary, timed
 # interleaved with TPMPI), SPEED_REPS (repetitions, default 3), SPEED_POINTS (default
-# "124m-64 small-64 124m-256 124m-1024"), SPEED_THREADS (default 2), SPEED_PROFILE (1: one
+# "124m-64 small-64 124m-256 124m-1024"; also 124m-8x256), SPEED_THREADS (default 2), SPEED_PROFILE (1: one
 # extra TPMPI_PROFILE=1 run per point and binary for the per-op breakdown; default 1),
 # SPEED_PEER_STEPS (at most this many PyTorch steps per run; default 30),
 # TPM_BENCH_PYTHON (pythons with torch, space-separated, each one a peer; default
@@ -46,13 +46,14 @@ export TPMPI_CACHE=${TPMPI_CACHE:-$(dirname "$tpmpi")/cache}
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_pml=${OMPI_MCA_pml:-ob1}
 py=/usr/bin/python3
 
-# point -> model, vocabulary, sequence length, steps, llm.c tokens/s on this machine
+# point -> model, vocabulary, sequence length, steps, llm.c tokens/s on this machine, batch
 point_args() {
     case "$1" in
-    124m-64) echo "gpt2-124m 50257 64 20 73" ;;
-    small-64) echo "small 8192 64 100 1833" ;;
-    124m-256) echo "gpt2-124m 50257 256 6 47" ;;
-    124m-1024) echo "gpt2-124m 50257 1024 3 25" ;;
+    124m-64) echo "gpt2-124m 50257 64 20 73 4" ;;
+    small-64) echo "small 8192 64 100 1833 4" ;;
+    124m-256) echo "gpt2-124m 50257 256 6 47 4" ;;
+    124m-8x256) echo "gpt2-124m 50257 256 4 47 8" ;;
+    124m-1024) echo "gpt2-124m 50257 1024 3 25 4" ;;
     *) echo "bench_speed: unknown point $1" >&2 && exit 2 ;;
     esac
 }
@@ -93,13 +94,13 @@ ceiling() { # $1: tag
 
 tpmpi_run() { # $1 binary $2 tag $3 point $4 rep [$5 profile]
     local bin=$1 tag=$2 pt=$3 rep=$4 prof=${5:-0} dir
-    read -r model vocab T steps _ <<<"$(point_args "$pt")"
+    read -r model vocab T steps _ B <<<"$(point_args "$pt")"
     dir=$out/raw/$pt-$tag-r$rep
     [ "$prof" = 1 ] && dir=$out/raw/$pt-$tag-profile
     rm -rf "$dir" && mkdir -p "$dir"
     [ "$prof" = 1 ] && [ "$steps" -gt 10 ] && steps=10
     cmd=("${run_env[@]}" TPMPI_PROFILE="$prof" "$mpirun" --bind-to none -np 1 "$bin"
-        --mode=train --model="$model" --vocab-size="$vocab" --batch=4 --seq-len="$T"
+        --mode=train --model="$model" --vocab-size="$vocab" --batch="$B" --seq-len="$T"
         --steps="$steps" --threads="$threads" --eval-batches=1 --log-every=1000000
         --out="$dir" --metrics="$dir/metrics.jsonl")
     echo "${cmd[*]}" >"$dir/command"
@@ -183,7 +184,7 @@ import glob, json, os, statistics
 out, reps = os.environ["OUT"], int(os.environ["REPS"])
 ceil = max(float(os.environ["CEIL1"]), float(os.environ["CEIL2"]))
 llmc = {"124m-64": (73, "4x64"), "small-64": (1833, "4x64"), "124m-256": (47, "8x256"),
-        "124m-1024": (25, "4x1024, ~20 GB")}
+        "124m-8x256": (47, "8x256"), "124m-1024": (25, "4x1024, ~20 GB")}
 tags = ["tpmpi"] + (["base"] if os.environ.get("HAVE_BASE") else [])
 
 

@@ -5,7 +5,11 @@
  */
 #include "config.h"
 
+#include <errno.h>
+#include <limits.h>
 #include <mpi.h>
+#include <omp.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,6 +26,72 @@
 static void mpi_abort_hook(int code)
 {
     MPI_Abort(MPI_COMM_WORLD, code);
+}
+
+/* CPUs in this process's affinity mask, or -1 when it cannot be read */
+static int affinity_cpus(void)
+{
+    for (int n = 1024; n <= (1 << 20); n *= 2) {
+        cpu_set_t *set  = CPU_ALLOC((size_t)n);
+        size_t     size = CPU_ALLOC_SIZE((size_t)n);
+        int        count;
+
+        if (set == NULL) {
+            return -1;
+        }
+        CPU_ZERO_S(size, set);
+        if (sched_getaffinity(0, size, set) == 0) {
+            count = CPU_COUNT_S(size, set);
+            CPU_FREE(set);
+            return count;
+        }
+        CPU_FREE(set);
+        if (errno != EINVAL) { /* EINVAL: the kernel's mask is larger than ours */
+            return -1;
+        }
+    }
+    return -1;
+}
+
+/*
+ * Warn once (rank 0) when a rank's affinity mask holds fewer CPUs than the
+ * threads it will run (--threads, else OpenMP's default): threads then share
+ * cores. Open MPI binds a lone rank to one core by default. Collective.
+ */
+static void check_affinity(const tpm_config_t *cfg, tpm_comm_t *comm)
+{
+    int cpus     = affinity_cpus();
+    int threads  = cfg->threads > 0 ? cfg->threads : omp_get_max_threads();
+    int mine[2]  = {0, INT_MAX}, all[2];
+    int worst[3] = {0, 0, 0};
+
+    if (cpus > 0 && cpus < threads) {
+        mine[0] = 1;
+        mine[1] = comm->rank;
+    }
+    /* how many ranks are affected, and the first of them */
+    MPI_Allreduce(&mine[0], &all[0], 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
+    MPI_Allreduce(&mine[1], &all[1], 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
+    if (all[0] == 0) {
+        return;
+    }
+    if (comm->rank == all[1]) {
+        worst[0] = cpus;
+        worst[1] = threads;
+    }
+    if (all[1] != 0) {
+        if (comm->rank == all[1]) {
+            MPI_Send(worst, 2, MPI_INT, 0, 0, MPI_COMM_WORLD);
+        } else if (comm->rank == 0) {
+            MPI_Recv(worst, 2, MPI_INT, all[1], 0, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+        }
+    }
+    if (comm->rank == 0) {
+        tpm_log_warn("rank %d runs %d threads on an affinity mask of %d CPU(s) (%d of %d "
+                     "rank(s) affected): the threads share cores; launch with `mpirun "
+                     "--bind-to none` (or --map-by slot:PE=%d), or lower --threads",
+                     all[1], worst[1], worst[0], all[0], comm->size, worst[1]);
+    }
 }
 
 static tpm_status_t run_prepare(const tpm_config_t *cfg, tpm_comm_t *comm)
@@ -142,6 +212,7 @@ int main(int argc, char **argv)
         }
     }
     TPM_CHECK_GOTO(check_config_agreement(&cfg, comm), status, out);
+    check_affinity(&cfg, comm);
 
     switch (cfg.mode) {
     case TPM_MODE_TRAIN: status = tpm_train_run(&cfg, comm); break;

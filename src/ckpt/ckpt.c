@@ -30,6 +30,7 @@
 
 #include "base/mem.h"
 #include "base/timer.h"
+#include "data/loader.h"
 #include "zero3/shard.h"
 
 #ifndef PACKAGE_VERSION
@@ -783,9 +784,14 @@ static tpm_status_t meta_write(tpm_comm_t *c, hid_t file, hid_t dxpl, const tpm_
     }
     TPM_CHECK(attr_write(c, file, "seed", H5T_STD_U64LE, H5T_NATIVE_UINT64, &m->seed));
     TPM_CHECK(attr_write(c, file, "lr", H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &m->lr));
+    {
+        const int32_t order = m->data_order > 0 ? m->data_order : 1;
+        TPM_CHECK(attr_write(c, file, "data_order", H5T_STD_I32LE, H5T_NATIVE_INT32, &order));
+    }
     TPM_CHECK(attr_write_str(c, file, "rng",
-                             "counter-based: every random draw is a function of (seed, "
-                             "micro-batch id, index); ranks keep no other RNG state"));
+                             "counter-based: every random draw is a function of (seed, stream, "
+                             "index), the streams derived from the step; ranks keep no other RNG "
+                             "state"));
     TPM_CHECK(attr_write_str(c, file, "shard_rule",
                              "rows: with N ranks, rank i owns rows [i*r, min((i+1)*r, rows)) of "
                              "every tensor, r = ceil(rows/N); vectors are (n, 1)"));
@@ -861,6 +867,23 @@ static tpm_status_t meta_read(tpm_comm_t *c, hid_t file, hid_t dxpl, tpm_ckpt_me
     TPM_CHECK(attr_read(c, file, "tokens_seen", H5T_NATIVE_INT64, &m->tokens_seen));
     TPM_CHECK(attr_read(c, file, "seed", H5T_NATIVE_UINT64, &m->seed));
     TPM_CHECK(attr_read(c, file, "lr", H5T_NATIVE_DOUBLE, &m->lr));
+    {
+        /* absent in files written before the data order was recorded: those used order 1 */
+        htri_t  ex    = 0;
+        int32_t order = 1;
+
+        TPM_CHECK(ck_agree(c, TPM_H5_CALL(ex = H5Aexists(file, "data_order"))));
+        if (ex > 0) {
+            TPM_CHECK(attr_read(c, file, "data_order", H5T_NATIVE_INT32, &order));
+        }
+        if (order < 1 || order > TPM_DATA_ORDER) {
+            tpm_log_error("%s: data_order %d; this tpmpi knows data orders 1 to %d%s", ck_ctx,
+                          (int)order, TPM_DATA_ORDER,
+                          order > TPM_DATA_ORDER ? " (written by a newer tpmpi: upgrade)" : "");
+            return TPM_ERR_FORMAT;
+        }
+        m->data_order = order;
+    }
     {
         /* the stored shape must be one tpmpi can build: heads divide C, Vp matches V */
         tpm_model_config_t chk = m->model;

@@ -39,6 +39,8 @@ typedef struct tpm_ckpt_meta {
     int    grad_accum; /* micro-batches per rank per step */
     int    seq_len;    /* training sequence length T */
     double lr;         /* learning rate of the last step taken (schedule position = step) */
+    int    data_order; /* data order of the run (docs/DATA.md section 4); 1 when the file has
+                          no data_order attribute (written before it existed) */
 } tpm_ckpt_meta_t;
 
 /** Free what tpm_ckpt_load allocated inside @p meta (config_json, tokenizer); no-op on NULL. */

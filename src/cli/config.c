@@ -126,7 +126,9 @@ static const config_opt_t options[] = {
      "--precision=bf16, else tf32",
      CONFIG_GROUP_GENERAL, CONFIG_TYPE_CHOICE, OFF(cuda_matmul), SZ(cuda_matmul), 0, 0, 0, 0, 0,
      cuda_matmul_names},
-    {"threads", "TPMPI_THREADS", "0", "N", "OpenMP/BLAS threads per rank (0 = OpenMP default)",
+    {"threads", "TPMPI_THREADS", "0", "N",
+     "OpenMP/BLAS threads per rank (0 = OpenMP default); more than the CPU affinity mask holds "
+     "is warned about",
      CONFIG_GROUP_GENERAL, CONFIG_TYPE_INT, OFF(threads), 0, 0, 4096, 0, 0, 0, NULL},
     {"help", NULL, NULL, NULL, "print this help and exit",
      CONFIG_GROUP_GENERAL, CONFIG_TYPE_HELP, 0, 0, 0, 0, 0, 0, 0, NULL},
@@ -204,7 +206,7 @@ static const config_opt_t options[] = {
      CONFIG_GROUP_TRAINING, CONFIG_TYPE_U64, OFF(seed), 0, 0, I64_MAX, 0, 0, 0, NULL},
     {"eval-every", "TPMPI_EVAL_EVERY", "0", "N", "validate every N steps (0 = only at the end)",
      CONFIG_GROUP_TRAINING, CONFIG_TYPE_I64, OFF(eval_every), 0, 0, I64_MAX, 0, 0, 0, NULL},
-    {"eval-batches", "TPMPI_EVAL_BATCHES", "4", "N", "validation micro-batches per evaluation",
+    {"eval-batches", "TPMPI_EVAL_BATCHES", "4", "N", "validation global batches per evaluation",
      CONFIG_GROUP_TRAINING, CONFIG_TYPE_INT, OFF(eval_batches), 0, 1, 1000000, 0, 0, 0, NULL},
 
     /* logging */

@@ -378,13 +378,33 @@ tpm_status_t tpm_tokens_write_shard(const char *path, const uint16_t *tok, size_
     return status;
 }
 
+/* salt of data order 2: its windows are not the ones order 1 or parameter init draw */
+#define DATA_ORDER_SAMPLE_SALT 0x73616d706c65ULL /* "sample" */
+
+tpm_data_key_t tpm_data_key(int order, uint64_t seed, int64_t s, int a, int A, int r, int N, int B)
+{
+    tpm_data_key_t k;
+
+    if (order == TPM_DATA_ORDER_MICROBATCH) {
+        k.seed   = seed;
+        k.stream = ((uint64_t)s * (uint64_t)A + (uint64_t)a) * (uint64_t)N + (uint64_t)r;
+        k.first  = 0;
+    } else {
+        /* Megatron-style: micro-step a of the step holds samples [a*N*B, (a+1)*N*B), rank r
+         * the r-th B of them */
+        k.seed   = seed ^ DATA_ORDER_SAMPLE_SALT;
+        k.stream = (uint64_t)s;
+        k.first  = ((uint64_t)a * (uint64_t)N + (uint64_t)r) * (uint64_t)B;
+    }
+    return k;
+}
+
 /*
- * Window b of micro-batch g starts at tpm_rng_u64(seed, g, b) mod (n - T): the
- * RNG stream is the micro-batch counter and the index is the row, so any rank
- * can draw any row of any micro-batch without drawing the others first.
+ * Row b starts at tpm_rng_u64(seed, stream, first + b) mod (n - T), so any
+ * rank can draw any row of any batch without drawing the others first.
  */
-tpm_status_t tpm_tokens_batch(const tpm_tokens_t *toks, uint64_t seed, uint64_t g, int B, int T,
-                              int32_t *x, int32_t *y)
+tpm_status_t tpm_tokens_batch(const tpm_tokens_t *toks, uint64_t seed, uint64_t stream,
+                              uint64_t first, int B, int T, int32_t *x, int32_t *y)
 {
     size_t range;
 
@@ -399,7 +419,7 @@ tpm_status_t tpm_tokens_batch(const tpm_tokens_t *toks, uint64_t seed, uint64_t 
     }
     range = toks->n - (size_t)T; /* valid starts: 0 .. n-T-1, so y's last token exists */
     for (int b = 0; b < B; b++) {
-        size_t          off = (size_t)(tpm_rng_u64(seed, g, (uint64_t)b) % range);
+        size_t          off = (size_t)(tpm_rng_u64(seed, stream, first + (uint64_t)b) % range);
         const uint16_t *src = toks->tok + off;
         int32_t        *xb  = x + (size_t)b * (size_t)T;
         int32_t        *yb  = y + (size_t)b * (size_t)T;

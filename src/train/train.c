@@ -1,9 +1,10 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * train.c: the training driver. Data order: step s, micro-step a, rank r reads
- * micro-batch g = (s*A + a)*N + r, so the set of micro-batches in a step
- * depends only on the global batch N*A, never on how it is split across ranks
- * (the ZeRO-3 equivalence test relies on this). Every failure that one rank
+ * train.c: the training driver. Data order (docs/DATA.md section 4): in step s,
+ * micro-step a, rank r reads samples (a*N + r)*B .. +B-1 of the step's global
+ * batch, each window keyed by (step, sample index), so the samples of a step
+ * depend only on the global batch N*A*B, never on how it is split (the ZeRO-3
+ * equivalence tests rely on this). Every failure that one rank
  * can hit alone (files, memory) is agreed on before anyone proceeds.
  *
  * Checkpoints (docs/CHECKPOINT.md): the whole training state is the parameter
@@ -172,22 +173,29 @@ static tpm_status_t model_config_from(const tpm_config_t *cfg, const data_t *d,
     return TPM_OK;
 }
 
-/* mean validation loss over N * eval_batches fixed micro-batches */
+/*
+ * mean validation loss over eval_batches fixed global batches of N*A*B windows,
+ * keyed like training data (order 2, stream = e) so that it does not depend
+ * on the split either
+ */
 static tpm_status_t evaluate(const tpm_config_t *cfg, tpm_zero3_t *z, const data_t *d,
                              int32_t *x, int32_t *y, double *val_p)
 {
-    const int N = z->comm->size;
+    const int N = z->comm->size, A = cfg->grad_accum;
     double    sum = 0.0, total = 0.0;
     float     loss;
 
     for (int e = 0; e < cfg->eval_batches; e++) {
-        uint64_t g = (uint64_t)e * N + z->comm->rank;
-        TPM_CHECK(tpm_tokens_batch(&d->val, cfg->seed ^ 0x76616cULL, g, z->B, z->T, x, y));
-        TPM_CHECK(tpm_zero3_forward(z, x, y, &loss));
-        sum += loss;
+        for (int a = 0; a < A; a++) {
+            tpm_data_key_t k = tpm_data_key(TPM_DATA_ORDER_SAMPLE, cfg->seed ^ 0x76616cULL, e, a,
+                                            A, z->comm->rank, N, z->B);
+            TPM_CHECK(tpm_tokens_batch(&d->val, k.seed, k.stream, k.first, z->B, z->T, x, y));
+            TPM_CHECK(tpm_zero3_forward(z, x, y, &loss));
+            sum += loss;
+        }
     }
     TPM_CHECK(tpm_comm_all_reduce(z->comm, &sum, &total, 1, TPM_DT_DOUBLE, TPM_RED_SUM));
-    *val_p = total / ((double)N * cfg->eval_batches);
+    *val_p = total / ((double)N * A * cfg->eval_batches);
     return TPM_OK;
 }
 
@@ -353,6 +361,7 @@ typedef struct {
     int64_t tokens_seen; /* training tokens consumed, over every run */
     int64_t last_saved;  /* step of the newest checkpoint of DIR (-1: none yet) */
     char   *json;        /* resolved configuration (free()) */
+    int     data_order;  /* TPM_DATA_ORDER, or the older order of the resumed checkpoint */
 } run_state_t;
 
 /* write DIR/ckpt_<step>.h5, then (rank 0) move DIR/latest and prune; collective, agreed */
@@ -377,6 +386,7 @@ static tpm_status_t ckpt_write(const tpm_config_t *cfg, tpm_zero3_t *z, const da
     meta.grad_accum    = cfg->grad_accum;
     meta.seq_len       = cfg->seq_len;
     meta.lr            = rs->step > 0 ? tpm_train_lr(cfg, rs->step - 1) : 0.0;
+    meta.data_order    = rs->data_order;
     TPM_CHECK(tpm_ckpt_save(z, path, &meta));
     status = TPM_OK;
     if (z->comm->rank == 0) {
@@ -443,10 +453,30 @@ static tpm_status_t init_state(const tpm_config_t *cfg, tpm_zero3_t *z, const da
                           path, (unsigned long long)meta.seed, (unsigned long long)cfg->seed);
             status = TPM_ERR_INVALID_ARG;
         }
-        if (status == TPM_OK && (int64_t)meta.world_size * meta.grad_accum * meta.batch !=
-                                    (int64_t)comm->size * cfg->grad_accum * cfg->batch) {
+        if (status == TPM_OK && meta.data_order == TPM_DATA_ORDER_MICROBATCH) {
+            /* keep the old run's data: order 1 is still implemented */
+            int same = meta.world_size == comm->size && meta.grad_accum == cfg->grad_accum &&
+                       meta.batch == cfg->batch;
+            tpm_info0("note: checkpoint %s uses data order 1 (windows keyed by micro-batch, "
+                      "before data_order was recorded); this run continues in order 1%s, and "
+                      "so will its checkpoints; start a new run (--init-from) for order 2, "
+                      "where any split of the global batch reads the same samples",
+                      path,
+                      same ? "" : ", but order 1 depends on the split, which differs: the data "
+                                  "will not be what the old run would have read");
+        } else if (status == TPM_OK &&
+                   (int64_t)meta.world_size * meta.grad_accum * meta.batch ==
+                       (int64_t)comm->size * cfg->grad_accum * cfg->batch &&
+                   (meta.world_size != comm->size || meta.grad_accum != cfg->grad_accum)) {
+            tpm_info0("note: the global batch of %d sequences was split %d ranks x %d x %d, "
+                      "now %d x %d x %d; the samples of every step are the same",
+                      meta.world_size * meta.grad_accum * meta.batch, meta.world_size,
+                      meta.grad_accum, meta.batch, comm->size, cfg->grad_accum, cfg->batch);
+        } else if (status == TPM_OK &&
+                   (int64_t)meta.world_size * meta.grad_accum * meta.batch !=
+                       (int64_t)comm->size * cfg->grad_accum * cfg->batch) {
             tpm_info0("note: the global batch was %d ranks x %d x %d sequences, it is now "
-                      "%d x %d x %d; the data order continues by step, not by sample",
+                      "%d x %d x %d; the data order continues by step with the new batch",
                       meta.world_size, meta.grad_accum, meta.batch, comm->size, cfg->grad_accum,
                       cfg->batch);
         }
@@ -459,6 +489,7 @@ static tpm_status_t init_state(const tpm_config_t *cfg, tpm_zero3_t *z, const da
             rs->step        = meta.step;
             rs->tokens_seen = meta.tokens_seen;
             rs->last_saved  = meta.step;
+            rs->data_order  = meta.data_order;
             /* the 2-bit error-feedback residual is not in checkpoints (docs/COMPRESSION.md) */
             status = tpm_zero3_reset_residual(z);
         }
@@ -500,7 +531,7 @@ tpm_status_t tpm_train_run(const tpm_config_t *cfg, tpm_comm_t *comm)
     int                T, tty = isatty(STDERR_FILENO);
     double             t_start, last_loss = 0.0, last_val = -1.0, wait0, tokens_per_step;
     int64_t            step, start_step, n_run;
-    run_state_t        rs = {0, 0, -1, NULL};
+    run_state_t        rs = {0, 0, -1, NULL, TPM_DATA_ORDER};
     struct sigaction   old_term, old_usr1;
 
     memset(&d, 0, sizeof(d));
@@ -576,8 +607,8 @@ tpm_status_t tpm_train_run(const tpm_config_t *cfg, tpm_comm_t *comm)
 
         STEP_CALL(tpm_zero3_zero_grad(z));
         for (int a = 0; a < A; a++) {
-            uint64_t g = ((uint64_t)step * A + a) * N + comm->rank;
-            STEP_CALL(tpm_tokens_batch(&d.train, cfg->seed, g, B, T, x, y));
+            tpm_data_key_t k = tpm_data_key(rs.data_order, cfg->seed, step, a, A, comm->rank, N, B);
+            STEP_CALL(tpm_tokens_batch(&d.train, k.seed, k.stream, k.first, B, T, x, y));
             STEP_CALL(tpm_zero3_fwd_bwd(z, x, y, 1.0f / (float)(N * A), &loss));
             sum += loss;
         }

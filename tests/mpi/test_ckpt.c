@@ -282,6 +282,33 @@ static int set_version(tpm_comm_t *c, const char *in, const char *out, int32_t v
     return 0;
 }
 
+/* rank 0, serial HDF5: copy @p in to @p out with data_order set to @p v (0: removed) */
+static int set_data_order(tpm_comm_t *c, const char *in, const char *out, int32_t v)
+{
+    int ok = 1;
+
+    if (c->rank == 0) {
+        hid_t f, a = -1;
+        ok = copy_file(in, out);
+        f  = ok ? H5Fopen(out, H5F_ACC_RDWR, H5P_DEFAULT) : -1;
+        ok = f >= 0 && H5Adelete(f, "data_order") >= 0;
+        if (ok && v != 0) {
+            hid_t sp = H5Screate(H5S_SCALAR);
+            a        = H5Acreate2(f, "data_order", H5T_STD_I32LE, sp, H5P_DEFAULT, H5P_DEFAULT);
+            ok       = a >= 0 && H5Awrite(a, H5T_NATIVE_INT32, &v) >= 0;
+            H5Sclose(sp);
+        }
+        if (a >= 0) {
+            H5Aclose(a);
+        }
+        if (f >= 0) {
+            H5Fclose(f);
+        }
+    }
+    mc_check_all(ok, "make a copy with another data_order");
+    return 0;
+}
+
 /* copy @p in to @p out with m and v zeroed: a weights-only load, then a save */
 static int mode_reset_optim(tpm_comm_t *c, const char *in, const char *out)
 {
@@ -423,6 +450,8 @@ int main(int argc, char **argv)
         mode_version(c, argv[2]);
     } else if (strcmp(mode, "set-version") == 0 && argc > 4) {
         set_version(c, argv[2], argv[3], (int32_t)atoi(argv[4]));
+    } else if (strcmp(mode, "set-data-order") == 0 && argc > 4) {
+        set_data_order(c, argv[2], argv[3], (int32_t)atoi(argv[4]));
     } else if (strcmp(mode, "reset-optim") == 0 && argc > 3) {
         mode_reset_optim(c, argv[2], argv[3]);
     } else if (strcmp(mode, "fixture") == 0 && argc > 3) {
@@ -431,8 +460,8 @@ int main(int argc, char **argv)
         mode_fixture(c, argv[2], NULL, argv[3]);
     } else {
         if (c->rank == 0) {
-            fprintf(stderr, "usage: test_ckpt write|read|version|set-version|reset-optim|fixture|"
-                            "import ARGS\n");
+            fprintf(stderr, "usage: test_ckpt write|read|version|set-version|set-data-order|"
+                            "reset-optim|fixture|import ARGS\n");
         }
         mc_fail++;
     }

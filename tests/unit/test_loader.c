@@ -219,7 +219,7 @@ Test(loader, y_is_x_shifted_by_one_token_from_a_real_window)
     int32_t      x[B * T], y[B * T];
 
     for (uint64_t g = 0; g < 50; g++) {
-        cr_assert_eq(tpm_tokens_batch(&toks, 1234, g, B, T, x, y), TPM_OK);
+        cr_assert_eq(tpm_tokens_batch(&toks, 1234, g, 0, B, T, x, y), TPM_OK);
         for (int b = 0; b < B; b++) {
             int32_t off = x[b * T];
 
@@ -240,23 +240,95 @@ Test(loader, batches_depend_only_on_seed_and_counter)
     int32_t      x1[B * T], y1[B * T], x2[B * T], y2[B * T];
     int          differ = 0;
 
-    cr_assert_eq(tpm_tokens_batch(&toks, 42, 7, B, T, x1, y1), TPM_OK);
+    cr_assert_eq(tpm_tokens_batch(&toks, 42, 7, 0, B, T, x1, y1), TPM_OK);
     /* draws in between do not move the stream: there is no hidden state */
-    cr_assert_eq(tpm_tokens_batch(&toks, 42, 3, B, T, x2, y2), TPM_OK);
-    cr_assert_eq(tpm_tokens_batch(&toks, 42, 7, B, T, x2, y2), TPM_OK);
+    cr_assert_eq(tpm_tokens_batch(&toks, 42, 3, 0, B, T, x2, y2), TPM_OK);
+    cr_assert_eq(tpm_tokens_batch(&toks, 42, 7, 0, B, T, x2, y2), TPM_OK);
     cr_assert_eq(memcmp(x1, x2, sizeof(x1)), 0);
     cr_assert_eq(memcmp(y1, y2, sizeof(y1)), 0);
-    cr_assert_eq(tpm_tokens_batch(&toks, 42, 8, B, T, x2, y2), TPM_OK);
+    cr_assert_eq(tpm_tokens_batch(&toks, 42, 8, 0, B, T, x2, y2), TPM_OK);
     differ += memcmp(x1, x2, sizeof(x1)) != 0;
-    cr_assert_eq(tpm_tokens_batch(&toks, 43, 7, B, T, x2, y2), TPM_OK);
+    cr_assert_eq(tpm_tokens_batch(&toks, 43, 7, 0, B, T, x2, y2), TPM_OK);
     differ += memcmp(x1, x2, sizeof(x1)) != 0;
     cr_assert_eq(differ, 2, "another counter or seed gave the same batch");
     /* rows of one batch are different windows */
     cr_assert(x1[0] != x1[T] || x1[T] != x1[2 * T]);
     /* row b does not depend on B: a rank can draw just its own rows */
-    cr_assert_eq(tpm_tokens_batch(&toks, 42, 7, 1, T, x2, y2), TPM_OK);
+    cr_assert_eq(tpm_tokens_batch(&toks, 42, 7, 0, 1, T, x2, y2), TPM_OK);
     cr_assert_eq(memcmp(x1, x2, T * sizeof(*x1)), 0);
     tpm_tokens_cleanup(&toks);
+}
+
+Test(loader, row_index_offset_continues_the_same_rows)
+{
+    enum { B = 5, T = 8 };
+    tpm_tokens_t toks = seq_tokens(10000);
+    int32_t      x1[B * T], y1[B * T], x2[B * T], y2[B * T];
+
+    /* rows first..first+B-1 of a stream are the same windows however they are cut */
+    cr_assert_eq(tpm_tokens_batch(&toks, 5, 11, 0, B, T, x1, y1), TPM_OK);
+    cr_assert_eq(tpm_tokens_batch(&toks, 5, 11, 2, B - 2, T, x2, y2), TPM_OK);
+    cr_assert_eq(memcmp(x1 + 2 * T, x2, (B - 2) * T * sizeof(*x1)), 0);
+    cr_assert_eq(memcmp(y1 + 2 * T, y2, (B - 2) * T * sizeof(*y1)), 0);
+    tpm_tokens_cleanup(&toks);
+}
+
+/* the (stream, index) of every sample of step s under the split N x A x B, in order */
+static void sample_keys(int order, int64_t s, int N, int A, int B, uint64_t *seed, uint64_t *st,
+                        uint64_t *ix)
+{
+    int k = 0;
+
+    for (int a = 0; a < A; a++) {
+        for (int r = 0; r < N; r++) {
+            tpm_data_key_t key = tpm_data_key(order, 99, s, a, A, r, N, B);
+            for (int b = 0; b < B; b++, k++) {
+                seed[k] = key.seed;
+                st[k]   = key.stream;
+                ix[k]   = key.first + (uint64_t)b;
+            }
+        }
+    }
+}
+
+Test(loader, data_order_2_gives_every_split_of_a_global_batch_the_same_samples)
+{
+    static const int splits[][3] = {{1, 1, 12}, {2, 1, 6},  {3, 1, 4},  {2, 3, 2},
+                                    {4, 3, 1},  {1, 12, 1}, {12, 1, 1}, {6, 2, 1}};
+    uint64_t         s0[12], t0[12], i0[12], s1[12], t1[12], i1[12];
+
+    for (int64_t s = 0; s < 3; s++) {
+        sample_keys(TPM_DATA_ORDER_SAMPLE, s, 1, 1, 12, s0, t0, i0);
+        for (int j = 0; j < 12; j++) {
+            cr_assert_eq(t0[j], (uint64_t)s);
+            cr_assert_eq(i0[j], (uint64_t)j, "sample %d of step %lld has index %llu", j,
+                         (long long)s, (unsigned long long)i0[j]);
+            cr_assert_neq(s0[j], 99, "order 2 uses a salted seed");
+        }
+        for (size_t c = 1; c < sizeof(splits) / sizeof(splits[0]); c++) {
+            sample_keys(TPM_DATA_ORDER_SAMPLE, s, splits[c][0], splits[c][1], splits[c][2], s1, t1,
+                        i1);
+            cr_assert_eq(memcmp(s0, s1, sizeof(s0)), 0);
+            cr_assert_eq(memcmp(t0, t1, sizeof(t0)), 0);
+            cr_assert_eq(memcmp(i0, i1, sizeof(i0)), 0, "split %dx%dx%d", splits[c][0],
+                         splits[c][1], splits[c][2]);
+        }
+    }
+}
+
+Test(loader, data_order_1_is_the_micro_batch_counter_of_old_checkpoints)
+{
+    /* g = (s*A + a)*N + r, rows 0..B-1, the run's own seed */
+    tpm_data_key_t k = tpm_data_key(TPM_DATA_ORDER_MICROBATCH, 99, 5, 2, 3, 1, 4, 6);
+
+    cr_assert_eq(k.seed, 99);
+    cr_assert_eq(k.stream, (uint64_t)((5 * 3 + 2) * 4 + 1));
+    cr_assert_eq(k.first, 0);
+    /* and it depends on the split: N=2 B=3 is not N=1 B=6 */
+    uint64_t s0[6], t0[6], i0[6], s1[6], t1[6], i1[6];
+    sample_keys(TPM_DATA_ORDER_MICROBATCH, 1, 1, 1, 6, s0, t0, i0);
+    sample_keys(TPM_DATA_ORDER_MICROBATCH, 1, 2, 1, 3, s1, t1, i1);
+    cr_assert(memcmp(t0, t1, sizeof(t0)) != 0 || memcmp(i0, i1, sizeof(i0)) != 0);
 }
 
 Test(loader, offsets_cover_every_valid_window_and_no_other)
@@ -267,7 +339,7 @@ Test(loader, offsets_cover_every_valid_window_and_no_other)
     int          seen[K] = {0};
 
     for (uint64_t g = 0; g < 400; g++) {
-        cr_assert_eq(tpm_tokens_batch(&toks, 9, g, 1, T, x, y), TPM_OK);
+        cr_assert_eq(tpm_tokens_batch(&toks, 9, g, 0, 1, T, x, y), TPM_OK);
         cr_assert(x[0] >= 0 && x[0] < K, "start %d", x[0]);
         seen[x[0]]++;
     }
@@ -282,13 +354,13 @@ Test(loader, too_few_tokens_for_one_window_is_rejected)
     tpm_tokens_t toks = seq_tokens(16);
     int32_t      x[32], y[32];
 
-    cr_assert_eq(tpm_tokens_batch(&toks, 1, 0, 2, 16, x, y), TPM_ERR_INVALID_ARG);
-    cr_assert_eq(tpm_tokens_batch(&toks, 1, 0, 2, 15, x, y), TPM_OK); /* exactly T + 1 */
+    cr_assert_eq(tpm_tokens_batch(&toks, 1, 0, 0, 2, 16, x, y), TPM_ERR_INVALID_ARG);
+    cr_assert_eq(tpm_tokens_batch(&toks, 1, 0, 0, 2, 15, x, y), TPM_OK); /* exactly T + 1 */
     cr_assert_eq(x[0], 0);
     cr_assert_eq(x[15], 0);
     cr_assert_eq(y[14], 15);
-    cr_assert_eq(tpm_tokens_batch(&toks, 1, 0, 0, 8, x, y), TPM_ERR_INVALID_ARG);
-    cr_assert_eq(tpm_tokens_batch(&toks, 1, 0, 1, 0, x, y), TPM_ERR_INVALID_ARG);
+    cr_assert_eq(tpm_tokens_batch(&toks, 1, 0, 0, 0, 8, x, y), TPM_ERR_INVALID_ARG);
+    cr_assert_eq(tpm_tokens_batch(&toks, 1, 0, 0, 1, 0, x, y), TPM_ERR_INVALID_ARG);
     tpm_tokens_cleanup(&toks);
 }
 
