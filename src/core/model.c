@@ -193,45 +193,75 @@ tpm_status_t tpm_model_config_finish(tpm_model_config_t *cfg)
     return TPM_OK;
 }
 
-static void set_desc(tpm_param_desc_t *d, const char *name, int64_t rows, int64_t cols, int decay,
-                     tpm_init_kind_t init, float value)
+const tpm_arch_t *tpm_model_arch(const tpm_model_config_t *cfg)
 {
-    snprintf(d->name, sizeof(d->name), "%s", name);
-    d->rows       = rows;
-    d->cols       = cols;
-    d->valid_rows = rows;
-    d->decay      = decay;
-    d->init       = init;
-    d->init_value = value;
+    (void)cfg;
+    return &tpm_arch_gpt2;
+}
+
+int64_t tpm_model_dim(const tpm_model_config_t *cfg, tpm_dim_t d)
+{
+    switch (d) {
+    case TPM_DIM_1: return 1;
+    case TPM_DIM_C: return cfg->C;
+    case TPM_DIM_3C: return 3 * (int64_t)cfg->C;
+    case TPM_DIM_4C: return 4 * (int64_t)cfg->C;
+    case TPM_DIM_VP: return cfg->Vp;
+    case TPM_DIM_MAXT: return cfg->maxT;
+    }
+    TPM_ASSERT(0);
+    return 0;
+}
+
+const tpm_tensor_spec_t *tpm_model_spec(const tpm_model_config_t *cfg, int g, int t)
+{
+    const tpm_arch_t *a = tpm_model_arch(cfg);
+
+    TPM_ASSERT(g >= 0 && g <= cfg->L && t >= 0 && t < (g == cfg->L ? a->n_emb : a->n_block));
+    return g == cfg->L ? &a->emb[t] : &a->block[t];
 }
 
 int tpm_model_group_desc(const tpm_model_config_t *cfg, int g, tpm_param_desc_t *d)
 {
-    const int64_t C        = cfg->C;
-    const float   std      = 0.02f;
-    const float   proj_std = 0.02f / sqrtf(2.0f * (float)cfg->L);
+    const tpm_arch_t *a        = tpm_model_arch(cfg);
+    const int         nt       = g == cfg->L ? a->n_emb : a->n_block;
+    const float       std      = 0.02f;
+    const float       proj_std = 0.02f / sqrtf(2.0f * (float)cfg->L);
 
-    if (g == cfg->L) {
-        set_desc(&d[TPM_E_WTE], "wte", cfg->Vp, C, 1, TPM_INIT_NORMAL, std);
-        d[TPM_E_WTE].valid_rows = cfg->V;
-        set_desc(&d[TPM_E_WPE], "wpe", cfg->maxT, C, 1, TPM_INIT_NORMAL, std);
-        set_desc(&d[TPM_E_LNFW], "lnfw", C, 1, 0, TPM_INIT_CONST, 1.0f);
-        set_desc(&d[TPM_E_LNFB], "lnfb", C, 1, 0, TPM_INIT_CONST, 0.0f);
-        return TPM_EMB_NT;
+    for (int t = 0; t < nt; t++) {
+        const tpm_tensor_spec_t *s = tpm_model_spec(cfg, g, t);
+
+        snprintf(d[t].name, sizeof(d[t].name), "%s", s->name);
+        d[t].rows = tpm_model_dim(cfg, s->rows);
+        d[t].cols = tpm_model_dim(cfg, s->cols);
+        /* vocabulary padding rows hold zeros */
+        d[t].valid_rows = s->rows == TPM_DIM_VP ? cfg->V : d[t].rows;
+        d[t].decay      = s->decay;
+        d[t].init =
+            s->init == TPM_INIT_W || s->init == TPM_INIT_W_RESID ? TPM_INIT_NORMAL : TPM_INIT_CONST;
+        d[t].init_value = s->init == TPM_INIT_W         ? std
+                          : s->init == TPM_INIT_W_RESID ? proj_std
+                          : s->init == TPM_INIT_ONE     ? 1.0f
+                                                        : 0.0f;
+        d[t].split      = s->split;
+        d[t].spec       = s;
     }
-    set_desc(&d[TPM_B_LN1W], "ln1w", C, 1, 0, TPM_INIT_CONST, 1.0f);
-    set_desc(&d[TPM_B_LN1B], "ln1b", C, 1, 0, TPM_INIT_CONST, 0.0f);
-    set_desc(&d[TPM_B_QKVW], "qkvw", 3 * C, C, 1, TPM_INIT_NORMAL, std);
-    set_desc(&d[TPM_B_QKVB], "qkvb", 3 * C, 1, 0, TPM_INIT_CONST, 0.0f);
-    set_desc(&d[TPM_B_ATTPROJW], "attprojw", C, C, 1, TPM_INIT_NORMAL, proj_std);
-    set_desc(&d[TPM_B_ATTPROJB], "attprojb", C, 1, 0, TPM_INIT_CONST, 0.0f);
-    set_desc(&d[TPM_B_LN2W], "ln2w", C, 1, 0, TPM_INIT_CONST, 1.0f);
-    set_desc(&d[TPM_B_LN2B], "ln2b", C, 1, 0, TPM_INIT_CONST, 0.0f);
-    set_desc(&d[TPM_B_FCW], "fcw", 4 * C, C, 1, TPM_INIT_NORMAL, std);
-    set_desc(&d[TPM_B_FCB], "fcb", 4 * C, 1, 0, TPM_INIT_CONST, 0.0f);
-    set_desc(&d[TPM_B_FCPROJW], "fcprojw", 4 * C, C, 1, TPM_INIT_NORMAL, proj_std);
-    set_desc(&d[TPM_B_FCPROJB], "fcprojb", C, 1, 0, TPM_INIT_CONST, 0.0f);
-    return TPM_BLOCK_NT;
+    return nt;
+}
+
+tpm_status_t tpm_model_tensor_name(const tpm_model_config_t *cfg, int g, int t, char *buf,
+                                   size_t cap)
+{
+    const tpm_tensor_spec_t *s = tpm_model_spec(cfg, g, t);
+    int                      n =
+        g < cfg->L ? snprintf(buf, cap, "h.%d.%s", g, s->name) : snprintf(buf, cap, "%s", s->name);
+
+    if (n < 0 || (size_t)n >= cap) {
+        tpm_log_error("model: the name of tensor %s of group %d does not fit %zu bytes", s->name, g,
+                      cap);
+        return TPM_ERR_INVALID_ARG;
+    }
+    return TPM_OK;
 }
 
 size_t tpm_model_num_params(const tpm_model_config_t *cfg)

@@ -17,6 +17,7 @@
 
 #include "backend/backend.h"
 #include "base/status.h"
+#include "core/arch.h"
 
 #define TPM_VOCAB_PAD 128 /* Vp = roundup(V, TPM_VOCAB_PAD), independent of the rank count */
 
@@ -29,7 +30,7 @@ typedef struct tpm_model_config {
     int maxT; /* position table size */
 } tpm_model_config_t;
 
-/* tensors of one transformer block, in storage order */
+/* tensors of one transformer block, in storage order: the rows of the table in core/arch.c */
 enum {
     TPM_B_LN1W = 0, /* (C) */
     TPM_B_LN1B,     /* (C) */
@@ -62,15 +63,20 @@ typedef enum {
     TPM_INIT_CONST,      /* value */
 } tpm_init_kind_t;
 
-/** One parameter tensor: a (rows, cols) matrix; a vector is (n, 1). */
+/**
+ * One parameter tensor of a configured model: a (rows, cols) matrix; a vector is (n, 1).
+ * Derived from its row of the architecture table (core/arch.h) by tpm_model_group_desc().
+ */
 typedef struct tpm_param_desc {
-    char            name[16];
-    int64_t         rows;
-    int64_t         cols;
-    int64_t         valid_rows; /* rows holding real values (wte: V; others: rows) */
-    int             decay;      /* AdamW weight decay applies (2-D tensors) */
-    tpm_init_kind_t init;
-    float           init_value; /* std for NORMAL, value for CONST */
+    char                     name[16];
+    int64_t                  rows;
+    int64_t                  cols;
+    int64_t                  valid_rows; /* rows holding real values (wte: V; others: rows) */
+    int                      decay;      /* AdamW weight decay applies (2-D tensors) */
+    tpm_init_kind_t          init;
+    float                    init_value; /* std for NORMAL, value for CONST */
+    tpm_split_t              split;      /* tensor-parallel split of the rows */
+    const tpm_tensor_spec_t *spec;       /* its table row (static storage) */
 } tpm_param_desc_t;
 
 /**
@@ -88,8 +94,25 @@ static inline int tpm_model_n_groups(const tpm_model_config_t *cfg)
  */
 tpm_status_t tpm_model_config_finish(tpm_model_config_t *cfg);
 
+/** The architecture table of @p cfg (static storage; GPT-2 for now). */
+const tpm_arch_t *tpm_model_arch(const tpm_model_config_t *cfg);
+
+/** The size of dimension @p d in model @p cfg (Vp must be set: tpm_model_config_finish). */
+int64_t tpm_model_dim(const tpm_model_config_t *cfg, tpm_dim_t d);
+
 /** Tensor descriptors of group @p g into @p desc; returns the tensor count. */
 int tpm_model_group_desc(const tpm_model_config_t *cfg, int g, tpm_param_desc_t *desc);
+
+/** The table row of tensor @p t of group @p g (static storage). */
+const tpm_tensor_spec_t *tpm_model_spec(const tpm_model_config_t *cfg, int g, int t);
+
+/**
+ * The stable name of tensor @p t of group @p g: "h.<g>.<name>" for a block, "<name>" for
+ * the embedding group, as checkpoint datasets (under /model, /optim/...) are named.
+ * TPM_ERR_INVALID_ARG when it does not fit in @p cap bytes.
+ */
+tpm_status_t tpm_model_tensor_name(const tpm_model_config_t *cfg, int g, int t, char *buf,
+                                   size_t cap);
 
 /** Logical parameter count (padded vocabulary rows included). */
 size_t tpm_model_num_params(const tpm_model_config_t *cfg);

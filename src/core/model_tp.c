@@ -50,40 +50,39 @@ tpm_tp_slice_t *tpm_tp_slice(tpm_tp_model_t *m, int g, int t)
     return &m->w[(size_t)g * TPM_GROUP_MAX_NT + (size_t)t];
 }
 
-/* rows [row0, row0 + nrows) of tensor t of group g on this rank */
-static void slice_rows(const tpm_tp_model_t *m, int g, int t, const tpm_param_desc_t *d,
-                       int64_t *row0_p, int64_t *nrows_p)
+/* rows [row0, row0 + nrows) of a tensor on this rank, from its split kind (core/arch.h) */
+static void slice_rows(const tpm_tp_model_t *m, const tpm_param_desc_t *d, int64_t *row0_p,
+                       int64_t *nrows_p)
 {
     const tpm_tp_part_t *p  = &m->part;
     const int64_t        hs = m->cfg.C / m->cfg.NH;
 
-    *row0_p  = 0;
-    *nrows_p = d->rows; /* replicated unless split below */
-    if (g == m->cfg.L) {
-        if (t == TPM_E_WTE) {
-            *row0_p  = p->v0;
-            *nrows_p = p->nv;
-        }
+    switch (d->split) {
+    case TPM_SPLIT_REPLICATED:
+        *row0_p  = 0;
+        *nrows_p = d->rows;
         return;
-    }
-    switch (t) {
-    case TPM_B_QKVW:
-    case TPM_B_QKVB:
+    case TPM_SPLIT_HEADS_QKV:
         *row0_p  = 3 * hs * p->h0;
         *nrows_p = 3 * hs * p->nh;
-        break;
-    case TPM_B_ATTPROJW:
+        return;
+    case TPM_SPLIT_HEADS_IN:
         *row0_p  = hs * p->h0;
         *nrows_p = hs * p->nh;
-        break;
-    case TPM_B_FCW:
-    case TPM_B_FCB:
-    case TPM_B_FCPROJW:
+        return;
+    case TPM_SPLIT_COL:
+    case TPM_SPLIT_ROW:
+        /* the MLP hidden units: the only equal-block split of a block (tpm_tp_part_t f0, nf) */
+        TPM_ASSERT(d->rows == 4 * (int64_t)m->cfg.C);
         *row0_p  = p->f0;
         *nrows_p = p->nf;
-        break;
-    default: break;
+        return;
+    case TPM_SPLIT_VOCAB:
+        *row0_p  = p->v0;
+        *nrows_p = p->nv;
+        return;
     }
+    TPM_ASSERT(0);
 }
 
 static size_t align64(size_t nbytes)
@@ -165,10 +164,10 @@ tpm_status_t tpm_tp_create(tpm_backend_t *be, tpm_comm_t *comm, const tpm_model_
         for (int t = 0; t < nt; t++) {
             tpm_tp_slice_t *s = tpm_tp_slice(m, g, t);
 
-            slice_rows(m, g, t, &d[t], &s->row0, &s->nrows);
+            slice_rows(m, &d[t], &s->row0, &s->nrows);
             s->cols = d[t].cols;
-            wbytes += align64((size_t)(s->nrows + (g == L && t == TPM_E_WTE)) * (size_t)s->cols *
-                              sizeof(float));
+            wbytes += align64((size_t)(s->nrows + (d[t].split == TPM_SPLIT_VOCAB)) *
+                              (size_t)s->cols * sizeof(float));
         }
     }
     m->mem.weight_bytes = wbytes;
@@ -183,7 +182,7 @@ tpm_status_t tpm_tp_create(tpm_backend_t *be, tpm_comm_t *comm, const tpm_model_
             tpm_tp_slice_t *s = tpm_tp_slice(m, g, t);
 
             s->data = (float *)(void *)(base + off);
-            off += align64((size_t)(s->nrows + (g == L && t == TPM_E_WTE)) * (size_t)s->cols *
+            off += align64((size_t)(s->nrows + (d[t].split == TPM_SPLIT_VOCAB)) * (size_t)s->cols *
                            sizeof(float));
         }
     }

@@ -198,10 +198,10 @@ tpm_status_t tpm_serve_load_model(tpm_tp_model_t *m, tpm_ckpt_t *ck)
             size_t          n = (size_t)s->nrows * (size_t)s->cols;
             float          *dst;
 
-            if (g < m->cfg.L) {
-                snprintf(name, sizeof(name), "model/h.%d.%.15s", g, d[t].name);
-            } else {
-                snprintf(name, sizeof(name), "model/%.15s", d[t].name);
+            snprintf(name, sizeof(name), "model/");
+            status = tpm_model_tensor_name(&m->cfg, g, t, name + 6, sizeof(name) - 6);
+            if (status != TPM_OK) {
+                break; /* the same names on every rank: the same answer everywhere */
             }
             if (!host && n > cap) {
                 tpm_free(stage);

@@ -272,3 +272,89 @@ Test(model, gpt2_124m_has_the_published_parameter_count)
     /* llm.c's count with Vp = 50304 (shared/research/llmc.md) */
     cr_assert_eq(tpm_model_num_params(&c), (size_t)124475904);
 }
+
+/* ---------------------------------------------------------------------------------------------- */
+/* the architecture table (core/arch.h) */
+
+TestSuite(arch, .timeout = 10);
+
+Test(arch, gpt2_rows_are_at_their_enum_index)
+{
+    static const char *const blk[TPM_BLOCK_NT] = {
+        [TPM_B_LN1W] = "ln1w", [TPM_B_LN1B] = "ln1b",         [TPM_B_QKVW] = "qkvw",
+        [TPM_B_QKVB] = "qkvb", [TPM_B_ATTPROJW] = "attprojw", [TPM_B_ATTPROJB] = "attprojb",
+        [TPM_B_LN2W] = "ln2w", [TPM_B_LN2B] = "ln2b",         [TPM_B_FCW] = "fcw",
+        [TPM_B_FCB] = "fcb",   [TPM_B_FCPROJW] = "fcprojw",   [TPM_B_FCPROJB] = "fcprojb",
+    };
+    static const char *const emb[TPM_EMB_NT] = {
+        [TPM_E_WTE] = "wte", [TPM_E_WPE] = "wpe", [TPM_E_LNFW] = "lnfw", [TPM_E_LNFB] = "lnfb"};
+
+    cr_assert_eq(tpm_arch_gpt2.n_block, TPM_BLOCK_NT);
+    cr_assert_eq(tpm_arch_gpt2.n_emb, TPM_EMB_NT);
+    for (int t = 0; t < TPM_BLOCK_NT; t++) {
+        cr_assert_str_eq(tpm_arch_gpt2.block[t].name, blk[t]);
+    }
+    for (int t = 0; t < TPM_EMB_NT; t++) {
+        cr_assert_str_eq(tpm_arch_gpt2.emb[t].name, emb[t]);
+    }
+}
+
+Test(arch, llmc_positions_are_a_permutation_in_llmc_file_order)
+{
+    /* llm.c's order: wte wpe, the 12 block tensors in tpmpi order, lnfw lnfb */
+    int seen[TPM_BLOCK_NT + TPM_EMB_NT] = {0};
+
+    for (int t = 0; t < TPM_BLOCK_NT; t++) {
+        cr_assert_eq(tpm_arch_gpt2.block[t].llmc_index, 2 + t);
+        seen[tpm_arch_gpt2.block[t].llmc_index]++;
+    }
+    cr_assert_eq(tpm_arch_gpt2.emb[TPM_E_WTE].llmc_index, 0);
+    cr_assert_eq(tpm_arch_gpt2.emb[TPM_E_WPE].llmc_index, 1);
+    for (int t = 0; t < TPM_EMB_NT; t++) {
+        seen[tpm_arch_gpt2.emb[t].llmc_index]++;
+    }
+    for (int k = 0; k < TPM_BLOCK_NT + TPM_EMB_NT; k++) {
+        cr_assert_eq(seen[k], 1, "llm.c position %d used %d times", k, seen[k]);
+    }
+}
+
+Test(arch, descriptors_follow_the_table_for_a_configured_model)
+{
+    tpm_model_config_t c = {.L = 3, .C = 48, .NH = 6, .V = 300, .maxT = 20};
+    tpm_param_desc_t   d[TPM_GROUP_MAX_NT];
+
+    cr_assert_eq(tpm_model_config_finish(&c), TPM_OK);
+    cr_assert_eq(tpm_model_group_desc(&c, 1, d), TPM_BLOCK_NT);
+    cr_assert_eq(d[TPM_B_QKVW].rows, 144);
+    cr_assert_eq(d[TPM_B_QKVW].cols, 48);
+    cr_assert_eq(d[TPM_B_QKVW].split, TPM_SPLIT_HEADS_QKV);
+    cr_assert_eq(d[TPM_B_ATTPROJW].split, TPM_SPLIT_HEADS_IN);
+    cr_assert_eq(d[TPM_B_FCPROJW].rows, 192);
+    cr_assert_eq(d[TPM_B_FCPROJW].split, TPM_SPLIT_ROW);
+    cr_assert_eq(d[TPM_B_FCB].cols, 1);
+    cr_assert_eq(d[TPM_B_LN1W].init, TPM_INIT_CONST);
+    cr_assert(d[TPM_B_LN1W].init_value == 1.0f);
+    cr_assert(d[TPM_B_LN1B].init_value == 0.0f);
+    cr_assert(d[TPM_B_QKVW].init_value == 0.02f);
+    cr_assert(d[TPM_B_ATTPROJW].init_value == 0.02f / sqrtf(6.0f));
+    cr_assert(d[TPM_B_QKVW].decay && !d[TPM_B_QKVB].decay);
+    cr_assert_eq(tpm_model_group_desc(&c, 3, d), TPM_EMB_NT);
+    cr_assert_eq(d[TPM_E_WTE].rows, 384);
+    cr_assert_eq(d[TPM_E_WTE].valid_rows, 300);
+    cr_assert_eq(d[TPM_E_WTE].split, TPM_SPLIT_VOCAB);
+    cr_assert_eq(d[TPM_E_WPE].rows, 20);
+    cr_assert_eq(d[TPM_E_WPE].valid_rows, 20);
+}
+
+Test(arch, tensor_names_are_the_checkpoint_dataset_names)
+{
+    tpm_model_config_t c = {.L = 12, .C = 48, .NH = 6, .V = 300, .maxT = 20};
+    char               buf[32], tiny[6];
+
+    cr_assert_eq(tpm_model_config_finish(&c), TPM_OK);
+    cr_assert_eq(tpm_model_tensor_name(&c, 11, TPM_B_FCPROJB, buf, sizeof(buf)), TPM_OK);
+    cr_assert_str_eq(buf, "h.11.fcprojb");
+    cr_assert_eq(tpm_model_tensor_name(&c, 12, TPM_E_LNFB, buf, sizeof(buf)), TPM_OK);
+    cr_assert_str_eq(buf, "lnfb");
+    cr_assert_eq(tpm_model_tensor_name(&c, 0, TPM_B_QKVW, tiny, sizeof(tiny)), TPM_ERR_INVALID_ARG);
+}
