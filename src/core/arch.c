@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * arch.c: the per-architecture tensor tables (see arch.h, docs/MODEL.md). Only data here.
+ * arch.c: the per-architecture tensor tables (see arch.h, docs/MODEL.md) and the shard rule's
+ * row arithmetic.
  *
  * GPT-2. Hugging Face's GPT2LMHeadModel uses Conv1D, whose weight is stored [in, out]: the
  * QKV weight (C, 3C) is the transpose of q | k | v blocks, c_fc (C, 4C) the transpose of
@@ -10,6 +11,21 @@
 #include "core/arch.h"
 
 #include "core/model.h"
+
+int64_t tpm_split_block_rows(int64_t rows, int world)
+{
+    return (rows + world - 1) / world;
+}
+
+void tpm_split_rows(int64_t rows, int world, int rank, int64_t *row0_p, int64_t *nrows_p)
+{
+    int64_t r    = tpm_split_block_rows(rows, world);
+    int64_t row0 = r * rank < rows ? r * rank : rows;
+    int64_t end  = row0 + r < rows ? row0 + r : rows;
+
+    *row0_p  = row0;
+    *nrows_p = end - row0;
+}
 
 static const tpm_tensor_spec_t gpt2_block[TPM_BLOCK_NT] = {
     [TPM_B_LN1W]     = {"ln1w", TPM_DIM_C, TPM_DIM_1, TPM_SPLIT_REPLICATED, TPM_INIT_ONE, 0,

@@ -77,6 +77,20 @@ typedef struct tpm_arch {
     const tpm_tensor_spec_t *emb;     /* (n_emb) in storage order */
 } tpm_arch_t;
 
+/*
+ * The shard rule (ARCHITECTURE.md §3) on one dimension of @p rows rows over @p world ranks:
+ * equal blocks of ceil(rows / world) rows, rank i owning rows [i r, min((i + 1) r, rows)),
+ * possibly none. ZeRO-3 shards every tensor by it (zero3/shard.h, padding the last block) and
+ * tensor-parallel serving slices the equal-block splits by it (core/model_tp.h), which is why
+ * a training rank of an M-rank run holds exactly the rows a serving rank of M ranks needs.
+ */
+
+/** Rows per rank of the split: ceil(rows / world). Pure. */
+int64_t tpm_split_block_rows(int64_t rows, int world);
+
+/** Rows [*row0_p, *row0_p + *nrows_p) of @p rank (nrows 0 past the end). Pure. */
+void tpm_split_rows(int64_t rows, int world, int rank, int64_t *row0_p, int64_t *nrows_p);
+
 /** The GPT-2 table (static storage). */
 extern const tpm_arch_t tpm_arch_gpt2;
 

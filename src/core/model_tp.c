@@ -18,17 +18,6 @@
 
 #include "base/mem.h"
 
-/* the row rule of tpm_shard_split_rows (zero3/shard.h, a layer above core): ceil blocks */
-static void split_rows(int64_t rows, int world, int rank, int64_t *row0_p, int64_t *nrows_p)
-{
-    int64_t r    = (rows + world - 1) / world;
-    int64_t row0 = r * rank < rows ? r * rank : rows;
-    int64_t end  = row0 + r < rows ? row0 + r : rows;
-
-    *row0_p  = row0;
-    *nrows_p = end - row0;
-}
-
 void tpm_tp_partition(const tpm_model_config_t *cfg, int world, int rank, tpm_tp_part_t *p)
 {
     int64_t h0 = (int64_t)rank * cfg->NH / world, h1 = (int64_t)(rank + 1) * cfg->NH / world;
@@ -40,9 +29,9 @@ void tpm_tp_partition(const tpm_model_config_t *cfg, int world, int rank, tpm_tp
      */
     p->h0 = (int)h0;
     p->nh = (int)(h1 - h0);
-    split_rows(4 * (int64_t)cfg->C, world, rank, &p->f0, &p->nf);
-    split_rows(cfg->Vp, world, rank, &p->v0, &p->nv);
-    p->v_stride = ((int64_t)cfg->Vp + world - 1) / world;
+    tpm_split_rows(4 * (int64_t)cfg->C, world, rank, &p->f0, &p->nf);
+    tpm_split_rows(cfg->Vp, world, rank, &p->v0, &p->nv);
+    p->v_stride = tpm_split_block_rows(cfg->Vp, world);
 }
 
 tpm_tp_slice_t *tpm_tp_slice(tpm_tp_model_t *m, int g, int t)

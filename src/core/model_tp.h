@@ -12,7 +12,7 @@
  *  - replicated: LayerNorm weights and biases, attprojb, fcprojb, wpe.
  *
  * When the rank count M divides NH, every slice is exactly the rows a training rank of an
- * M-rank run owns (tpm_shard_split_rows). Otherwise heads are spread as evenly as possible
+ * M-rank run owns (tpm_split_rows, core/arch.h). Otherwise heads are spread as evenly as possible
  * (h0 = floor(r NH / M)); some ranks may own none when M > NH. Per token a layer costs two
  * all-reduces of (n, C) activations; the embedding one more; the head one all-gather of
  * the selected rows' vocabulary slices. Only backend ops and the comm handle are used.
