@@ -415,40 +415,103 @@ tpm_status_t tpm_model_embed_fwd(tpm_backend_t *be, const tpm_model_config_t *cf
     return TPM_OK;
 }
 
+tpm_block_part_t tpm_block_part_whole(const tpm_model_config_t *cfg)
+{
+    return (tpm_block_part_t){.nh = cfg->NH, .nf = 4 * cfg->C, .add_bias = 1, .comm = NULL};
+}
+
+static void io_progress(const tpm_block_io_t *io)
+{
+    if (io->progress != NULL) {
+        io->progress(io->progress_ctx);
+    }
+}
+
+tpm_status_t tpm_block_fwd(tpm_backend_t *be, const tpm_model_config_t *cfg, float *const *w,
+                           const tpm_block_part_t *part, const tpm_block_io_t *io)
+{
+    const tpm_backend_ops_t *op = be->ops;
+    const int                n = io->n, C = cfg->C, nh = part->nh, nf = part->nf;
+    const int                Cl    = nh * (C / cfg->NH);
+    const size_t             nc    = (size_t)n * (size_t)C;
+    float                   *proj1 = io->part != NULL ? io->part : io->res2;
+    float                   *proj2 = io->part != NULL ? io->part : io->out;
+
+    TPM_ASSERT(part->comm == NULL || io->part != NULL);
+    /* attention: this part's heads, then the row-parallel projection (summed over the split) */
+    PROF_CALL(TPM_PROF_LN_FWD, op->layernorm_fwd(be, io->ln1, io->ln1_mean, io->ln1_rstd, io->x,
+                                                 w[TPM_B_LN1W], w[TPM_B_LN1B], n, C));
+    PROF_CALL(TPM_PROF_QKV_FWD,
+              op->matmul_fwd(be, io->qkv, io->ln1, w[TPM_B_QKVW], w[TPM_B_QKVB], n, C, 3 * Cl, 0));
+    io_progress(io);
+    if (io->ctx > 0) {
+        if (nh > 0) {
+            PROF_CALL(TPM_PROF_ATTN_FWD,
+                      op->attention_kv(be, io->atty, io->qkv, io->kcache, io->vcache, io->slot,
+                                       io->pos, n, Cl, nh, io->ctx));
+        }
+    } else {
+        PROF_CALL(TPM_PROF_ATTN_FWD,
+                  op->attention_fwd(be, io->atty, io->att_lse, io->qkv, io->B, io->T, Cl, nh));
+    }
+    io_progress(io);
+    PROF_CALL(TPM_PROF_ATTPROJ_FWD,
+              op->matmul_fwd(be, proj1, io->atty, w[TPM_B_ATTPROJW],
+                             part->add_bias ? w[TPM_B_ATTPROJB] : NULL, n, Cl, C, 1));
+    if (part->comm != NULL) {
+        TPM_CHECK(tpm_comm_all_reduce(part->comm, proj1, proj1, nc, TPM_DT_FLOAT, TPM_RED_SUM));
+    }
+    /* res2 = projection + x (a float add is commutative: the same bits in either order) */
+    PROF_CALL(TPM_PROF_RESID_FWD, op->add(be, io->res2, proj1, io->x, nc));
+
+    /* MLP: this part's hidden units, then the row-parallel down-projection */
+    PROF_CALL(TPM_PROF_LN_FWD, op->layernorm_fwd(be, io->ln2, io->ln2_mean, io->ln2_rstd, io->res2,
+                                                 w[TPM_B_LN2W], w[TPM_B_LN2B], n, C));
+    io_progress(io);
+    PROF_CALL(TPM_PROF_FC_FWD,
+              op->matmul_fwd(be, io->fch, io->ln2, w[TPM_B_FCW], w[TPM_B_FCB], n, C, nf, 0));
+    PROF_CALL(TPM_PROF_GELU_FWD, op->gelu_fwd(be, io->fch_gelu, io->fch, (size_t)n * (size_t)nf));
+    io_progress(io);
+    PROF_CALL(TPM_PROF_FCPROJ_FWD,
+              op->matmul_fwd(be, proj2, io->fch_gelu, w[TPM_B_FCPROJW],
+                             part->add_bias ? w[TPM_B_FCPROJB] : NULL, n, nf, C, 1));
+    if (part->comm != NULL) {
+        TPM_CHECK(tpm_comm_all_reduce(part->comm, proj2, proj2, nc, TPM_DT_FLOAT, TPM_RED_SUM));
+    }
+    PROF_CALL(TPM_PROF_RESID_FWD, op->add(be, io->out, proj2, io->res2, nc));
+    io_progress(io);
+    return TPM_OK;
+}
+
 tpm_status_t tpm_model_block_fwd(tpm_backend_t *be, const tpm_model_config_t *cfg, int l,
                                  const tpm_group_view_t *p, tpm_acts_t *a)
 {
-    const tpm_backend_ops_t *op = be->ops;
-    const int                B = a->B, T = a->T, C = cfg->C, N = B * T;
-    tpm_block_acts_t        *b    = &a->blk[l];
-    const float             *x    = a->resid + (size_t)l * N * C;
-    float                   *xout = a->resid + (size_t)(l + 1) * N * C;
-    float *const            *w    = p->t;
+    const size_t           NC   = (size_t)a->B * (size_t)a->T * (size_t)cfg->C;
+    tpm_block_acts_t      *b    = &a->blk[l];
+    const tpm_block_part_t part = tpm_block_part_whole(cfg);
+    const tpm_block_io_t   io   = {
+            .n            = a->B * a->T,
+            .x            = a->resid + (size_t)l * NC,
+            .ln1          = b->ln1,
+            .ln1_mean     = b->ln1_mean,
+            .ln1_rstd     = b->ln1_rstd,
+            .qkv          = b->qkv,
+            .atty         = b->atty,
+            .res2         = b->res2,
+            .ln2          = b->ln2,
+            .ln2_mean     = b->ln2_mean,
+            .ln2_rstd     = b->ln2_rstd,
+            .fch          = b->fch,
+            .fch_gelu     = b->fch_gelu,
+            .out          = a->resid + (size_t)(l + 1) * NC,
+            .B            = a->B,
+            .T            = a->T,
+            .att_lse      = b->att_lse,
+            .progress     = a->progress,
+            .progress_ctx = a->progress_ctx,
+    };
 
-    PROF_CALL(TPM_PROF_LN_FWD, op->layernorm_fwd(be, b->ln1, b->ln1_mean, b->ln1_rstd, x,
-                                                 w[TPM_B_LN1W], w[TPM_B_LN1B], N, C));
-    PROF_CALL(TPM_PROF_QKV_FWD,
-              op->matmul_fwd(be, b->qkv, b->ln1, w[TPM_B_QKVW], w[TPM_B_QKVB], N, C, 3 * C, 0));
-    progress(a);
-    PROF_CALL(TPM_PROF_ATTN_FWD,
-              op->attention_fwd(be, b->atty, b->att_lse, b->qkv, B, T, C, cfg->NH));
-    progress(a);
-    /* res2 = x + atty @ attprojw + attprojb (projection into res2, then add the residual) */
-    PROF_CALL(TPM_PROF_ATTPROJ_FWD, op->matmul_fwd(be, b->res2, b->atty, w[TPM_B_ATTPROJW],
-                                                   w[TPM_B_ATTPROJB], N, C, C, 1));
-    PROF_CALL(TPM_PROF_RESID_FWD, op->add(be, b->res2, b->res2, x, (size_t)N * C));
-    PROF_CALL(TPM_PROF_LN_FWD, op->layernorm_fwd(be, b->ln2, b->ln2_mean, b->ln2_rstd, b->res2,
-                                                 w[TPM_B_LN2W], w[TPM_B_LN2B], N, C));
-    progress(a);
-    PROF_CALL(TPM_PROF_FC_FWD,
-              op->matmul_fwd(be, b->fch, b->ln2, w[TPM_B_FCW], w[TPM_B_FCB], N, C, 4 * C, 0));
-    PROF_CALL(TPM_PROF_GELU_FWD, op->gelu_fwd(be, b->fch_gelu, b->fch, (size_t)N * 4 * C));
-    progress(a);
-    PROF_CALL(TPM_PROF_FCPROJ_FWD, op->matmul_fwd(be, xout, b->fch_gelu, w[TPM_B_FCPROJW],
-                                                  w[TPM_B_FCPROJB], N, 4 * C, C, 1));
-    PROF_CALL(TPM_PROF_RESID_FWD, op->add(be, xout, xout, b->res2, (size_t)N * C));
-    progress(a);
-    return TPM_OK;
+    return tpm_block_fwd(be, cfg, p->t, &part, &io);
 }
 
 tpm_status_t tpm_model_head_fwd_bwd(tpm_backend_t *be, const tpm_model_config_t *cfg,

@@ -4,8 +4,8 @@
  * Notation: L layers, C channels, NH heads, hs = C / NH, V / Vp vocabulary, n tokens in
  * the call; Cl = nh * hs local attention width, nf local MLP width, nv local vocabulary.
  *
- * Every op is the training op (backend.h) on the local slice; the sums that tensor
- * parallelism splits are completed by an all-reduce. The row-parallel biases are added on
+ * A block is the training block itself (tpm_block_fwd, core/model.h) run on this rank's
+ * partition; the sums that tensor parallelism splits are completed by an all-reduce. The row-parallel biases are added on
  * rank 0 only, before the all-reduce, so that they count once. The embedding lookup is
  * vocabulary-parallel: a rank writes the wte rows it owns and zeros elsewhere (a zero row
  * is kept after the slice for that), the all-reduce assembles the rows exactly (x + 0 = x),
@@ -297,49 +297,46 @@ static tpm_status_t check_batch(const tpm_tp_model_t *m, int n, const int32_t *t
     return TPM_OK;
 }
 
-/* x += allreduce(buf): the residual add after a row-parallel layer */
-static tpm_status_t reduce_add(tpm_tp_model_t *m, int n)
-{
-    const size_t nc = (size_t)n * (size_t)m->cfg.C;
-
-    TPM_CHECK(tpm_comm_all_reduce(m->comm, m->buf, m->buf, nc, TPM_DT_FLOAT, TPM_RED_SUM));
-    /* training adds (projection + residual); the order of a float add does not matter */
-    return m->be->ops->add(m->be, m->x, m->x, m->buf, nc);
-}
-
+/* one block on this rank's slice: the training block (tpm_block_fwd) on the partition */
 static tpm_status_t block_fwd(tpm_tp_model_t *m, int l, int n)
 {
-    const tpm_backend_ops_t *op = m->be->ops;
-    tpm_backend_t           *be = m->be;
-    const int                C = m->cfg.C, hs = C / m->cfg.NH, nh = m->part.nh;
-    const int                Cl = nh * hs, nf = (int)m->part.nf;
-    const int                root   = m->comm->rank == 0;
-    const size_t             kv_off = (size_t)l * (size_t)m->n_slots * (size_t)m->ctx * (size_t)Cl;
-    float                   *w[TPM_BLOCK_NT];
+    const int              Cl     = m->part.nh * (m->cfg.C / m->cfg.NH);
+    const size_t           kv_off = (size_t)l * (size_t)m->n_slots * (size_t)m->ctx * (size_t)Cl;
+    const tpm_block_part_t part   = {
+          .nh       = m->part.nh,
+          .nf       = (int)m->part.nf,
+          .add_bias = m->comm->rank == 0, /* row-parallel biases count once in the sum */
+          .comm     = m->comm,
+    };
+    /* the residual stream m->x is updated in place; the partial sums go through m->buf */
+    const tpm_block_io_t io = {
+        .n        = n,
+        .x        = m->x,
+        .ln1      = m->ln,
+        .ln1_mean = m->mean,
+        .ln1_rstd = m->rstd,
+        .qkv      = m->qkv,
+        .atty     = m->atty,
+        .res2     = m->x,
+        .ln2      = m->ln,
+        .ln2_mean = m->mean,
+        .ln2_rstd = m->rstd,
+        .fch      = m->fch,
+        .fch_gelu = m->fchg,
+        .out      = m->x,
+        .part     = m->buf,
+        .kcache   = m->kcache != NULL ? m->kcache + kv_off : NULL,
+        .vcache   = m->vcache != NULL ? m->vcache + kv_off : NULL,
+        .slot     = m->slot,
+        .pos      = m->pos,
+        .ctx      = m->ctx,
+    };
+    float *w[TPM_BLOCK_NT];
 
     for (int t = 0; t < TPM_BLOCK_NT; t++) {
         w[t] = tpm_tp_slice(m, l, t)->data;
     }
-    /* attention: local heads, then the row-parallel projection summed over ranks */
-    TPM_CHECK(
-        op->layernorm_fwd(be, m->ln, m->mean, m->rstd, m->x, w[TPM_B_LN1W], w[TPM_B_LN1B], n, C));
-    TPM_CHECK(op->matmul_fwd(be, m->qkv, m->ln, w[TPM_B_QKVW], w[TPM_B_QKVB], n, C, 3 * Cl, 0));
-    if (nh > 0) {
-        TPM_CHECK(op->attention_kv(be, m->atty, m->qkv, m->kcache + kv_off, m->vcache + kv_off,
-                                   m->slot, m->pos, n, Cl, nh, m->ctx));
-    }
-    TPM_CHECK(op->matmul_fwd(be, m->buf, m->atty, w[TPM_B_ATTPROJW],
-                             root ? w[TPM_B_ATTPROJB] : NULL, n, Cl, C, 1));
-    TPM_CHECK(reduce_add(m, n));
-
-    /* MLP: local hidden units, then the row-parallel down-projection summed over ranks */
-    TPM_CHECK(
-        op->layernorm_fwd(be, m->ln, m->mean, m->rstd, m->x, w[TPM_B_LN2W], w[TPM_B_LN2B], n, C));
-    TPM_CHECK(op->matmul_fwd(be, m->fch, m->ln, w[TPM_B_FCW], w[TPM_B_FCB], n, C, nf, 0));
-    TPM_CHECK(op->gelu_fwd(be, m->fchg, m->fch, (size_t)n * (size_t)nf));
-    TPM_CHECK(op->matmul_fwd(be, m->buf, m->fchg, w[TPM_B_FCPROJW], root ? w[TPM_B_FCPROJB] : NULL,
-                             n, nf, C, 1));
-    return reduce_add(m, n);
+    return tpm_block_fwd(m->be, &m->cfg, w, &part, &io);
 }
 
 static tpm_status_t head_fwd(tpm_tp_model_t *m, int n_logits, const int32_t *logit_rows,
