@@ -1053,6 +1053,20 @@ static int cmp_range(const void *a, const void *b)
     return (x[0] > y[0]) - (x[0] < y[0]);
 }
 
+static tpm_status_t ck_io_read(void *ctx, int g, int t, int64_t row0, int64_t nrows, float *dst)
+{
+    tpm_ckpt_t *ck = ctx;
+    char        name[CK_NAME_MAX];
+
+    ds_name(&tpm_ckpt_meta(ck)->model, 0, g, t, name, sizeof(name));
+    return tpm_ckpt_read_rows(ck, name, row0, nrows, dst);
+}
+
+tpm_tensor_io_t tpm_ckpt_tensor_io(tpm_ckpt_t *ck)
+{
+    return (tpm_tensor_io_t){.ctx = ck, .read = ck_io_read};
+}
+
 tpm_status_t tpm_ckpt_read_rows(tpm_ckpt_t *ck, const char *name, int64_t row0, int64_t nrows,
                                 float *buf)
 {

@@ -209,13 +209,30 @@ static tpm_status_t import_rows(int fd, const char *path, const tpm_model_config
     return TPM_ERR_INTERNAL;
 }
 
+/* an open llm.c file as a whole tensor source (core/tensor_io.h) */
+typedef struct {
+    int                       fd;
+    const char               *path;
+    const tpm_model_config_t *cfg;
+    const size_t             *off; /* (TPM_LLMC_N_TENSORS) */
+    float                    *tmp; /* one (4C, C) slice, for the transposes */
+} llmc_src_t;
+
+static tpm_status_t llmc_read(void *ctx, int g, int t, int64_t row0, int64_t nrows, float *dst)
+{
+    const llmc_src_t *s = ctx;
+
+    return import_rows(s->fd, s->path, s->cfg, tpm_model_spec(s->cfg, g, t)->llmc_index,
+                       g < s->cfg->L ? g : 0, s->off, row0, nrows, dst, s->tmp);
+}
+
 tpm_status_t tpm_ckpt_import_llmc(tpm_zero3_t *z, const char *path)
 {
     tpm_comm_t               *c   = z->comm;
     const tpm_model_config_t *cfg = &z->cfg;
     int32_t                   h[TPM_LLMC_HEADER_INTS];
-    size_t                    off[TPM_LLMC_N_TENSORS], total, stage_n = 0;
-    float                    *stage = NULL, *tmp = NULL;
+    size_t                    off[TPM_LLMC_N_TENSORS], total;
+    float                    *tmp = NULL;
     int                       fd = -1, Vp_file = 0;
     struct stat               st;
     tpm_status_t              status = TPM_OK;
@@ -239,36 +256,16 @@ tpm_status_t tpm_ckpt_import_llmc(tpm_zero3_t *z, const char *path)
         status = llmc_check_header(path, h, st.st_size, cfg, &Vp_file);
     }
     if (status == TPM_OK) {
-        for (int g = 0; g < z->lay.n_groups; g++) {
-            stage_n = z->lay.g[g].shard_numel > stage_n ? z->lay.g[g].shard_numel : stage_n;
-        }
-        status = tpm_malloc(stage_n * sizeof(float), (void **)&stage);
-    }
-    if (status == TPM_OK) {
         status = tpm_malloc((size_t)4 * cfg->C * cfg->C * sizeof(float), (void **)&tmp);
     }
     if (status == TPM_OK) {
+        /* each rank reads the rows of its shards (the reads are local: no communicator) */
+        llmc_src_t            ls  = {fd, path, cfg, off, tmp};
+        const tpm_tensor_io_t src = {.ctx = &ls, .read = llmc_read};
+        const tpm_tensor_io_t dst = tpm_zero3_tensor_io(z);
+
         llmc_offsets(cfg, Vp_file, off, &total);
-        for (int gi = 0; gi < z->lay.n_groups && status == TPM_OK; gi++) {
-            const tpm_shard_group_t *g = &z->lay.g[gi];
-            memset(stage, 0, g->shard_numel * sizeof(float));
-            for (int k = 0; k < TPM_LLMC_N_TENSORS && status == TPM_OK; k++) {
-                const tpm_shard_tensor_t *st_t;
-                int64_t                   row0, nrows;
-                const llmc_tensor_t       lt = llmc_tensor(cfg, k);
-                if (lt.block != (gi < cfg->L)) {
-                    continue;
-                }
-                st_t = &g->t[lt.tid];
-                tpm_shard_rows(st_t, c->rank, &row0, &nrows);
-                status = import_rows(fd, path, cfg, k, gi < cfg->L ? gi : 0, off, row0, nrows,
-                                     stage + st_t->shard_off, tmp);
-            }
-            if (status == TPM_OK) {
-                status = z->be->ops->copy(z->be, z->param + g->shard_base, stage,
-                                          g->shard_numel * sizeof(float), TPM_COPY_H2D);
-            }
-        }
+        status = tpm_tensor_copy(cfg, NULL, &src, &dst);
     }
     if (status == TPM_OK) {
         status = z->be->ops->memzero(z->be, z->m, z->lay.shard_numel * sizeof(float));
@@ -280,7 +277,6 @@ tpm_status_t tpm_ckpt_import_llmc(tpm_zero3_t *z, const char *path)
         close(fd);
     }
     tpm_free(tmp);
-    tpm_free(stage);
     status = tpm_ckpt_agree(c, status);
     if (status == TPM_OK) {
         tpm_info0("imported llm.c model %s: L=%d C=%d NH=%d V=%d (padded %d in the file) "

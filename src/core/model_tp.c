@@ -232,40 +232,45 @@ void tpm_tp_destroy(tpm_tp_model_t *m)
     tpm_free(m);
 }
 
+static void tp_rows(void *ctx, int g, int t, int64_t *row0_p, int64_t *nrows_p)
+{
+    const tpm_tp_slice_t *s = tpm_tp_slice(ctx, g, t);
+
+    *row0_p  = s->row0;
+    *nrows_p = s->nrows;
+}
+
+static tpm_status_t tp_read(void *ctx, int g, int t, int64_t row0, int64_t nrows, float *dst)
+{
+    tpm_tp_model_t       *m = ctx;
+    const tpm_tp_slice_t *s = tpm_tp_slice(m, g, t);
+
+    (void)row0;
+    return m->be->ops->copy(m->be, dst, s->data, (size_t)nrows * (size_t)s->cols * sizeof(float),
+                            TPM_COPY_D2H);
+}
+
+static tpm_status_t tp_write(void *ctx, int g, int t, int64_t row0, int64_t nrows, const float *src)
+{
+    tpm_tp_model_t       *m = ctx;
+    const tpm_tp_slice_t *s = tpm_tp_slice(m, g, t);
+
+    (void)row0;
+    return m->be->ops->copy(m->be, s->data, src, (size_t)nrows * (size_t)s->cols * sizeof(float),
+                            TPM_COPY_H2D);
+}
+
+tpm_tensor_io_t tpm_tp_tensor_io(tpm_tp_model_t *m)
+{
+    return (tpm_tensor_io_t){.ctx = m, .rows = tp_rows, .read = tp_read, .write = tp_write};
+}
+
 tpm_status_t tpm_tp_init_params(tpm_tp_model_t *m, uint64_t seed)
 {
-    tpm_param_desc_t d[TPM_GROUP_MAX_NT];
-    float           *host   = NULL;
-    size_t           cap    = 0;
-    tpm_status_t     status = TPM_OK;
+    tpm_tensor_io_init_ctx_t init = {.cfg = &m->cfg, .seed = seed};
+    const tpm_tensor_io_t    src = tpm_tensor_io_init(&init), dst = tpm_tp_tensor_io(m);
 
-    for (int g = 0; g < tpm_model_n_groups(&m->cfg); g++) {
-        int nt = tpm_model_group_desc(&m->cfg, g, d);
-
-        for (int t = 0; t < nt; t++) {
-            tpm_tp_slice_t *s = tpm_tp_slice(m, g, t);
-            size_t          n = (size_t)s->nrows * (size_t)s->cols;
-
-            if (n > cap) {
-                tpm_free(host);
-                host = NULL;
-                cap  = 0;
-                TPM_CHECK_GOTO(tpm_malloc(n * sizeof(float), (void **)&host), status, out);
-                cap = n;
-            }
-            for (int64_t r = 0; r < s->nrows; r++) {
-                for (int64_t c = 0; c < s->cols; c++) {
-                    host[(size_t)r * (size_t)s->cols + (size_t)c] =
-                        tpm_model_init_value(&d[t], seed, g, t, s->row0 + r, c);
-                }
-            }
-            TPM_CHECK_GOTO(m->be->ops->copy(m->be, s->data, host, n * sizeof(float), TPM_COPY_H2D),
-                           status, out);
-        }
-    }
-out:
-    tpm_free(host);
-    return status;
+    return tpm_tensor_copy(&m->cfg, NULL, &src, &dst);
 }
 
 static tpm_status_t check_batch(const tpm_tp_model_t *m, int n, const int32_t *tokens,

@@ -27,6 +27,7 @@
 #include "base/status.h"
 #include "comm/comm.h"
 #include "core/model.h"
+#include "core/tensor_io.h"
 
 /** Which rows of the partitioned tensors rank @p rank of @p world owns. */
 typedef struct tpm_tp_part {
@@ -104,6 +105,12 @@ void         tpm_tp_destroy(tpm_tp_model_t *m); /* no-op on NULL */
 
 /** The slice of tensor @p t of group @p g (tpm_model_group_desc numbering); borrowed. */
 tpm_tp_slice_t *tpm_tp_slice(tpm_tp_model_t *m, int g, int t);
+
+/**
+ * The weight slices of @p m as a partitioned tensor end (core/tensor_io.h): this rank's rows
+ * of every tensor, read from or written into the slices. Not collective; @p m is borrowed.
+ */
+tpm_tensor_io_t tpm_tp_tensor_io(tpm_tp_model_t *m);
 
 /**
  * Fill the slices from the counter RNG (tpm_model_init_value): the same model that

@@ -15,6 +15,7 @@
 #include "backend/backend.h"
 #include "base/mem.h"
 #include "core/model.h"
+#include "core/tensor_io.h"
 #include "zero3/shard.h"
 
 #ifndef TPM_FIXTURE_DIR
@@ -357,4 +358,165 @@ Test(arch, tensor_names_are_the_checkpoint_dataset_names)
     cr_assert_eq(tpm_model_tensor_name(&c, 12, TPM_E_LNFB, buf, sizeof(buf)), TPM_OK);
     cr_assert_str_eq(buf, "lnfb");
     cr_assert_eq(tpm_model_tensor_name(&c, 0, TPM_B_QKVW, tiny, sizeof(tiny)), TPM_ERR_INVALID_ARG);
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* logical-tensor transfers (core/tensor_io.h) */
+
+static const tpm_model_config_t io_cfg0 = {.L = 2, .C = 16, .NH = 2, .V = 130, .maxT = 8};
+
+/* whole host tensors of @p c, indexed g * TPM_GROUP_MAX_NT + t (filled with @p fill) */
+static float **io_alloc(const tpm_model_config_t *c, float fill)
+{
+    float          **w = calloc((size_t)tpm_model_n_groups(c) * TPM_GROUP_MAX_NT, sizeof(*w));
+    tpm_param_desc_t d[TPM_GROUP_MAX_NT];
+
+    for (int g = 0; g < tpm_model_n_groups(c); g++) {
+        int nt = tpm_model_group_desc(c, g, d);
+        for (int t = 0; t < nt; t++) {
+            size_t n                    = (size_t)d[t].rows * (size_t)d[t].cols;
+            w[g * TPM_GROUP_MAX_NT + t] = malloc(n * sizeof(float));
+            for (size_t i = 0; i < n; i++) {
+                w[g * TPM_GROUP_MAX_NT + t][i] = fill;
+            }
+        }
+    }
+    return w;
+}
+
+static void io_free(const tpm_model_config_t *c, float **w)
+{
+    for (int i = 0; i < tpm_model_n_groups(c) * TPM_GROUP_MAX_NT; i++) {
+        free(w[i]);
+    }
+    free(w);
+}
+
+/* a partitioned sink: rank 1 of 3 by the shard rule, counting the rows it is given */
+typedef struct {
+    const tpm_model_config_t *cfg;
+    float                   **w;
+    int                       writes, fail_at;
+} io_part_t;
+
+static void part_rows(void *ctx, int g, int t, int64_t *row0_p, int64_t *nrows_p)
+{
+    io_part_t       *p = ctx;
+    tpm_param_desc_t d[TPM_GROUP_MAX_NT];
+
+    tpm_model_group_desc(p->cfg, g, d);
+    tpm_split_rows(d[t].rows, 3, 1, row0_p, nrows_p);
+}
+
+static tpm_status_t part_write(void *ctx, int g, int t, int64_t row0, int64_t nrows,
+                               const float *src)
+{
+    io_part_t       *p = ctx;
+    tpm_param_desc_t d[TPM_GROUP_MAX_NT];
+
+    if (p->writes == p->fail_at) {
+        return TPM_ERR_IO;
+    }
+    p->writes++;
+    tpm_model_group_desc(p->cfg, g, d);
+    memcpy(p->w[g * TPM_GROUP_MAX_NT + t] + row0 * d[t].cols, src,
+           (size_t)nrows * (size_t)d[t].cols * sizeof(float));
+    return TPM_OK;
+}
+
+Test(tensor_io, the_init_source_gives_the_initial_values_of_every_element)
+{
+    tpm_model_config_t         c = io_cfg0;
+    float                    **w;
+    tpm_param_desc_t           d[TPM_GROUP_MAX_NT];
+    tpm_tensor_io_init_ctx_t   ic;
+    tpm_tensor_io_memory_ctx_t mc2;
+    tpm_tensor_io_t            src, dst;
+
+    cr_assert_eq(tpm_model_config_finish(&c), TPM_OK);
+    w   = io_alloc(&c, -7.0f);
+    ic  = (tpm_tensor_io_init_ctx_t){.cfg = &c, .seed = 42};
+    mc2 = (tpm_tensor_io_memory_ctx_t){.cfg = &c, .t = w};
+    src = tpm_tensor_io_init(&ic);
+    dst = tpm_tensor_io_memory(&mc2);
+    cr_assert_eq(tpm_tensor_copy(&c, NULL, &src, &dst), TPM_OK);
+    for (int g = 0; g < tpm_model_n_groups(&c); g++) {
+        int nt = tpm_model_group_desc(&c, g, d);
+        for (int t = 0; t < nt; t++) {
+            for (int64_t r = 0; r < d[t].rows; r++) {
+                for (int64_t k = 0; k < d[t].cols; k++) {
+                    float want = tpm_model_init_value(&d[t], 42, g, t, r, k);
+                    cr_assert(w[g * TPM_GROUP_MAX_NT + t][r * d[t].cols + k] == want,
+                              "tensor %d of group %d row %lld", t, g, (long long)r);
+                }
+            }
+        }
+    }
+    io_free(&c, w);
+}
+
+Test(tensor_io, a_partitioned_sink_gets_exactly_its_rows)
+{
+    tpm_model_config_t         c = io_cfg0;
+    float                    **a, **b;
+    tpm_param_desc_t           d[TPM_GROUP_MAX_NT];
+    tpm_tensor_io_memory_ctx_t ma;
+    io_part_t                  p;
+    tpm_tensor_io_t            src, dst;
+
+    cr_assert_eq(tpm_model_config_finish(&c), TPM_OK);
+    a = io_alloc(&c, 0.0f);
+    b = io_alloc(&c, -1.0f);
+    for (int g = 0; g < tpm_model_n_groups(&c); g++) {
+        int nt = tpm_model_group_desc(&c, g, d);
+        for (int t = 0; t < nt; t++) {
+            for (int64_t i = 0; i < d[t].rows * d[t].cols; i++) {
+                a[g * TPM_GROUP_MAX_NT + t][i] = (float)(g * 100000 + t * 1000) + (float)i;
+            }
+        }
+    }
+    ma  = (tpm_tensor_io_memory_ctx_t){.cfg = &c, .t = a};
+    p   = (io_part_t){.cfg = &c, .w = b, .fail_at = -1};
+    src = tpm_tensor_io_memory(&ma);
+    dst = (tpm_tensor_io_t){.ctx = &p, .rows = part_rows, .write = part_write};
+    cr_assert_eq(tpm_tensor_copy(&c, NULL, &src, &dst), TPM_OK);
+    cr_assert_eq(p.writes, c.L * TPM_BLOCK_NT + TPM_EMB_NT);
+    for (int g = 0; g < tpm_model_n_groups(&c); g++) {
+        int nt = tpm_model_group_desc(&c, g, d);
+        for (int t = 0; t < nt; t++) {
+            int64_t row0, nrows;
+            tpm_split_rows(d[t].rows, 3, 1, &row0, &nrows);
+            for (int64_t r = 0; r < d[t].rows; r++) {
+                for (int64_t k = 0; k < d[t].cols; k++) {
+                    float got   = b[g * TPM_GROUP_MAX_NT + t][r * d[t].cols + k];
+                    float src_v = a[g * TPM_GROUP_MAX_NT + t][r * d[t].cols + k];
+                    cr_assert(got == (r >= row0 && r < row0 + nrows ? src_v : -1.0f),
+                              "tensor %d of group %d row %lld", t, g, (long long)r);
+                }
+            }
+        }
+    }
+    io_free(&c, a);
+    io_free(&c, b);
+}
+
+Test(tensor_io, a_failing_sink_stops_the_copy_with_its_status)
+{
+    tpm_model_config_t         c = io_cfg0;
+    float                    **a, **b;
+    tpm_tensor_io_memory_ctx_t ma;
+    io_part_t                  p;
+    tpm_tensor_io_t            src, dst;
+
+    cr_assert_eq(tpm_model_config_finish(&c), TPM_OK);
+    a   = io_alloc(&c, 1.0f);
+    b   = io_alloc(&c, 0.0f);
+    ma  = (tpm_tensor_io_memory_ctx_t){.cfg = &c, .t = a};
+    p   = (io_part_t){.cfg = &c, .w = b, .fail_at = 5};
+    src = tpm_tensor_io_memory(&ma);
+    dst = (tpm_tensor_io_t){.ctx = &p, .rows = part_rows, .write = part_write};
+    cr_assert_eq(tpm_tensor_copy(&c, NULL, &src, &dst), TPM_ERR_IO);
+    cr_assert_eq(p.writes, 5);
+    io_free(&c, a);
+    io_free(&c, b);
 }
