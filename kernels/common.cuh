@@ -36,7 +36,7 @@ static inline unsigned tpm_ew_blocks(size_t n)
 }
 
 /* butterfly reductions: every lane ends with the same value, combined in the same order */
-/* bf16 bits of f, round to nearest even, NaN kept quiet (tpm_bf16_rne in compress/twobit.h) */
+/* bf16 bits of f, round to nearest even, NaN kept quiet (tpm_bf16_rne in base/bf16.h) */
 __device__ __forceinline__ uint16_t dev_bf16_rne(float f)
 {
     uint32_t u = __float_as_uint(f);

@@ -200,7 +200,7 @@ tpm_status_t tpm_cuda_adamw(float *param, const float *grad, float *m, float *v,
                             float beta1, float beta2, float eps, float wd, float bc1, float bc2,
                             void *stream);
 
-/* ---- 2-bit codec (twobit.cu): bit-identical to src/compress/twobit.c --------------------- */
+/* ---- 2-bit codec (twobit.cu): bit-identical to src/backend/backend_twobit.c ----------- */
 
 /**
  * tpm_twobit_encode() on the device: @p mode is a tpm_twobit_mode_t, @p g (n) and

@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * twobit.cu: the 2-bit gradient codec on the device, producing the same bytes, residuals
- * and decoded sums as the CPU reference src/compress/twobit.c for every input (the rules
- * are in src/compress/twobit.h).
+ * and decoded sums as the CPU reference src/backend/backend_twobit.c for every input (the rules
+ * are in src/backend/backend_twobit.h).
  *
  * Bit-identity needs the reference's exact operations: every fp32 operation is written
  * with an explicit round-to-nearest intrinsic (__fadd_rn, __fmul_rn, ...), which nvcc
@@ -16,7 +16,7 @@
 #include "common.cuh"
 
 extern "C" {
-#include "compress/twobit.h"
+#include "backend/backend_twobit.h"
 }
 
 #define TWOBIT_THREADS 256

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * bench_codec.c: throughput of the CPU reference 2-bit codec (src/compress/twobit.c) for each
- * variant, on one thread by default: encode (with residual update) and decode-add of n values
+ * bench_codec.c: throughput of the CPU reference 2-bit codec (src/backend/backend_twobit.c) for
+ * each variant, on one thread by default: encode (with residual update) and decode-add of n values
  * in blocks of B. Each variant is first validated (the decode-of-encode bound of twobit.h on
  * every value: the "wrong" column), then timed. Bytes moved per value, as the research notes
  * count them (read g, read + write the residual, write 2 bits + scales), give an effective
@@ -18,7 +18,7 @@
 #include "base/mem.h"
 #include "base/rng.h"
 #include "base/timer.h"
-#include "compress/twobit.h"
+#include "backend/backend_twobit.h"
 
 static const char *const mode_names[] = {"ef-fp32", "ef-bf16", "stochastic"};
 

@@ -129,7 +129,7 @@ typedef struct tpm_backend_ops {
 
     /*
      * bf16 working weights (--precision=bf16). dst[i] = bf16 bits of src[i], rounded to
-     * nearest even, NaN kept a quiet NaN (tpm_bf16_rne() in compress/twobit.h).
+     * nearest even, NaN kept a quiet NaN (tpm_bf16_rne() in base/bf16.h).
      */
     tpm_status_t (*to_bf16)(tpm_backend_t *be, uint16_t *dst, const float *src, size_t n);
     /* dst[i] = the fp32 value of bf16 bits src[i] (exact) */
@@ -137,7 +137,7 @@ typedef struct tpm_backend_ops {
 
     /*
      * The 2-bit gradient codec on the backend's memory: tpm_twobit_encode() and
-     * tpm_twobit_decode_add() of compress/twobit.h, with the same bytes, residuals and sums
+     * tpm_twobit_decode_add() of backend/backend_twobit.h, with the same bytes, residuals and sums
      * on every backend. mode is a tpm_twobit_mode_t; g, residual, chunk, acc are device
      * buffers.
      */

@@ -25,7 +25,8 @@
 #include "base/log.h"
 #include "base/mem.h"
 #include "base/status.h"
-#include "compress/twobit.h"
+#include "backend/backend_twobit.h"
+#include "base/bf16.h"
 
 #include <cblas.h>
 #include <limits.h>

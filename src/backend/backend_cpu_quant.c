@@ -22,7 +22,7 @@
 
 #include "base/log.h"
 #include "base/mem.h"
-#include "compress/twobit.h" /* tpm_bf16_rne, tpm_bf16_to_float */
+#include "base/bf16.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>

@@ -27,7 +27,7 @@
 #include "base/log.h"
 #include "base/mem.h"
 #include "base/status.h"
-#include "compress/twobit.h"
+#include "backend/backend_twobit.h"
 #include "kernels/kernels.h"
 
 #define CUDA_SUMSQ_MAX_PARTS 1024

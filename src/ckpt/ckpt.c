@@ -486,14 +486,16 @@ static tpm_status_t attr_read_str(tpm_comm_t *c, hid_t obj, const char *name, ch
 /* ---------------------------------------------------------------------------------------------- */
 /* datasets */
 
-static void ds_name(const tpm_model_config_t *cfg, int set, int g, const char *tname, char *buf,
-                    size_t cap)
+/* "/<set>/<tensor name>" of tensor t of group g (the name comes from the model's table) */
+static void ds_name(const tpm_model_config_t *cfg, int set, int g, int t, char *buf, size_t cap)
 {
-    if (g < cfg->L) {
-        snprintf(buf, cap, "/%s/h.%d.%s", ck_set_group[set], g, tname);
-    } else {
-        snprintf(buf, cap, "/%s/%s", ck_set_group[set], tname);
-    }
+    int          n = snprintf(buf, cap, "/%s/", ck_set_group[set]);
+    tpm_status_t status;
+
+    TPM_ASSERT(n > 0 && (size_t)n < cap);
+    /* the names are short and fixed (h.<layer>.<at most 15 chars>): they always fit */
+    status = tpm_model_tensor_name(cfg, g, t, buf + n, cap - (size_t)n);
+    TPM_ASSERT(status == TPM_OK);
 }
 
 /* contiguous, unfiltered, allocated at creation, never filled: the rows are written once */
@@ -1074,6 +1076,20 @@ static int cmp_range(const void *a, const void *b)
     return (x[0] > y[0]) - (x[0] < y[0]);
 }
 
+static tpm_status_t ck_io_read(void *ctx, int g, int t, int64_t row0, int64_t nrows, float *dst)
+{
+    tpm_ckpt_t *ck = ctx;
+    char        name[CK_NAME_MAX];
+
+    ds_name(&tpm_ckpt_meta(ck)->model, 0, g, t, name, sizeof(name));
+    return tpm_ckpt_read_rows(ck, name, row0, nrows, dst);
+}
+
+tpm_tensor_io_t tpm_ckpt_tensor_io(tpm_ckpt_t *ck)
+{
+    return (tpm_tensor_io_t){.ctx = ck, .read = ck_io_read};
+}
+
 tpm_status_t tpm_ckpt_read_rows(tpm_ckpt_t *ck, const char *name, int64_t row0, int64_t nrows,
                                 float *buf)
 {
@@ -1307,7 +1323,7 @@ tpm_status_t tpm_ckpt_save(tpm_zero3_t *z, const char *path, const tpm_ckpt_meta
                 ck_sel_t                  sel;
                 tpm_status_t              local;
 
-                ds_name(&z->cfg, set, gi, st->desc.name, name, sizeof(name));
+                ds_name(&z->cfg, set, gi, t, name, sizeof(name));
                 set_ctx("writing checkpoint", tmp, name);
                 tpm_shard_rows(st, c->rank, &row0, &nrows);
                 /*
@@ -1476,7 +1492,7 @@ tpm_status_t tpm_ckpt_load(tpm_zero3_t *z, const char *path, int with_optim,
                 ck_sel_t                  sel = {-1, -1, NULL};
                 tpm_status_t              local;
 
-                ds_name(&z->cfg, set, gi, st->desc.name, name, sizeof(name));
+                ds_name(&z->cfg, set, gi, t, name, sizeof(name));
                 set_ctx("checkpoint", path, name);
                 tpm_shard_rows(st, c->rank, &row0, &nrows);
                 /* open, checksum attribute, selection: one agreement before the transfer */
@@ -1521,7 +1537,7 @@ tpm_status_t tpm_ckpt_load(tpm_zero3_t *z, const char *path, int with_optim,
                 if (got[d] == want[d]) {
                     continue;
                 }
-                ds_name(&z->cfg, set, gi, z->lay.g[gi].t[t].desc.name, name, sizeof(name));
+                ds_name(&z->cfg, set, gi, t, name, sizeof(name));
                 tpm_log_error("checkpoint %s: dataset %s fails its checksum (stored %016" PRIx64
                               ", computed %016" PRIx64 "): the file is corrupted",
                               path, name, want[d], got[d]);

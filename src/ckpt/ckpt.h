@@ -19,6 +19,7 @@
 #include "base/status.h"
 #include "comm/comm.h"
 #include "core/model.h"
+#include "core/tensor_io.h"
 #include "zero3/zero3.h"
 
 #define TPM_CKPT_FORMAT  "tpmpi-checkpoint"
@@ -77,6 +78,13 @@ const tpm_ckpt_meta_t *tpm_ckpt_meta(const tpm_ckpt_t *ck);
  */
 tpm_status_t tpm_ckpt_read_rows(tpm_ckpt_t *ck, const char *name, int64_t row0, int64_t nrows,
                                 float *buf);
+
+/**
+ * The parameters (/model) of open checkpoint @p ck as a whole tensor source
+ * (core/tensor_io.h), for its own model (tpm_ckpt_meta(ck)->model). Its reads are
+ * tpm_ckpt_read_rows: collective, so transfer with a communicator. @p ck is borrowed.
+ */
+tpm_tensor_io_t tpm_ckpt_tensor_io(tpm_ckpt_t *ck);
 void         tpm_ckpt_close(tpm_ckpt_t *ck); /* collective; no-op on NULL */
 
 /** Resolve a --ckpt argument: a file, or a directory (its "latest" pointer). */

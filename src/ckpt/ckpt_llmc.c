@@ -18,38 +18,32 @@
 #include "ckpt/ckpt.h"
 #include "zero3/shard.h"
 
-typedef enum {
-    LLMC_SAME = 0,  /* same (rows, cols) layout */
-    LLMC_QKV,       /* rows permuted: tpmpi head-grouped, llm.c q|k|v */
-    LLMC_TRANSPOSE, /* tpmpi [in, out], llm.c (out, in) */
-} llmc_kind_t;
-
+/* llm.c tensor k (file order), found in the architecture table (core/arch.h) */
 typedef struct {
-    const char *name;
     int         block; /* 1: one slice per layer, (L, ...) in llm.c */
     int         tid;   /* tensor index inside its tpmpi group */
-    llmc_kind_t kind;
+    tpm_xform_t kind;  /* llm.c layout: SAME, QKV (q | k | v rows) or TRANSPOSE ((out, in)) */
 } llmc_tensor_t;
 
-/* llm.c's 16 tensors, in file order */
-static const llmc_tensor_t llmc_tensors[TPM_LLMC_N_TENSORS] = {
-    {"wte", 0, TPM_E_WTE, LLMC_SAME},
-    {"wpe", 0, TPM_E_WPE, LLMC_SAME},
-    {"ln1w", 1, TPM_B_LN1W, LLMC_SAME},
-    {"ln1b", 1, TPM_B_LN1B, LLMC_SAME},
-    {"qkvw", 1, TPM_B_QKVW, LLMC_QKV},
-    {"qkvb", 1, TPM_B_QKVB, LLMC_QKV},
-    {"attprojw", 1, TPM_B_ATTPROJW, LLMC_TRANSPOSE},
-    {"attprojb", 1, TPM_B_ATTPROJB, LLMC_SAME},
-    {"ln2w", 1, TPM_B_LN2W, LLMC_SAME},
-    {"ln2b", 1, TPM_B_LN2B, LLMC_SAME},
-    {"fcw", 1, TPM_B_FCW, LLMC_SAME},
-    {"fcb", 1, TPM_B_FCB, LLMC_SAME},
-    {"fcprojw", 1, TPM_B_FCPROJW, LLMC_TRANSPOSE},
-    {"fcprojb", 1, TPM_B_FCPROJB, LLMC_SAME},
-    {"lnfw", 0, TPM_E_LNFW, LLMC_SAME},
-    {"lnfb", 0, TPM_E_LNFB, LLMC_SAME},
-};
+static llmc_tensor_t llmc_tensor(const tpm_model_config_t *cfg, int k)
+{
+    const tpm_arch_t *a = tpm_model_arch(cfg);
+    llmc_tensor_t     r = {0, -1, TPM_XFORM_SAME};
+
+    for (int t = 0; t < a->n_block; t++) {
+        if (a->block[t].llmc_index == k) {
+            r = (llmc_tensor_t){1, t, a->block[t].llmc_xform};
+        }
+    }
+    for (int t = 0; t < a->n_emb; t++) {
+        if (a->emb[t].llmc_index == k) {
+            r = (llmc_tensor_t){0, t, a->emb[t].llmc_xform};
+        }
+    }
+    TPM_ASSERT(r.tid >= 0 && (r.kind == TPM_XFORM_SAME || r.kind == TPM_XFORM_QKV ||
+                              r.kind == TPM_XFORM_TRANSPOSE));
+    return r;
+}
 
 int64_t tpm_llmc_qkv_row(int64_t r, int C, int NH)
 {
@@ -63,10 +57,11 @@ int64_t tpm_llmc_qkv_row(int64_t r, int C, int NH)
 /* tpmpi descriptor of llm.c tensor @p k (layer 0 for block tensors) */
 static tpm_param_desc_t llmc_desc(const tpm_model_config_t *cfg, int k)
 {
-    tpm_param_desc_t d[TPM_GROUP_MAX_NT];
+    tpm_param_desc_t    d[TPM_GROUP_MAX_NT];
+    const llmc_tensor_t lt = llmc_tensor(cfg, k);
 
-    tpm_model_group_desc(cfg, llmc_tensors[k].block ? 0 : cfg->L, d);
-    return d[llmc_tensors[k].tid];
+    tpm_model_group_desc(cfg, lt.block ? 0 : cfg->L, d);
+    return d[lt.tid];
 }
 
 /* float offset of each llm.c tensor in the file, after the header; file wte has Vp_file rows */
@@ -81,7 +76,7 @@ static void llmc_offsets(const tpm_model_config_t *cfg, int Vp_file, size_t *off
             n = (size_t)Vp_file * (size_t)cfg->C;
         }
         off[k] = o;
-        o += llmc_tensors[k].block ? n * (size_t)cfg->L : n;
+        o += llmc_tensor(cfg, k).block ? n * (size_t)cfg->L : n;
     }
     *total = o;
 }
@@ -173,16 +168,17 @@ static tpm_status_t import_rows(int fd, const char *path, const tpm_model_config
                                 float *tmp)
 {
     const tpm_param_desc_t d     = llmc_desc(cfg, k);
+    const llmc_tensor_t    lt    = llmc_tensor(cfg, k);
     const int64_t          cols  = d.cols;
     const size_t           slice = (size_t)d.rows * (size_t)d.cols;
-    const off_t            base  = (off_t)TPM_LLMC_HEADER_INTS * 4 +
-                       (off_t)(off[k] + (llmc_tensors[k].block ? (size_t)l * slice : 0)) * 4;
+    const off_t            base =
+        (off_t)TPM_LLMC_HEADER_INTS * 4 + (off_t)(off[k] + (lt.block ? (size_t)l * slice : 0)) * 4;
 
     if (nrows == 0) {
         return TPM_OK;
     }
-    switch (llmc_tensors[k].kind) {
-    case LLMC_SAME: {
+    switch (lt.kind) {
+    case TPM_XFORM_SAME: {
         /* wte rows from V on are padding: zero whatever the file holds */
         int64_t valid = k == 0 ? (cfg->V > row0 ? cfg->V - row0 : 0) : nrows;
         if (valid > nrows) {
@@ -192,14 +188,14 @@ static tpm_status_t import_rows(int fd, const char *path, const tpm_model_config
         return pread_all(fd, path, dst, (size_t)valid * (size_t)cols * sizeof(float),
                          base + (off_t)row0 * cols * 4);
     }
-    case LLMC_QKV:
+    case TPM_XFORM_QKV:
         for (int64_t r = 0; r < nrows; r++) {
             int64_t src = tpm_llmc_qkv_row(row0 + r, cfg->C, cfg->NH);
             TPM_CHECK(pread_all(fd, path, dst + r * cols, (size_t)cols * sizeof(float),
                                 base + (off_t)src * cols * 4));
         }
         return TPM_OK;
-    case LLMC_TRANSPOSE:
+    case TPM_XFORM_TRANSPOSE:
         /* tpmpi row i (input i) is column i of llm.c's (out, in) matrix: read the slice */
         TPM_CHECK(pread_all(fd, path, tmp, slice * sizeof(float), base));
         for (int64_t r = 0; r < nrows; r++) {
@@ -208,8 +204,26 @@ static tpm_status_t import_rows(int fd, const char *path, const tpm_model_config
             }
         }
         return TPM_OK;
+    case TPM_XFORM_QKV_T: break;
     }
     return TPM_ERR_INTERNAL;
+}
+
+/* an open llm.c file as a whole tensor source (core/tensor_io.h) */
+typedef struct {
+    int                       fd;
+    const char               *path;
+    const tpm_model_config_t *cfg;
+    const size_t             *off; /* (TPM_LLMC_N_TENSORS) */
+    float                    *tmp; /* one (4C, C) slice, for the transposes */
+} llmc_src_t;
+
+static tpm_status_t llmc_read(void *ctx, int g, int t, int64_t row0, int64_t nrows, float *dst)
+{
+    const llmc_src_t *s = ctx;
+
+    return import_rows(s->fd, s->path, s->cfg, tpm_model_spec(s->cfg, g, t)->llmc_index,
+                       g < s->cfg->L ? g : 0, s->off, row0, nrows, dst, s->tmp);
 }
 
 tpm_status_t tpm_ckpt_import_llmc(tpm_zero3_t *z, const char *path)
@@ -217,8 +231,8 @@ tpm_status_t tpm_ckpt_import_llmc(tpm_zero3_t *z, const char *path)
     tpm_comm_t               *c   = z->comm;
     const tpm_model_config_t *cfg = &z->cfg;
     int32_t                   h[TPM_LLMC_HEADER_INTS];
-    size_t                    off[TPM_LLMC_N_TENSORS], total, stage_n = 0;
-    float                    *stage = NULL, *tmp = NULL;
+    size_t                    off[TPM_LLMC_N_TENSORS], total;
+    float                    *tmp = NULL;
     int                       fd = -1, Vp_file = 0;
     struct stat               st;
     tpm_status_t              status = TPM_OK;
@@ -242,35 +256,16 @@ tpm_status_t tpm_ckpt_import_llmc(tpm_zero3_t *z, const char *path)
         status = llmc_check_header(path, h, st.st_size, cfg, &Vp_file);
     }
     if (status == TPM_OK) {
-        for (int g = 0; g < z->lay.n_groups; g++) {
-            stage_n = z->lay.g[g].shard_numel > stage_n ? z->lay.g[g].shard_numel : stage_n;
-        }
-        status = tpm_malloc(stage_n * sizeof(float), (void **)&stage);
-    }
-    if (status == TPM_OK) {
         status = tpm_malloc((size_t)4 * cfg->C * cfg->C * sizeof(float), (void **)&tmp);
     }
     if (status == TPM_OK) {
+        /* each rank reads the rows of its shards (the reads are local: no communicator) */
+        llmc_src_t            ls  = {fd, path, cfg, off, tmp};
+        const tpm_tensor_io_t src = {.ctx = &ls, .read = llmc_read};
+        const tpm_tensor_io_t dst = tpm_zero3_tensor_io(z);
+
         llmc_offsets(cfg, Vp_file, off, &total);
-        for (int gi = 0; gi < z->lay.n_groups && status == TPM_OK; gi++) {
-            const tpm_shard_group_t *g = &z->lay.g[gi];
-            memset(stage, 0, g->shard_numel * sizeof(float));
-            for (int k = 0; k < TPM_LLMC_N_TENSORS && status == TPM_OK; k++) {
-                const tpm_shard_tensor_t *st_t;
-                int64_t                   row0, nrows;
-                if (llmc_tensors[k].block != (gi < cfg->L)) {
-                    continue;
-                }
-                st_t = &g->t[llmc_tensors[k].tid];
-                tpm_shard_rows(st_t, c->rank, &row0, &nrows);
-                status = import_rows(fd, path, cfg, k, gi < cfg->L ? gi : 0, off, row0, nrows,
-                                     stage + st_t->shard_off, tmp);
-            }
-            if (status == TPM_OK) {
-                status = z->be->ops->copy(z->be, z->param + g->shard_base, stage,
-                                          g->shard_numel * sizeof(float), TPM_COPY_H2D);
-            }
-        }
+        status = tpm_tensor_copy(cfg, NULL, &src, &dst);
     }
     if (status == TPM_OK) {
         status = z->be->ops->memzero(z->be, z->m, z->lay.shard_numel * sizeof(float));
@@ -282,7 +277,6 @@ tpm_status_t tpm_ckpt_import_llmc(tpm_zero3_t *z, const char *path)
         close(fd);
     }
     tpm_free(tmp);
-    tpm_free(stage);
     status = tpm_ckpt_agree(c, status);
     if (status == TPM_OK) {
         tpm_info0("imported llm.c model %s: L=%d C=%d NH=%d V=%d (padded %d in the file) "
@@ -298,21 +292,22 @@ static void export_convert(const tpm_model_config_t *cfg, int k, const tpm_param
 {
     const int64_t rows = d->rows, cols = d->cols;
 
-    switch (llmc_tensors[k].kind) {
-    case LLMC_SAME: memcpy(out, in, (size_t)rows * (size_t)cols * sizeof(float)); break;
-    case LLMC_QKV:
+    switch (llmc_tensor(cfg, k).kind) {
+    case TPM_XFORM_SAME: memcpy(out, in, (size_t)rows * (size_t)cols * sizeof(float)); break;
+    case TPM_XFORM_QKV:
         for (int64_t r = 0; r < rows; r++) {
             memcpy(out + tpm_llmc_qkv_row(r, cfg->C, cfg->NH) * cols, in + r * cols,
                    (size_t)cols * sizeof(float));
         }
         break;
-    case LLMC_TRANSPOSE:
+    case TPM_XFORM_TRANSPOSE:
         for (int64_t i = 0; i < rows; i++) {
             for (int64_t o = 0; o < cols; o++) {
                 out[o * rows + i] = in[i * cols + o];
             }
         }
         break;
+    case TPM_XFORM_QKV_T: TPM_ASSERT(0); break; /* not an llm.c layout (llmc_tensor) */
     }
 }
 
@@ -375,14 +370,13 @@ tpm_status_t tpm_ckpt_export_llmc(tpm_comm_t *comm, const char *ckpt_path, const
     /* one tensor at a time: rank 0 reads all its rows, the others none */
     for (int k = 0; k < TPM_LLMC_N_TENSORS; k++) {
         const tpm_param_desc_t d  = llmc_desc(&cfg, k);
-        const int              nl = llmc_tensors[k].block ? cfg.L : 1;
+        const llmc_tensor_t    lt = llmc_tensor(&cfg, k);
+        const int              nl = lt.block ? cfg.L : 1;
         for (int l = 0; l < nl; l++) {
-            char name[64];
-            if (llmc_tensors[k].block) {
-                snprintf(name, sizeof(name), "model/h.%d.%s", l, llmc_tensors[k].name);
-            } else {
-                snprintf(name, sizeof(name), "model/%s", llmc_tensors[k].name);
-            }
+            char name[64] = "model/";
+            TPM_CHECK_GOTO(tpm_model_tensor_name(&cfg, lt.block ? l : cfg.L, lt.tid, name + 6,
+                                                 sizeof(name) - 6),
+                           status, out);
             TPM_CHECK_GOTO(tpm_ckpt_read_rows(ck, name, 0, writer ? d.rows : 0, in), status, out);
             if (writer && wstatus == TPM_OK) {
                 size_t n = (size_t)d.rows * (size_t)d.cols;

@@ -30,7 +30,7 @@
 #include "backend/backend.h"
 #include "cli/config.h"
 #include "comm/comm.h"
-#include "compress/twobit.h"
+#include "backend/backend_twobit.h"
 
 /** Options of the compressed exchange (from --grad-compression and friends). */
 typedef struct tpm_compress_opts {

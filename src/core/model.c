@@ -193,45 +193,75 @@ tpm_status_t tpm_model_config_finish(tpm_model_config_t *cfg)
     return TPM_OK;
 }
 
-static void set_desc(tpm_param_desc_t *d, const char *name, int64_t rows, int64_t cols, int decay,
-                     tpm_init_kind_t init, float value)
+const tpm_arch_t *tpm_model_arch(const tpm_model_config_t *cfg)
 {
-    snprintf(d->name, sizeof(d->name), "%s", name);
-    d->rows       = rows;
-    d->cols       = cols;
-    d->valid_rows = rows;
-    d->decay      = decay;
-    d->init       = init;
-    d->init_value = value;
+    (void)cfg;
+    return &tpm_arch_gpt2;
+}
+
+int64_t tpm_model_dim(const tpm_model_config_t *cfg, tpm_dim_t d)
+{
+    switch (d) {
+    case TPM_DIM_1: return 1;
+    case TPM_DIM_C: return cfg->C;
+    case TPM_DIM_3C: return 3 * (int64_t)cfg->C;
+    case TPM_DIM_4C: return 4 * (int64_t)cfg->C;
+    case TPM_DIM_VP: return cfg->Vp;
+    case TPM_DIM_MAXT: return cfg->maxT;
+    }
+    TPM_ASSERT(0);
+    return 0;
+}
+
+const tpm_tensor_spec_t *tpm_model_spec(const tpm_model_config_t *cfg, int g, int t)
+{
+    const tpm_arch_t *a = tpm_model_arch(cfg);
+
+    TPM_ASSERT(g >= 0 && g <= cfg->L && t >= 0 && t < (g == cfg->L ? a->n_emb : a->n_block));
+    return g == cfg->L ? &a->emb[t] : &a->block[t];
 }
 
 int tpm_model_group_desc(const tpm_model_config_t *cfg, int g, tpm_param_desc_t *d)
 {
-    const int64_t C        = cfg->C;
-    const float   std      = 0.02f;
-    const float   proj_std = 0.02f / sqrtf(2.0f * (float)cfg->L);
+    const tpm_arch_t *a        = tpm_model_arch(cfg);
+    const int         nt       = g == cfg->L ? a->n_emb : a->n_block;
+    const float       std      = 0.02f;
+    const float       proj_std = 0.02f / sqrtf(2.0f * (float)cfg->L);
 
-    if (g == cfg->L) {
-        set_desc(&d[TPM_E_WTE], "wte", cfg->Vp, C, 1, TPM_INIT_NORMAL, std);
-        d[TPM_E_WTE].valid_rows = cfg->V;
-        set_desc(&d[TPM_E_WPE], "wpe", cfg->maxT, C, 1, TPM_INIT_NORMAL, std);
-        set_desc(&d[TPM_E_LNFW], "lnfw", C, 1, 0, TPM_INIT_CONST, 1.0f);
-        set_desc(&d[TPM_E_LNFB], "lnfb", C, 1, 0, TPM_INIT_CONST, 0.0f);
-        return TPM_EMB_NT;
+    for (int t = 0; t < nt; t++) {
+        const tpm_tensor_spec_t *s = tpm_model_spec(cfg, g, t);
+
+        snprintf(d[t].name, sizeof(d[t].name), "%s", s->name);
+        d[t].rows = tpm_model_dim(cfg, s->rows);
+        d[t].cols = tpm_model_dim(cfg, s->cols);
+        /* vocabulary padding rows hold zeros */
+        d[t].valid_rows = s->rows == TPM_DIM_VP ? cfg->V : d[t].rows;
+        d[t].decay      = s->decay;
+        d[t].init =
+            s->init == TPM_INIT_W || s->init == TPM_INIT_W_RESID ? TPM_INIT_NORMAL : TPM_INIT_CONST;
+        d[t].init_value = s->init == TPM_INIT_W         ? std
+                          : s->init == TPM_INIT_W_RESID ? proj_std
+                          : s->init == TPM_INIT_ONE     ? 1.0f
+                                                        : 0.0f;
+        d[t].split      = s->split;
+        d[t].spec       = s;
     }
-    set_desc(&d[TPM_B_LN1W], "ln1w", C, 1, 0, TPM_INIT_CONST, 1.0f);
-    set_desc(&d[TPM_B_LN1B], "ln1b", C, 1, 0, TPM_INIT_CONST, 0.0f);
-    set_desc(&d[TPM_B_QKVW], "qkvw", 3 * C, C, 1, TPM_INIT_NORMAL, std);
-    set_desc(&d[TPM_B_QKVB], "qkvb", 3 * C, 1, 0, TPM_INIT_CONST, 0.0f);
-    set_desc(&d[TPM_B_ATTPROJW], "attprojw", C, C, 1, TPM_INIT_NORMAL, proj_std);
-    set_desc(&d[TPM_B_ATTPROJB], "attprojb", C, 1, 0, TPM_INIT_CONST, 0.0f);
-    set_desc(&d[TPM_B_LN2W], "ln2w", C, 1, 0, TPM_INIT_CONST, 1.0f);
-    set_desc(&d[TPM_B_LN2B], "ln2b", C, 1, 0, TPM_INIT_CONST, 0.0f);
-    set_desc(&d[TPM_B_FCW], "fcw", 4 * C, C, 1, TPM_INIT_NORMAL, std);
-    set_desc(&d[TPM_B_FCB], "fcb", 4 * C, 1, 0, TPM_INIT_CONST, 0.0f);
-    set_desc(&d[TPM_B_FCPROJW], "fcprojw", 4 * C, C, 1, TPM_INIT_NORMAL, proj_std);
-    set_desc(&d[TPM_B_FCPROJB], "fcprojb", C, 1, 0, TPM_INIT_CONST, 0.0f);
-    return TPM_BLOCK_NT;
+    return nt;
+}
+
+tpm_status_t tpm_model_tensor_name(const tpm_model_config_t *cfg, int g, int t, char *buf,
+                                   size_t cap)
+{
+    const tpm_tensor_spec_t *s = tpm_model_spec(cfg, g, t);
+    int                      n =
+        g < cfg->L ? snprintf(buf, cap, "h.%d.%s", g, s->name) : snprintf(buf, cap, "%s", s->name);
+
+    if (n < 0 || (size_t)n >= cap) {
+        tpm_log_error("model: the name of tensor %s of group %d does not fit %zu bytes", s->name, g,
+                      cap);
+        return TPM_ERR_INVALID_ARG;
+    }
+    return TPM_OK;
 }
 
 size_t tpm_model_num_params(const tpm_model_config_t *cfg)
@@ -385,40 +415,103 @@ tpm_status_t tpm_model_embed_fwd(tpm_backend_t *be, const tpm_model_config_t *cf
     return TPM_OK;
 }
 
+tpm_block_part_t tpm_block_part_whole(const tpm_model_config_t *cfg)
+{
+    return (tpm_block_part_t){.nh = cfg->NH, .nf = 4 * cfg->C, .add_bias = 1, .comm = NULL};
+}
+
+static void io_progress(const tpm_block_io_t *io)
+{
+    if (io->progress != NULL) {
+        io->progress(io->progress_ctx);
+    }
+}
+
+tpm_status_t tpm_block_fwd(tpm_backend_t *be, const tpm_model_config_t *cfg, float *const *w,
+                           const tpm_block_part_t *part, const tpm_block_io_t *io)
+{
+    const tpm_backend_ops_t *op = be->ops;
+    const int                n = io->n, C = cfg->C, nh = part->nh, nf = part->nf;
+    const int                Cl    = nh * (C / cfg->NH);
+    const size_t             nc    = (size_t)n * (size_t)C;
+    float                   *proj1 = io->part != NULL ? io->part : io->res2;
+    float                   *proj2 = io->part != NULL ? io->part : io->out;
+
+    TPM_ASSERT(part->comm == NULL || io->part != NULL);
+    /* attention: this part's heads, then the row-parallel projection (summed over the split) */
+    PROF_CALL(TPM_PROF_LN_FWD, op->layernorm_fwd(be, io->ln1, io->ln1_mean, io->ln1_rstd, io->x,
+                                                 w[TPM_B_LN1W], w[TPM_B_LN1B], n, C));
+    PROF_CALL(TPM_PROF_QKV_FWD,
+              op->matmul_fwd(be, io->qkv, io->ln1, w[TPM_B_QKVW], w[TPM_B_QKVB], n, C, 3 * Cl, 0));
+    io_progress(io);
+    if (io->ctx > 0) {
+        if (nh > 0) {
+            PROF_CALL(TPM_PROF_ATTN_FWD,
+                      op->attention_kv(be, io->atty, io->qkv, io->kcache, io->vcache, io->slot,
+                                       io->pos, n, Cl, nh, io->ctx));
+        }
+    } else {
+        PROF_CALL(TPM_PROF_ATTN_FWD,
+                  op->attention_fwd(be, io->atty, io->att_lse, io->qkv, io->B, io->T, Cl, nh));
+    }
+    io_progress(io);
+    PROF_CALL(TPM_PROF_ATTPROJ_FWD,
+              op->matmul_fwd(be, proj1, io->atty, w[TPM_B_ATTPROJW],
+                             part->add_bias ? w[TPM_B_ATTPROJB] : NULL, n, Cl, C, 1));
+    if (part->comm != NULL) {
+        TPM_CHECK(tpm_comm_all_reduce(part->comm, proj1, proj1, nc, TPM_DT_FLOAT, TPM_RED_SUM));
+    }
+    /* res2 = projection + x (a float add is commutative: the same bits in either order) */
+    PROF_CALL(TPM_PROF_RESID_FWD, op->add(be, io->res2, proj1, io->x, nc));
+
+    /* MLP: this part's hidden units, then the row-parallel down-projection */
+    PROF_CALL(TPM_PROF_LN_FWD, op->layernorm_fwd(be, io->ln2, io->ln2_mean, io->ln2_rstd, io->res2,
+                                                 w[TPM_B_LN2W], w[TPM_B_LN2B], n, C));
+    io_progress(io);
+    PROF_CALL(TPM_PROF_FC_FWD,
+              op->matmul_fwd(be, io->fch, io->ln2, w[TPM_B_FCW], w[TPM_B_FCB], n, C, nf, 0));
+    PROF_CALL(TPM_PROF_GELU_FWD, op->gelu_fwd(be, io->fch_gelu, io->fch, (size_t)n * (size_t)nf));
+    io_progress(io);
+    PROF_CALL(TPM_PROF_FCPROJ_FWD,
+              op->matmul_fwd(be, proj2, io->fch_gelu, w[TPM_B_FCPROJW],
+                             part->add_bias ? w[TPM_B_FCPROJB] : NULL, n, nf, C, 1));
+    if (part->comm != NULL) {
+        TPM_CHECK(tpm_comm_all_reduce(part->comm, proj2, proj2, nc, TPM_DT_FLOAT, TPM_RED_SUM));
+    }
+    PROF_CALL(TPM_PROF_RESID_FWD, op->add(be, io->out, proj2, io->res2, nc));
+    io_progress(io);
+    return TPM_OK;
+}
+
 tpm_status_t tpm_model_block_fwd(tpm_backend_t *be, const tpm_model_config_t *cfg, int l,
                                  const tpm_group_view_t *p, tpm_acts_t *a)
 {
-    const tpm_backend_ops_t *op = be->ops;
-    const int                B = a->B, T = a->T, C = cfg->C, N = B * T;
-    tpm_block_acts_t        *b    = &a->blk[l];
-    const float             *x    = a->resid + (size_t)l * N * C;
-    float                   *xout = a->resid + (size_t)(l + 1) * N * C;
-    float *const            *w    = p->t;
+    const size_t           NC   = (size_t)a->B * (size_t)a->T * (size_t)cfg->C;
+    tpm_block_acts_t      *b    = &a->blk[l];
+    const tpm_block_part_t part = tpm_block_part_whole(cfg);
+    const tpm_block_io_t   io   = {
+            .n            = a->B * a->T,
+            .x            = a->resid + (size_t)l * NC,
+            .ln1          = b->ln1,
+            .ln1_mean     = b->ln1_mean,
+            .ln1_rstd     = b->ln1_rstd,
+            .qkv          = b->qkv,
+            .atty         = b->atty,
+            .res2         = b->res2,
+            .ln2          = b->ln2,
+            .ln2_mean     = b->ln2_mean,
+            .ln2_rstd     = b->ln2_rstd,
+            .fch          = b->fch,
+            .fch_gelu     = b->fch_gelu,
+            .out          = a->resid + (size_t)(l + 1) * NC,
+            .B            = a->B,
+            .T            = a->T,
+            .att_lse      = b->att_lse,
+            .progress     = a->progress,
+            .progress_ctx = a->progress_ctx,
+    };
 
-    PROF_CALL(TPM_PROF_LN_FWD, op->layernorm_fwd(be, b->ln1, b->ln1_mean, b->ln1_rstd, x,
-                                                 w[TPM_B_LN1W], w[TPM_B_LN1B], N, C));
-    PROF_CALL(TPM_PROF_QKV_FWD,
-              op->matmul_fwd(be, b->qkv, b->ln1, w[TPM_B_QKVW], w[TPM_B_QKVB], N, C, 3 * C, 0));
-    progress(a);
-    PROF_CALL(TPM_PROF_ATTN_FWD,
-              op->attention_fwd(be, b->atty, b->att_lse, b->qkv, B, T, C, cfg->NH));
-    progress(a);
-    /* res2 = x + atty @ attprojw + attprojb (projection into res2, then add the residual) */
-    PROF_CALL(TPM_PROF_ATTPROJ_FWD, op->matmul_fwd(be, b->res2, b->atty, w[TPM_B_ATTPROJW],
-                                                   w[TPM_B_ATTPROJB], N, C, C, 1));
-    PROF_CALL(TPM_PROF_RESID_FWD, op->add(be, b->res2, b->res2, x, (size_t)N * C));
-    PROF_CALL(TPM_PROF_LN_FWD, op->layernorm_fwd(be, b->ln2, b->ln2_mean, b->ln2_rstd, b->res2,
-                                                 w[TPM_B_LN2W], w[TPM_B_LN2B], N, C));
-    progress(a);
-    PROF_CALL(TPM_PROF_FC_FWD,
-              op->matmul_fwd(be, b->fch, b->ln2, w[TPM_B_FCW], w[TPM_B_FCB], N, C, 4 * C, 0));
-    PROF_CALL(TPM_PROF_GELU_FWD, op->gelu_fwd(be, b->fch_gelu, b->fch, (size_t)N * 4 * C));
-    progress(a);
-    PROF_CALL(TPM_PROF_FCPROJ_FWD, op->matmul_fwd(be, xout, b->fch_gelu, w[TPM_B_FCPROJW],
-                                                  w[TPM_B_FCPROJB], N, 4 * C, C, 1));
-    PROF_CALL(TPM_PROF_RESID_FWD, op->add(be, xout, xout, b->res2, (size_t)N * C));
-    progress(a);
-    return TPM_OK;
+    return tpm_block_fwd(be, cfg, p->t, &part, &io);
 }
 
 tpm_status_t tpm_model_head_fwd_bwd(tpm_backend_t *be, const tpm_model_config_t *cfg,

@@ -17,6 +17,8 @@
 
 #include "backend/backend.h"
 #include "base/status.h"
+#include "comm/comm.h"
+#include "core/arch.h"
 
 #define TPM_VOCAB_PAD 128 /* Vp = roundup(V, TPM_VOCAB_PAD), independent of the rank count */
 
@@ -29,7 +31,7 @@ typedef struct tpm_model_config {
     int maxT; /* position table size */
 } tpm_model_config_t;
 
-/* tensors of one transformer block, in storage order */
+/* tensors of one transformer block, in storage order: the rows of the table in core/arch.c */
 enum {
     TPM_B_LN1W = 0, /* (C) */
     TPM_B_LN1B,     /* (C) */
@@ -62,15 +64,20 @@ typedef enum {
     TPM_INIT_CONST,      /* value */
 } tpm_init_kind_t;
 
-/** One parameter tensor: a (rows, cols) matrix; a vector is (n, 1). */
+/**
+ * One parameter tensor of a configured model: a (rows, cols) matrix; a vector is (n, 1).
+ * Derived from its row of the architecture table (core/arch.h) by tpm_model_group_desc().
+ */
 typedef struct tpm_param_desc {
-    char            name[16];
-    int64_t         rows;
-    int64_t         cols;
-    int64_t         valid_rows; /* rows holding real values (wte: V; others: rows) */
-    int             decay;      /* AdamW weight decay applies (2-D tensors) */
-    tpm_init_kind_t init;
-    float           init_value; /* std for NORMAL, value for CONST */
+    char                     name[16];
+    int64_t                  rows;
+    int64_t                  cols;
+    int64_t                  valid_rows; /* rows holding real values (wte: V; others: rows) */
+    int                      decay;      /* AdamW weight decay applies (2-D tensors) */
+    tpm_init_kind_t          init;
+    float                    init_value; /* std for NORMAL, value for CONST */
+    tpm_split_t              split;      /* tensor-parallel split of the rows */
+    const tpm_tensor_spec_t *spec;       /* its table row (static storage) */
 } tpm_param_desc_t;
 
 /**
@@ -88,8 +95,25 @@ static inline int tpm_model_n_groups(const tpm_model_config_t *cfg)
  */
 tpm_status_t tpm_model_config_finish(tpm_model_config_t *cfg);
 
+/** The architecture table of @p cfg (static storage; GPT-2 for now). */
+const tpm_arch_t *tpm_model_arch(const tpm_model_config_t *cfg);
+
+/** The size of dimension @p d in model @p cfg (Vp must be set: tpm_model_config_finish). */
+int64_t tpm_model_dim(const tpm_model_config_t *cfg, tpm_dim_t d);
+
 /** Tensor descriptors of group @p g into @p desc; returns the tensor count. */
 int tpm_model_group_desc(const tpm_model_config_t *cfg, int g, tpm_param_desc_t *desc);
+
+/** The table row of tensor @p t of group @p g (static storage). */
+const tpm_tensor_spec_t *tpm_model_spec(const tpm_model_config_t *cfg, int g, int t);
+
+/**
+ * The stable name of tensor @p t of group @p g: "h.<g>.<name>" for a block, "<name>" for
+ * the embedding group, as checkpoint datasets (under /model, /optim/...) are named.
+ * TPM_ERR_INVALID_ARG when it does not fit in @p cap bytes.
+ */
+tpm_status_t tpm_model_tensor_name(const tpm_model_config_t *cfg, int g, int t, char *buf,
+                                   size_t cap);
 
 /** Logical parameter count (padded vocabulary rows included). */
 size_t tpm_model_num_params(const tpm_model_config_t *cfg);
@@ -114,6 +138,72 @@ typedef struct tpm_block_acts {
     float *fch;      /* (B,T,4C) pre-GELU */
     float *fch_gelu; /* (B,T,4C) */
 } tpm_block_acts_t;
+
+/**
+ * The part of a block one forward pass computes: the whole block (training: every head, every
+ * MLP unit, on one rank of the ZeRO-3 view) or one tensor-parallel rank's slice (serving:
+ * core/model_tp.h). The weights handed with it are that part's rows, in the split of the
+ * tensor table (core/arch.h): QKV rows of heads [h0, h0 + nh), attprojw input rows of those
+ * heads, MLP units [f0, f0 + nf); replicated tensors whole.
+ */
+typedef struct tpm_block_part {
+    int nh; /* heads computed here (NH: the whole block) */
+    int nf; /* MLP hidden units computed here (4C: the whole block) */
+    /* add the row-parallel biases (attprojb, fcprojb): on exactly one rank of the split */
+    int add_bias;
+    /*
+     * (optional) completes the row-parallel sums with an all-reduce over the split's ranks;
+     * NULL for the whole block. Borrowed.
+     */
+    tpm_comm_t *comm;
+} tpm_block_part_t;
+
+/** The whole block: the partition of a one-rank model, which training uses. */
+tpm_block_part_t tpm_block_part_whole(const tpm_model_config_t *cfg);
+
+/**
+ * Buffers of one block forward over n tokens, with Cl = nh hs and nf of the partition. The
+ * residual stream may be updated in place (res2 == out == x) when @c part is set.
+ */
+typedef struct tpm_block_io {
+    int          n;                         /* tokens */
+    const float *x;                         /* (n, C) block input */
+    float       *ln1, *ln1_mean, *ln1_rstd; /* (n, C), (n), (n) */
+    float       *qkv;                       /* (n, 3 Cl) head-grouped */
+    float       *atty;                      /* (n, Cl) */
+    float       *res2;                      /* (n, C) residual stream after attention */
+    float       *ln2, *ln2_mean, *ln2_rstd; /* (n, C), (n), (n) */
+    float       *fch, *fch_gelu;            /* (n, nf) */
+    float       *out;                       /* (n, C) block output */
+    /*
+     * (optional) (n, C) scratch for the partial sums of the two row-parallel projections,
+     * needed when part->comm is set; NULL: they are written straight into res2 and out.
+     */
+    float *part;
+    /* attention over whole sequences (training): n = B T, causal, log-sum-exp saved */
+    int    B, T;
+    float *att_lse; /* (B, nh, T) */
+    /*
+     * (optional) attention against a KV cache instead (serving): when ctx > 0, token i goes
+     * to slot[i] at position pos[i] (device int32 arrays of n), the caches are
+     * (n_slots, ctx, Cl) of this layer (NULL when Cl = 0); B, T and att_lse are unused.
+     */
+    float         *kcache, *vcache;
+    const int32_t *slot, *pos;
+    int            ctx;
+    /* (optional) called between ops so that non-blocking collectives progress */
+    void (*progress)(void *ctx);
+    void *progress_ctx;
+} tpm_block_io_t;
+
+/**
+ * The forward of one transformer block: io->out = block(io->x), on the partition @p part
+ * with its weight rows @p w (indexed by TPM_B_*). Training (tpm_model_block_fwd) and
+ * tensor-parallel serving (tpm_tp_forward) both run this one function. Collective over
+ * part->comm when it is set (two all-reduces of (n, C)).
+ */
+tpm_status_t tpm_block_fwd(tpm_backend_t *be, const tpm_model_config_t *cfg, float *const *w,
+                           const tpm_block_part_t *part, const tpm_block_io_t *io);
 
 /** All activations and activation-gradient scratch of one micro-batch shape. */
 typedef struct tpm_acts {

@@ -4,8 +4,8 @@
  * Notation: L layers, C channels, NH heads, hs = C / NH, V / Vp vocabulary, n tokens in
  * the call; Cl = nh * hs local attention width, nf local MLP width, nv local vocabulary.
  *
- * Every op is the training op (backend.h) on the local slice; the sums that tensor
- * parallelism splits are completed by an all-reduce. The row-parallel biases are added on
+ * A block is the training block itself (tpm_block_fwd, core/model.h) run on this rank's
+ * partition; the sums that tensor parallelism splits are completed by an all-reduce. The row-parallel biases are added on
  * rank 0 only, before the all-reduce, so that they count once. The embedding lookup is
  * vocabulary-parallel: a rank writes the wte rows it owns and zeros elsewhere (a zero row
  * is kept after the slice for that), the all-reduce assembles the rows exactly (x + 0 = x),
@@ -18,17 +18,6 @@
 
 #include "base/mem.h"
 
-/* the row rule of tpm_shard_split_rows (zero3/shard.h, a layer above core): ceil blocks */
-static void split_rows(int64_t rows, int world, int rank, int64_t *row0_p, int64_t *nrows_p)
-{
-    int64_t r    = (rows + world - 1) / world;
-    int64_t row0 = r * rank < rows ? r * rank : rows;
-    int64_t end  = row0 + r < rows ? row0 + r : rows;
-
-    *row0_p  = row0;
-    *nrows_p = end - row0;
-}
-
 void tpm_tp_partition(const tpm_model_config_t *cfg, int world, int rank, tpm_tp_part_t *p)
 {
     int64_t h0 = (int64_t)rank * cfg->NH / world, h1 = (int64_t)(rank + 1) * cfg->NH / world;
@@ -40,9 +29,9 @@ void tpm_tp_partition(const tpm_model_config_t *cfg, int world, int rank, tpm_tp
      */
     p->h0 = (int)h0;
     p->nh = (int)(h1 - h0);
-    split_rows(4 * (int64_t)cfg->C, world, rank, &p->f0, &p->nf);
-    split_rows(cfg->Vp, world, rank, &p->v0, &p->nv);
-    p->v_stride = ((int64_t)cfg->Vp + world - 1) / world;
+    tpm_split_rows(4 * (int64_t)cfg->C, world, rank, &p->f0, &p->nf);
+    tpm_split_rows(cfg->Vp, world, rank, &p->v0, &p->nv);
+    p->v_stride = tpm_split_block_rows(cfg->Vp, world);
 }
 
 tpm_tp_slice_t *tpm_tp_slice(tpm_tp_model_t *m, int g, int t)
@@ -50,40 +39,39 @@ tpm_tp_slice_t *tpm_tp_slice(tpm_tp_model_t *m, int g, int t)
     return &m->w[(size_t)g * TPM_GROUP_MAX_NT + (size_t)t];
 }
 
-/* rows [row0, row0 + nrows) of tensor t of group g on this rank */
-static void slice_rows(const tpm_tp_model_t *m, int g, int t, const tpm_param_desc_t *d,
-                       int64_t *row0_p, int64_t *nrows_p)
+/* rows [row0, row0 + nrows) of a tensor on this rank, from its split kind (core/arch.h) */
+static void slice_rows(const tpm_tp_model_t *m, const tpm_param_desc_t *d, int64_t *row0_p,
+                       int64_t *nrows_p)
 {
     const tpm_tp_part_t *p  = &m->part;
     const int64_t        hs = m->cfg.C / m->cfg.NH;
 
-    *row0_p  = 0;
-    *nrows_p = d->rows; /* replicated unless split below */
-    if (g == m->cfg.L) {
-        if (t == TPM_E_WTE) {
-            *row0_p  = p->v0;
-            *nrows_p = p->nv;
-        }
+    switch (d->split) {
+    case TPM_SPLIT_REPLICATED:
+        *row0_p  = 0;
+        *nrows_p = d->rows;
         return;
-    }
-    switch (t) {
-    case TPM_B_QKVW:
-    case TPM_B_QKVB:
+    case TPM_SPLIT_HEADS_QKV:
         *row0_p  = 3 * hs * p->h0;
         *nrows_p = 3 * hs * p->nh;
-        break;
-    case TPM_B_ATTPROJW:
+        return;
+    case TPM_SPLIT_HEADS_IN:
         *row0_p  = hs * p->h0;
         *nrows_p = hs * p->nh;
-        break;
-    case TPM_B_FCW:
-    case TPM_B_FCB:
-    case TPM_B_FCPROJW:
+        return;
+    case TPM_SPLIT_COL:
+    case TPM_SPLIT_ROW:
+        /* the MLP hidden units: the only equal-block split of a block (tpm_tp_part_t f0, nf) */
+        TPM_ASSERT(d->rows == 4 * (int64_t)m->cfg.C);
         *row0_p  = p->f0;
         *nrows_p = p->nf;
-        break;
-    default: break;
+        return;
+    case TPM_SPLIT_VOCAB:
+        *row0_p  = p->v0;
+        *nrows_p = p->nv;
+        return;
     }
+    TPM_ASSERT(0);
 }
 
 static size_t align64(size_t nbytes)
@@ -165,10 +153,10 @@ tpm_status_t tpm_tp_create(tpm_backend_t *be, tpm_comm_t *comm, const tpm_model_
         for (int t = 0; t < nt; t++) {
             tpm_tp_slice_t *s = tpm_tp_slice(m, g, t);
 
-            slice_rows(m, g, t, &d[t], &s->row0, &s->nrows);
+            slice_rows(m, &d[t], &s->row0, &s->nrows);
             s->cols = d[t].cols;
-            wbytes += align64((size_t)(s->nrows + (g == L && t == TPM_E_WTE)) * (size_t)s->cols *
-                              sizeof(float));
+            wbytes += align64((size_t)(s->nrows + (d[t].split == TPM_SPLIT_VOCAB)) *
+                              (size_t)s->cols * sizeof(float));
         }
     }
     m->mem.weight_bytes = wbytes;
@@ -183,7 +171,7 @@ tpm_status_t tpm_tp_create(tpm_backend_t *be, tpm_comm_t *comm, const tpm_model_
             tpm_tp_slice_t *s = tpm_tp_slice(m, g, t);
 
             s->data = (float *)(void *)(base + off);
-            off += align64((size_t)(s->nrows + (g == L && t == TPM_E_WTE)) * (size_t)s->cols *
+            off += align64((size_t)(s->nrows + (d[t].split == TPM_SPLIT_VOCAB)) * (size_t)s->cols *
                            sizeof(float));
         }
     }
@@ -244,40 +232,45 @@ void tpm_tp_destroy(tpm_tp_model_t *m)
     tpm_free(m);
 }
 
+static void tp_rows(void *ctx, int g, int t, int64_t *row0_p, int64_t *nrows_p)
+{
+    const tpm_tp_slice_t *s = tpm_tp_slice(ctx, g, t);
+
+    *row0_p  = s->row0;
+    *nrows_p = s->nrows;
+}
+
+static tpm_status_t tp_read(void *ctx, int g, int t, int64_t row0, int64_t nrows, float *dst)
+{
+    tpm_tp_model_t       *m = ctx;
+    const tpm_tp_slice_t *s = tpm_tp_slice(m, g, t);
+
+    (void)row0;
+    return m->be->ops->copy(m->be, dst, s->data, (size_t)nrows * (size_t)s->cols * sizeof(float),
+                            TPM_COPY_D2H);
+}
+
+static tpm_status_t tp_write(void *ctx, int g, int t, int64_t row0, int64_t nrows, const float *src)
+{
+    tpm_tp_model_t       *m = ctx;
+    const tpm_tp_slice_t *s = tpm_tp_slice(m, g, t);
+
+    (void)row0;
+    return m->be->ops->copy(m->be, s->data, src, (size_t)nrows * (size_t)s->cols * sizeof(float),
+                            TPM_COPY_H2D);
+}
+
+tpm_tensor_io_t tpm_tp_tensor_io(tpm_tp_model_t *m)
+{
+    return (tpm_tensor_io_t){.ctx = m, .rows = tp_rows, .read = tp_read, .write = tp_write};
+}
+
 tpm_status_t tpm_tp_init_params(tpm_tp_model_t *m, uint64_t seed)
 {
-    tpm_param_desc_t d[TPM_GROUP_MAX_NT];
-    float           *host   = NULL;
-    size_t           cap    = 0;
-    tpm_status_t     status = TPM_OK;
+    tpm_tensor_io_init_ctx_t init = {.cfg = &m->cfg, .seed = seed};
+    const tpm_tensor_io_t    src = tpm_tensor_io_init(&init), dst = tpm_tp_tensor_io(m);
 
-    for (int g = 0; g < tpm_model_n_groups(&m->cfg); g++) {
-        int nt = tpm_model_group_desc(&m->cfg, g, d);
-
-        for (int t = 0; t < nt; t++) {
-            tpm_tp_slice_t *s = tpm_tp_slice(m, g, t);
-            size_t          n = (size_t)s->nrows * (size_t)s->cols;
-
-            if (n > cap) {
-                tpm_free(host);
-                host = NULL;
-                cap  = 0;
-                TPM_CHECK_GOTO(tpm_malloc(n * sizeof(float), (void **)&host), status, out);
-                cap = n;
-            }
-            for (int64_t r = 0; r < s->nrows; r++) {
-                for (int64_t c = 0; c < s->cols; c++) {
-                    host[(size_t)r * (size_t)s->cols + (size_t)c] =
-                        tpm_model_init_value(&d[t], seed, g, t, s->row0 + r, c);
-                }
-            }
-            TPM_CHECK_GOTO(m->be->ops->copy(m->be, s->data, host, n * sizeof(float), TPM_COPY_H2D),
-                           status, out);
-        }
-    }
-out:
-    tpm_free(host);
-    return status;
+    return tpm_tensor_copy(&m->cfg, NULL, &src, &dst);
 }
 
 static tpm_status_t check_batch(const tpm_tp_model_t *m, int n, const int32_t *tokens,
@@ -309,49 +302,46 @@ static tpm_status_t check_batch(const tpm_tp_model_t *m, int n, const int32_t *t
     return TPM_OK;
 }
 
-/* x += allreduce(buf): the residual add after a row-parallel layer */
-static tpm_status_t reduce_add(tpm_tp_model_t *m, int n)
-{
-    const size_t nc = (size_t)n * (size_t)m->cfg.C;
-
-    TPM_CHECK(tpm_comm_all_reduce(m->comm, m->buf, m->buf, nc, TPM_DT_FLOAT, TPM_RED_SUM));
-    /* training adds (projection + residual); the order of a float add does not matter */
-    return m->be->ops->add(m->be, m->x, m->x, m->buf, nc);
-}
-
+/* one block on this rank's slice: the training block (tpm_block_fwd) on the partition */
 static tpm_status_t block_fwd(tpm_tp_model_t *m, int l, int n)
 {
-    const tpm_backend_ops_t *op = m->be->ops;
-    tpm_backend_t           *be = m->be;
-    const int                C = m->cfg.C, hs = C / m->cfg.NH, nh = m->part.nh;
-    const int                Cl = nh * hs, nf = (int)m->part.nf;
-    const int                root   = m->comm->rank == 0;
-    const size_t             kv_off = (size_t)l * (size_t)m->n_slots * (size_t)m->ctx * (size_t)Cl;
-    float                   *w[TPM_BLOCK_NT];
+    const int              Cl     = m->part.nh * (m->cfg.C / m->cfg.NH);
+    const size_t           kv_off = (size_t)l * (size_t)m->n_slots * (size_t)m->ctx * (size_t)Cl;
+    const tpm_block_part_t part   = {
+          .nh       = m->part.nh,
+          .nf       = (int)m->part.nf,
+          .add_bias = m->comm->rank == 0, /* row-parallel biases count once in the sum */
+          .comm     = m->comm,
+    };
+    /* the residual stream m->x is updated in place; the partial sums go through m->buf */
+    const tpm_block_io_t io = {
+        .n        = n,
+        .x        = m->x,
+        .ln1      = m->ln,
+        .ln1_mean = m->mean,
+        .ln1_rstd = m->rstd,
+        .qkv      = m->qkv,
+        .atty     = m->atty,
+        .res2     = m->x,
+        .ln2      = m->ln,
+        .ln2_mean = m->mean,
+        .ln2_rstd = m->rstd,
+        .fch      = m->fch,
+        .fch_gelu = m->fchg,
+        .out      = m->x,
+        .part     = m->buf,
+        .kcache   = m->kcache != NULL ? m->kcache + kv_off : NULL,
+        .vcache   = m->vcache != NULL ? m->vcache + kv_off : NULL,
+        .slot     = m->slot,
+        .pos      = m->pos,
+        .ctx      = m->ctx,
+    };
+    float *w[TPM_BLOCK_NT];
 
     for (int t = 0; t < TPM_BLOCK_NT; t++) {
         w[t] = tpm_tp_slice(m, l, t)->data;
     }
-    /* attention: local heads, then the row-parallel projection summed over ranks */
-    TPM_CHECK(
-        op->layernorm_fwd(be, m->ln, m->mean, m->rstd, m->x, w[TPM_B_LN1W], w[TPM_B_LN1B], n, C));
-    TPM_CHECK(op->matmul_fwd(be, m->qkv, m->ln, w[TPM_B_QKVW], w[TPM_B_QKVB], n, C, 3 * Cl, 0));
-    if (nh > 0) {
-        TPM_CHECK(op->attention_kv(be, m->atty, m->qkv, m->kcache + kv_off, m->vcache + kv_off,
-                                   m->slot, m->pos, n, Cl, nh, m->ctx));
-    }
-    TPM_CHECK(op->matmul_fwd(be, m->buf, m->atty, w[TPM_B_ATTPROJW],
-                             root ? w[TPM_B_ATTPROJB] : NULL, n, Cl, C, 1));
-    TPM_CHECK(reduce_add(m, n));
-
-    /* MLP: local hidden units, then the row-parallel down-projection summed over ranks */
-    TPM_CHECK(
-        op->layernorm_fwd(be, m->ln, m->mean, m->rstd, m->x, w[TPM_B_LN2W], w[TPM_B_LN2B], n, C));
-    TPM_CHECK(op->matmul_fwd(be, m->fch, m->ln, w[TPM_B_FCW], w[TPM_B_FCB], n, C, nf, 0));
-    TPM_CHECK(op->gelu_fwd(be, m->fchg, m->fch, (size_t)n * (size_t)nf));
-    TPM_CHECK(op->matmul_fwd(be, m->buf, m->fchg, w[TPM_B_FCPROJW], root ? w[TPM_B_FCPROJB] : NULL,
-                             n, nf, C, 1));
-    return reduce_add(m, n);
+    return tpm_block_fwd(m->be, &m->cfg, w, &part, &io);
 }
 
 static tpm_status_t head_fwd(tpm_tp_model_t *m, int n_logits, const int32_t *logit_rows,

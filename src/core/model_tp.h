@@ -12,7 +12,7 @@
  *  - replicated: LayerNorm weights and biases, attprojb, fcprojb, wpe.
  *
  * When the rank count M divides NH, every slice is exactly the rows a training rank of an
- * M-rank run owns (tpm_shard_split_rows). Otherwise heads are spread as evenly as possible
+ * M-rank run owns (tpm_split_rows, core/arch.h). Otherwise heads are spread as evenly as possible
  * (h0 = floor(r NH / M)); some ranks may own none when M > NH. Per token a layer costs two
  * all-reduces of (n, C) activations; the embedding one more; the head one all-gather of
  * the selected rows' vocabulary slices. Only backend ops and the comm handle are used.
@@ -27,6 +27,7 @@
 #include "base/status.h"
 #include "comm/comm.h"
 #include "core/model.h"
+#include "core/tensor_io.h"
 
 /** Which rows of the partitioned tensors rank @p rank of @p world owns. */
 typedef struct tpm_tp_part {
@@ -104,6 +105,12 @@ void         tpm_tp_destroy(tpm_tp_model_t *m); /* no-op on NULL */
 
 /** The slice of tensor @p t of group @p g (tpm_model_group_desc numbering); borrowed. */
 tpm_tp_slice_t *tpm_tp_slice(tpm_tp_model_t *m, int g, int t);
+
+/**
+ * The weight slices of @p m as a partitioned tensor end (core/tensor_io.h): this rank's rows
+ * of every tensor, read from or written into the slices. Not collective; @p m is borrowed.
+ */
+tpm_tensor_io_t tpm_tp_tensor_io(tpm_tp_model_t *m);
 
 /**
  * Fill the slices from the counter RNG (tpm_model_init_value): the same model that

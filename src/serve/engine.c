@@ -173,12 +173,7 @@ tpm_status_t tpm_serve_load_model(tpm_tp_model_t *m, tpm_ckpt_t *ck)
 {
     const tpm_ckpt_meta_t    *meta = tpm_ckpt_meta(ck);
     const tpm_model_config_t *mc   = &meta->model;
-    tpm_param_desc_t          d[TPM_GROUP_MAX_NT];
-    const int                 host   = m->be->ops == &tpm_backend_cpu_ops;
-    float                    *stage  = NULL;
-    size_t                    cap    = 0;
-    tpm_status_t              status = TPM_OK;
-    char                      name[64];
+    tpm_tensor_io_t           src, dst;
 
     if (mc->L != m->cfg.L || mc->C != m->cfg.C || mc->NH != m->cfg.NH || mc->V != m->cfg.V ||
         mc->maxT != m->cfg.maxT) {
@@ -189,41 +184,10 @@ tpm_status_t tpm_serve_load_model(tpm_tp_model_t *m, tpm_ckpt_t *ck)
             m->cfg.maxT);
         return TPM_ERR_FORMAT; /* same metadata on every rank: the same answer everywhere */
     }
-    /* a host backend reads straight into the slices; a device one through a staging buffer */
-    for (int g = 0; g < tpm_model_n_groups(&m->cfg) && status == TPM_OK; g++) {
-        int nt = tpm_model_group_desc(&m->cfg, g, d);
-
-        for (int t = 0; t < nt && status == TPM_OK; t++) {
-            tpm_tp_slice_t *s = tpm_tp_slice(m, g, t);
-            size_t          n = (size_t)s->nrows * (size_t)s->cols;
-            float          *dst;
-
-            if (g < m->cfg.L) {
-                snprintf(name, sizeof(name), "model/h.%d.%.15s", g, d[t].name);
-            } else {
-                snprintf(name, sizeof(name), "model/%.15s", d[t].name);
-            }
-            if (!host && n > cap) {
-                tpm_free(stage);
-                stage = NULL;
-                cap   = 0;
-                /* agreed: the read below is collective */
-                status = tpm_comm_agree(m->comm, tpm_malloc(n * sizeof(float), (void **)&stage));
-                if (status != TPM_OK) {
-                    break;
-                }
-                cap = n;
-            }
-            dst    = host ? s->data : stage;
-            status = tpm_ckpt_read_rows(ck, name, s->row0, s->nrows, dst);
-            if (status == TPM_OK && !host) {
-                status = tpm_comm_agree(m->comm, m->be->ops->copy(m->be, s->data, stage,
-                                                                  n * sizeof(float), TPM_COPY_H2D));
-            }
-        }
-    }
-    tpm_free(stage);
-    return status;
+    /* every rank reads its own rows of each tensor (collective over m->comm) */
+    src = tpm_ckpt_tensor_io(ck);
+    dst = tpm_tp_tensor_io(m);
+    return tpm_tensor_copy(&m->cfg, m->comm, &src, &dst);
 }
 
 tpm_status_t tpm_engine_load(tpm_engine_t *e, tpm_ckpt_t *ck)

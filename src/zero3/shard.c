@@ -28,7 +28,7 @@ tpm_status_t tpm_shard_layout_init(tpm_shard_layout_t *lay, const tpm_model_conf
         for (int t = 0; t < g->n_tensors; t++) {
             tpm_shard_tensor_t *st = &g->t[t];
             st->desc               = d[t];
-            st->rows_per_rank      = (d[t].rows + world - 1) / world;
+            st->rows_per_rank      = tpm_split_block_rows(d[t].rows, world);
             st->shard_off          = off;
             st->full_off           = off * (size_t)world;
             off += (size_t)st->rows_per_rank * (size_t)d[t].cols;
@@ -50,16 +50,6 @@ void tpm_shard_layout_cleanup(tpm_shard_layout_t *lay)
 {
     tpm_free(lay->g);
     lay->g = NULL;
-}
-
-void tpm_shard_split_rows(int64_t rows, int world, int rank, int64_t *row0_p, int64_t *nrows_p)
-{
-    int64_t r    = (rows + world - 1) / world;
-    int64_t row0 = r * rank;
-    int64_t end  = row0 + r < rows ? row0 + r : rows;
-
-    *row0_p  = row0 < rows ? row0 : rows;
-    *nrows_p = end > *row0_p ? end - *row0_p : 0;
 }
 
 void tpm_shard_rows(const tpm_shard_tensor_t *t, int rank, int64_t *row0_p, int64_t *nrows_p)

@@ -3,7 +3,8 @@
  * shard.h: the shard rule as pure arithmetic (no MPI, unit-tested).
  *
  * Every tensor of a group is a (rows, cols) matrix (vectors are (n, 1)). With N
- * ranks, each tensor is cut into N row blocks of r = ceil(rows / N) rows; rank i
+ * ranks, each tensor is cut into N row blocks of r = ceil(rows / N) rows (the rule of
+ * tpm_split_rows, core/arch.h, which serving uses too); rank i
  * owns rows [i*r, min((i+1)*r, rows)) and its block is padded with zero rows to
  * r. Because QKV rows are grouped by head, when N divides the head count every
  * rank's QKV block is whole heads; row-parallel weights are stored transposed,
@@ -56,9 +57,6 @@ void tpm_shard_layout_cleanup(tpm_shard_layout_t *lay);
 
 /** Real (unpadded) rows of tensor @p t owned by @p rank: [*row0_p, *row0_p + *nrows_p). */
 void tpm_shard_rows(const tpm_shard_tensor_t *t, int rank, int64_t *row0_p, int64_t *nrows_p);
-
-/** Row range of @p rows split over @p world ranks by the same rule (used by serving). */
-void tpm_shard_split_rows(int64_t rows, int world, int rank, int64_t *row0_p, int64_t *nrows_p);
 
 /** Copy an all-gathered buffer (rank-major shards) into the full group layout. */
 void tpm_shard_unpack(const tpm_shard_group_t *g, int world, const float *gathered, float *full);

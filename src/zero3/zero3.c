@@ -143,33 +143,60 @@ void tpm_zero3_destroy(tpm_zero3_t *z)
     tpm_free(z);
 }
 
+static void z3_rows(void *ctx, int g, int t, int64_t *row0_p, int64_t *nrows_p)
+{
+    const tpm_zero3_t *z = ctx;
+
+    tpm_shard_rows(&z->lay.g[g].t[t], z->comm->rank, row0_p, nrows_p);
+}
+
+/* this rank's block of tensor (g, t) in z->param, and its row count (padding included) */
+static float *z3_block(const tpm_zero3_t *z, int g, int t, int64_t *cols_p, int64_t *block_p)
+{
+    const tpm_shard_group_t  *sg = &z->lay.g[g];
+    const tpm_shard_tensor_t *st = &sg->t[t];
+
+    *cols_p  = st->desc.cols;
+    *block_p = st->rows_per_rank;
+    return z->param + sg->shard_base + st->shard_off;
+}
+
+static tpm_status_t z3_read(void *ctx, int g, int t, int64_t row0, int64_t nrows, float *dst)
+{
+    tpm_zero3_t *z = ctx;
+    int64_t      cols, block;
+    const float *p = z3_block(z, g, t, &cols, &block);
+
+    (void)row0;
+    return z->be->ops->copy(z->be, dst, p, (size_t)nrows * (size_t)cols * sizeof(float),
+                            TPM_COPY_D2H);
+}
+
+static tpm_status_t z3_write(void *ctx, int g, int t, int64_t row0, int64_t nrows, const float *src)
+{
+    tpm_zero3_t *z = ctx;
+    int64_t      cols, block;
+    float       *p = z3_block(z, g, t, &cols, &block);
+    const size_t n = (size_t)nrows * (size_t)cols;
+
+    (void)row0;
+    TPM_CHECK(z->be->ops->copy(z->be, p, src, n * sizeof(float), TPM_COPY_H2D));
+    /* the padding rows of the last block stay zero */
+    return z->be->ops->memzero(z->be, p + n,
+                               (size_t)(block - nrows) * (size_t)cols * sizeof(float));
+}
+
+tpm_tensor_io_t tpm_zero3_tensor_io(tpm_zero3_t *z)
+{
+    return (tpm_tensor_io_t){.ctx = z, .rows = z3_rows, .read = z3_read, .write = z3_write};
+}
+
 tpm_status_t tpm_zero3_init_params(tpm_zero3_t *z, uint64_t seed)
 {
-    const int    rank = z->comm->rank;
-    float       *host;
-    tpm_status_t status;
+    tpm_tensor_io_init_ctx_t init = {.cfg = &z->cfg, .seed = seed};
+    const tpm_tensor_io_t    src = tpm_tensor_io_init(&init), dst = tpm_zero3_tensor_io(z);
 
-    TPM_CHECK(tpm_calloc(z->lay.shard_numel, sizeof(float), (void **)&host));
-    for (int gi = 0; gi < z->lay.n_groups; gi++) {
-        const tpm_shard_group_t *g = &z->lay.g[gi];
-        for (int t = 0; t < g->n_tensors; t++) {
-            const tpm_shard_tensor_t *st   = &g->t[t];
-            const int64_t             cols = st->desc.cols;
-            float                    *dst  = host + g->shard_base + st->shard_off;
-            int64_t                   row0, nrows;
-
-            tpm_shard_rows(st, rank, &row0, &nrows);
-            for (int64_t r = 0; r < nrows; r++) {
-                for (int64_t c = 0; c < cols; c++) {
-                    dst[r * cols + c] = tpm_model_init_value(&st->desc, seed, gi, t, row0 + r, c);
-                }
-            }
-        }
-    }
-    status =
-        z->be->ops->copy(z->be, z->param, host, z->lay.shard_numel * sizeof(float), TPM_COPY_H2D);
-    tpm_free(host);
-    TPM_CHECK(status);
+    TPM_CHECK(tpm_tensor_copy(&z->cfg, NULL, &src, &dst));
     TPM_CHECK(z->be->ops->memzero(z->be, z->m, z->lay.shard_numel * sizeof(float)));
     TPM_CHECK(z->be->ops->memzero(z->be, z->v, z->lay.shard_numel * sizeof(float)));
     z->work_valid = 0;

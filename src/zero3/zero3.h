@@ -27,6 +27,7 @@
 #include "comm/comm.h"
 #include "compress/exchange.h"
 #include "core/model.h"
+#include "core/tensor_io.h"
 #include "zero3/shard.h"
 
 typedef struct tpm_zero3_mem {
@@ -146,6 +147,14 @@ tpm_status_t tpm_zero3_set_precision(tpm_zero3_t *z, int bf16);
 
 /** The parameter shard was written from outside (checkpoint load): refresh the working copy. */
 void tpm_zero3_params_changed(tpm_zero3_t *z);
+
+/**
+ * The parameter shards of @p z as a partitioned tensor end (core/tensor_io.h): this rank's
+ * rows of every tensor, read from or written into z->param (a write also zeroes the
+ * block's padding rows). Writing does not mark the working copy stale: the caller calls
+ * tpm_zero3_params_changed(). Not collective. @p z is borrowed.
+ */
+tpm_tensor_io_t tpm_zero3_tensor_io(tpm_zero3_t *z);
 
 /** Gradient bytes this rank has sent so far: fp32 reduce-scatter + compressed all-to-all. */
 uint64_t tpm_zero3_grad_bytes_sent(const tpm_zero3_t *z);

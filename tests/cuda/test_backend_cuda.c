@@ -32,7 +32,7 @@
 #include "backend/backend.h"
 #include "base/log.h"
 #include "base/status.h"
-#include "compress/twobit.h"
+#include "backend/backend_twobit.h"
 
 #define SKIP 77
 

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * test_twobit_cuda.c: the device 2-bit codec (kernels/twobit.cu) against the CPU reference
- * (src/compress/twobit.c), byte for byte: encoded chunks, error-feedback residuals (fp32
+ * (src/backend/backend_twobit.c), byte for byte: encoded chunks, error-feedback residuals (fp32
  * and bf16) and decoded sums, for the three modes, several block sizes and lengths, and
  * inputs built to hit the rules' edges (ties at exactly s/2, zeros of both signs,
  * subnormals, values far above the scale, NaN and Inf). Exit 77 (automake SKIP) without a
@@ -22,7 +22,7 @@
 #include "backend/backend_cuda.h"
 #include "base/log.h"
 #include "base/timer.h"
-#include "compress/twobit.h"
+#include "backend/backend_twobit.h"
 #include "kernels/kernels.h"
 
 #define SKIP 77

@@ -207,7 +207,7 @@ static int mode_read(tpm_comm_t *c, const char *path, int wrote_n)
     tpm_model_group_desc(&mc, 0, d);
     tpm_calloc(3 * 32 * 32, sizeof(float), (void **)&buf);
     /* QKV split by whole heads over the ranks: a tiling, checksum verified */
-    tpm_shard_split_rows(96, c->size, c->rank, &row0, &nrows);
+    tpm_split_rows(96, c->size, c->rank, &row0, &nrows);
     st = tpm_ckpt_read_rows(ck, "model/h.1.qkvw", row0, nrows, buf);
     ok = st == TPM_OK;
     for (int64_t r = 0; r < nrows && ok; r++) {

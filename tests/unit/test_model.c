@@ -15,6 +15,7 @@
 #include "backend/backend.h"
 #include "base/mem.h"
 #include "core/model.h"
+#include "core/tensor_io.h"
 #include "zero3/shard.h"
 
 #ifndef TPM_FIXTURE_DIR
@@ -271,4 +272,251 @@ Test(model, gpt2_124m_has_the_published_parameter_count)
     cr_assert_eq(tpm_model_config_finish(&c), TPM_OK);
     /* llm.c's count with Vp = 50304 (shared/research/llmc.md) */
     cr_assert_eq(tpm_model_num_params(&c), (size_t)124475904);
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* the architecture table (core/arch.h) */
+
+TestSuite(arch, .timeout = 10);
+
+Test(arch, gpt2_rows_are_at_their_enum_index)
+{
+    static const char *const blk[TPM_BLOCK_NT] = {
+        [TPM_B_LN1W] = "ln1w", [TPM_B_LN1B] = "ln1b",         [TPM_B_QKVW] = "qkvw",
+        [TPM_B_QKVB] = "qkvb", [TPM_B_ATTPROJW] = "attprojw", [TPM_B_ATTPROJB] = "attprojb",
+        [TPM_B_LN2W] = "ln2w", [TPM_B_LN2B] = "ln2b",         [TPM_B_FCW] = "fcw",
+        [TPM_B_FCB] = "fcb",   [TPM_B_FCPROJW] = "fcprojw",   [TPM_B_FCPROJB] = "fcprojb",
+    };
+    static const char *const emb[TPM_EMB_NT] = {
+        [TPM_E_WTE] = "wte", [TPM_E_WPE] = "wpe", [TPM_E_LNFW] = "lnfw", [TPM_E_LNFB] = "lnfb"};
+
+    cr_assert_eq(tpm_arch_gpt2.n_block, TPM_BLOCK_NT);
+    cr_assert_eq(tpm_arch_gpt2.n_emb, TPM_EMB_NT);
+    for (int t = 0; t < TPM_BLOCK_NT; t++) {
+        cr_assert_str_eq(tpm_arch_gpt2.block[t].name, blk[t]);
+    }
+    for (int t = 0; t < TPM_EMB_NT; t++) {
+        cr_assert_str_eq(tpm_arch_gpt2.emb[t].name, emb[t]);
+    }
+}
+
+Test(arch, llmc_positions_are_a_permutation_in_llmc_file_order)
+{
+    /* llm.c's order: wte wpe, the 12 block tensors in tpmpi order, lnfw lnfb */
+    int seen[TPM_BLOCK_NT + TPM_EMB_NT] = {0};
+
+    for (int t = 0; t < TPM_BLOCK_NT; t++) {
+        cr_assert_eq(tpm_arch_gpt2.block[t].llmc_index, 2 + t);
+        seen[tpm_arch_gpt2.block[t].llmc_index]++;
+    }
+    cr_assert_eq(tpm_arch_gpt2.emb[TPM_E_WTE].llmc_index, 0);
+    cr_assert_eq(tpm_arch_gpt2.emb[TPM_E_WPE].llmc_index, 1);
+    for (int t = 0; t < TPM_EMB_NT; t++) {
+        seen[tpm_arch_gpt2.emb[t].llmc_index]++;
+    }
+    for (int k = 0; k < TPM_BLOCK_NT + TPM_EMB_NT; k++) {
+        cr_assert_eq(seen[k], 1, "llm.c position %d used %d times", k, seen[k]);
+    }
+}
+
+Test(arch, descriptors_follow_the_table_for_a_configured_model)
+{
+    tpm_model_config_t c = {.L = 3, .C = 48, .NH = 6, .V = 300, .maxT = 20};
+    tpm_param_desc_t   d[TPM_GROUP_MAX_NT];
+
+    cr_assert_eq(tpm_model_config_finish(&c), TPM_OK);
+    cr_assert_eq(tpm_model_group_desc(&c, 1, d), TPM_BLOCK_NT);
+    cr_assert_eq(d[TPM_B_QKVW].rows, 144);
+    cr_assert_eq(d[TPM_B_QKVW].cols, 48);
+    cr_assert_eq(d[TPM_B_QKVW].split, TPM_SPLIT_HEADS_QKV);
+    cr_assert_eq(d[TPM_B_ATTPROJW].split, TPM_SPLIT_HEADS_IN);
+    cr_assert_eq(d[TPM_B_FCPROJW].rows, 192);
+    cr_assert_eq(d[TPM_B_FCPROJW].split, TPM_SPLIT_ROW);
+    cr_assert_eq(d[TPM_B_FCB].cols, 1);
+    cr_assert_eq(d[TPM_B_LN1W].init, TPM_INIT_CONST);
+    cr_assert(d[TPM_B_LN1W].init_value == 1.0f);
+    cr_assert(d[TPM_B_LN1B].init_value == 0.0f);
+    cr_assert(d[TPM_B_QKVW].init_value == 0.02f);
+    cr_assert(d[TPM_B_ATTPROJW].init_value == 0.02f / sqrtf(6.0f));
+    cr_assert(d[TPM_B_QKVW].decay && !d[TPM_B_QKVB].decay);
+    cr_assert_eq(tpm_model_group_desc(&c, 3, d), TPM_EMB_NT);
+    cr_assert_eq(d[TPM_E_WTE].rows, 384);
+    cr_assert_eq(d[TPM_E_WTE].valid_rows, 300);
+    cr_assert_eq(d[TPM_E_WTE].split, TPM_SPLIT_VOCAB);
+    cr_assert_eq(d[TPM_E_WPE].rows, 20);
+    cr_assert_eq(d[TPM_E_WPE].valid_rows, 20);
+}
+
+Test(arch, tensor_names_are_the_checkpoint_dataset_names)
+{
+    tpm_model_config_t c = {.L = 12, .C = 48, .NH = 6, .V = 300, .maxT = 20};
+    char               buf[32], tiny[6];
+
+    cr_assert_eq(tpm_model_config_finish(&c), TPM_OK);
+    cr_assert_eq(tpm_model_tensor_name(&c, 11, TPM_B_FCPROJB, buf, sizeof(buf)), TPM_OK);
+    cr_assert_str_eq(buf, "h.11.fcprojb");
+    cr_assert_eq(tpm_model_tensor_name(&c, 12, TPM_E_LNFB, buf, sizeof(buf)), TPM_OK);
+    cr_assert_str_eq(buf, "lnfb");
+    cr_assert_eq(tpm_model_tensor_name(&c, 0, TPM_B_QKVW, tiny, sizeof(tiny)), TPM_ERR_INVALID_ARG);
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* logical-tensor transfers (core/tensor_io.h) */
+
+static const tpm_model_config_t io_cfg0 = {.L = 2, .C = 16, .NH = 2, .V = 130, .maxT = 8};
+
+/* whole host tensors of @p c, indexed g * TPM_GROUP_MAX_NT + t (filled with @p fill) */
+static float **io_alloc(const tpm_model_config_t *c, float fill)
+{
+    float          **w = calloc((size_t)tpm_model_n_groups(c) * TPM_GROUP_MAX_NT, sizeof(*w));
+    tpm_param_desc_t d[TPM_GROUP_MAX_NT];
+
+    for (int g = 0; g < tpm_model_n_groups(c); g++) {
+        int nt = tpm_model_group_desc(c, g, d);
+        for (int t = 0; t < nt; t++) {
+            size_t n                    = (size_t)d[t].rows * (size_t)d[t].cols;
+            w[g * TPM_GROUP_MAX_NT + t] = malloc(n * sizeof(float));
+            for (size_t i = 0; i < n; i++) {
+                w[g * TPM_GROUP_MAX_NT + t][i] = fill;
+            }
+        }
+    }
+    return w;
+}
+
+static void io_free(const tpm_model_config_t *c, float **w)
+{
+    for (int i = 0; i < tpm_model_n_groups(c) * TPM_GROUP_MAX_NT; i++) {
+        free(w[i]);
+    }
+    free(w);
+}
+
+/* a partitioned sink: rank 1 of 3 by the shard rule, counting the rows it is given */
+typedef struct {
+    const tpm_model_config_t *cfg;
+    float                   **w;
+    int                       writes, fail_at;
+} io_part_t;
+
+static void part_rows(void *ctx, int g, int t, int64_t *row0_p, int64_t *nrows_p)
+{
+    io_part_t       *p = ctx;
+    tpm_param_desc_t d[TPM_GROUP_MAX_NT];
+
+    tpm_model_group_desc(p->cfg, g, d);
+    tpm_split_rows(d[t].rows, 3, 1, row0_p, nrows_p);
+}
+
+static tpm_status_t part_write(void *ctx, int g, int t, int64_t row0, int64_t nrows,
+                               const float *src)
+{
+    io_part_t       *p = ctx;
+    tpm_param_desc_t d[TPM_GROUP_MAX_NT];
+
+    if (p->writes == p->fail_at) {
+        return TPM_ERR_IO;
+    }
+    p->writes++;
+    tpm_model_group_desc(p->cfg, g, d);
+    memcpy(p->w[g * TPM_GROUP_MAX_NT + t] + row0 * d[t].cols, src,
+           (size_t)nrows * (size_t)d[t].cols * sizeof(float));
+    return TPM_OK;
+}
+
+Test(tensor_io, the_init_source_gives_the_initial_values_of_every_element)
+{
+    tpm_model_config_t         c = io_cfg0;
+    float                    **w;
+    tpm_param_desc_t           d[TPM_GROUP_MAX_NT];
+    tpm_tensor_io_init_ctx_t   ic;
+    tpm_tensor_io_memory_ctx_t mc2;
+    tpm_tensor_io_t            src, dst;
+
+    cr_assert_eq(tpm_model_config_finish(&c), TPM_OK);
+    w   = io_alloc(&c, -7.0f);
+    ic  = (tpm_tensor_io_init_ctx_t){.cfg = &c, .seed = 42};
+    mc2 = (tpm_tensor_io_memory_ctx_t){.cfg = &c, .t = w};
+    src = tpm_tensor_io_init(&ic);
+    dst = tpm_tensor_io_memory(&mc2);
+    cr_assert_eq(tpm_tensor_copy(&c, NULL, &src, &dst), TPM_OK);
+    for (int g = 0; g < tpm_model_n_groups(&c); g++) {
+        int nt = tpm_model_group_desc(&c, g, d);
+        for (int t = 0; t < nt; t++) {
+            for (int64_t r = 0; r < d[t].rows; r++) {
+                for (int64_t k = 0; k < d[t].cols; k++) {
+                    float want = tpm_model_init_value(&d[t], 42, g, t, r, k);
+                    cr_assert(w[g * TPM_GROUP_MAX_NT + t][r * d[t].cols + k] == want,
+                              "tensor %d of group %d row %lld", t, g, (long long)r);
+                }
+            }
+        }
+    }
+    io_free(&c, w);
+}
+
+Test(tensor_io, a_partitioned_sink_gets_exactly_its_rows)
+{
+    tpm_model_config_t         c = io_cfg0;
+    float                    **a, **b;
+    tpm_param_desc_t           d[TPM_GROUP_MAX_NT];
+    tpm_tensor_io_memory_ctx_t ma;
+    io_part_t                  p;
+    tpm_tensor_io_t            src, dst;
+
+    cr_assert_eq(tpm_model_config_finish(&c), TPM_OK);
+    a = io_alloc(&c, 0.0f);
+    b = io_alloc(&c, -1.0f);
+    for (int g = 0; g < tpm_model_n_groups(&c); g++) {
+        int nt = tpm_model_group_desc(&c, g, d);
+        for (int t = 0; t < nt; t++) {
+            for (int64_t i = 0; i < d[t].rows * d[t].cols; i++) {
+                a[g * TPM_GROUP_MAX_NT + t][i] = (float)(g * 100000 + t * 1000) + (float)i;
+            }
+        }
+    }
+    ma  = (tpm_tensor_io_memory_ctx_t){.cfg = &c, .t = a};
+    p   = (io_part_t){.cfg = &c, .w = b, .fail_at = -1};
+    src = tpm_tensor_io_memory(&ma);
+    dst = (tpm_tensor_io_t){.ctx = &p, .rows = part_rows, .write = part_write};
+    cr_assert_eq(tpm_tensor_copy(&c, NULL, &src, &dst), TPM_OK);
+    cr_assert_eq(p.writes, c.L * TPM_BLOCK_NT + TPM_EMB_NT);
+    for (int g = 0; g < tpm_model_n_groups(&c); g++) {
+        int nt = tpm_model_group_desc(&c, g, d);
+        for (int t = 0; t < nt; t++) {
+            int64_t row0, nrows;
+            tpm_split_rows(d[t].rows, 3, 1, &row0, &nrows);
+            for (int64_t r = 0; r < d[t].rows; r++) {
+                for (int64_t k = 0; k < d[t].cols; k++) {
+                    float got   = b[g * TPM_GROUP_MAX_NT + t][r * d[t].cols + k];
+                    float src_v = a[g * TPM_GROUP_MAX_NT + t][r * d[t].cols + k];
+                    cr_assert(got == (r >= row0 && r < row0 + nrows ? src_v : -1.0f),
+                              "tensor %d of group %d row %lld", t, g, (long long)r);
+                }
+            }
+        }
+    }
+    io_free(&c, a);
+    io_free(&c, b);
+}
+
+Test(tensor_io, a_failing_sink_stops_the_copy_with_its_status)
+{
+    tpm_model_config_t         c = io_cfg0;
+    float                    **a, **b;
+    tpm_tensor_io_memory_ctx_t ma;
+    io_part_t                  p;
+    tpm_tensor_io_t            src, dst;
+
+    cr_assert_eq(tpm_model_config_finish(&c), TPM_OK);
+    a   = io_alloc(&c, 1.0f);
+    b   = io_alloc(&c, 0.0f);
+    ma  = (tpm_tensor_io_memory_ctx_t){.cfg = &c, .t = a};
+    p   = (io_part_t){.cfg = &c, .w = b, .fail_at = 5};
+    src = tpm_tensor_io_memory(&ma);
+    dst = (tpm_tensor_io_t){.ctx = &p, .rows = part_rows, .write = part_write};
+    cr_assert_eq(tpm_tensor_copy(&c, NULL, &src, &dst), TPM_ERR_IO);
+    cr_assert_eq(p.writes, 5);
+    io_free(&c, a);
+    io_free(&c, b);
 }

@@ -43,15 +43,15 @@ Test(model_tp, when_the_ranks_divide_the_heads_every_slice_is_the_training_shard
                 int64_t       row0, nrows;
 
                 tpm_tp_partition(c, M, r, &p);
-                tpm_shard_split_rows(3 * (int64_t)c->C, M, r, &row0, &nrows);
+                tpm_split_rows(3 * (int64_t)c->C, M, r, &row0, &nrows);
                 cr_expect_eq(3 * hs * p.h0, row0, "qkv start, M=%d r=%d", M, r);
                 cr_expect_eq(3 * hs * p.nh, nrows, "qkv rows, M=%d r=%d", M, r);
-                tpm_shard_split_rows(c->C, M, r, &row0, &nrows);
+                tpm_split_rows(c->C, M, r, &row0, &nrows);
                 cr_expect_eq(hs * p.h0, row0, "attproj start, M=%d r=%d", M, r);
                 cr_expect_eq(hs * p.nh, nrows, "attproj rows, M=%d r=%d", M, r);
-                tpm_shard_split_rows(4 * (int64_t)c->C, M, r, &row0, &nrows);
+                tpm_split_rows(4 * (int64_t)c->C, M, r, &row0, &nrows);
                 cr_expect(p.f0 == row0 && p.nf == nrows, "fc rows, M=%d r=%d", M, r);
-                tpm_shard_split_rows(c->Vp, M, r, &row0, &nrows);
+                tpm_split_rows(c->Vp, M, r, &row0, &nrows);
                 cr_expect(p.v0 == row0 && p.nv == nrows, "wte rows, M=%d r=%d", M, r);
             }
         }

@@ -22,7 +22,7 @@
 #include <string.h>
 
 #include "backend/backend_cpu_quant.h"
-#include "compress/twobit.h"
+#include "base/bf16.h"
 
 static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
 

@@ -130,9 +130,9 @@ Test(shard, split_rows_gives_empty_ranges_beyond_the_last_row)
 {
     int64_t row0, n;
 
-    tpm_shard_split_rows(3, 8, 5, &row0, &n);
+    tpm_split_rows(3, 8, 5, &row0, &n);
     cr_assert_eq(n, 0);
-    tpm_shard_split_rows(10, 4, 3, &row0, &n);
+    tpm_split_rows(10, 4, 3, &row0, &n);
     cr_assert_eq(row0, 9);
     cr_assert_eq(n, 1);
 }

@@ -1,11 +1,11 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * test_twobit.c: the 2-bit codec (src/compress/twobit.c) without MPI: the byte layout is
+ * test_twobit.c: the 2-bit codec (src/backend/backend_twobit.c) without MPI: the byte layout is
  * pinned by known inputs and known bytes (a device kernel must reproduce them), decode of
  * encode is within s/2 wherever twobit.h says it is, the residual holds exactly what was
  * not sent, the stochastic variant is unbiased, and non-finite input stays visible.
  */
-#include "compress/twobit.h"
+#include "backend/backend_twobit.h"
 
 #include <criterion/criterion.h>
 #include <math.h>

@@ -1,11 +1,11 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * twobit.c: CPU reference of the 2-bit codec (rules and byte layout in
- * twobit.h). Blocks are independent, so the block loop is split over OpenMP
+ * backend_twobit.c: CPU reference of the 2-bit codec (rules and byte layout in
+ * backend_twobit.h). Blocks are independent, so the block loop is split over OpenMP
  * threads without changing a single output bit; inside a block the order of
  * the scale's sum is the documented sequential one.
  */
-#include "compress/twobit.h"
+#include "backend/backend_twobit.h"
 
 #include <math.h>
 

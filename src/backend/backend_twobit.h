@@ -1,8 +1,10 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * twobit.h: the 2-bit (ternary) gradient codec, CPU reference. A device kernel
- * (kernels/twobit.cu) must produce the same bytes: the rules below are the
- * specification, restated with examples in docs/COMPRESSION.md. All arithmetic
+ * backend_twobit.h: the 2-bit (ternary) gradient codec, CPU reference: pure
+ * arithmetic that every backend's twobit ops reproduce and the compressed
+ * exchange (compress/) sizes its buffers by. A device kernel (kernels/twobit.cu)
+ * must produce the same bytes: the rules below are the specification, restated
+ * with examples in docs/COMPRESSION.md. All arithmetic
  * is IEEE-754 binary32 with round-to-nearest-even, no flush-to-zero, no fast
  * math; the only binary64 operation is the exact comparison of the stochastic
  * rule.
@@ -44,13 +46,13 @@
  * code by the scale (0 * NaN = NaN), so NaN/Inf gradients reach the owner and
  * the loss as they would without compression.
  */
-#ifndef TPM_COMPRESS_TWOBIT_H
-#define TPM_COMPRESS_TWOBIT_H
+#ifndef TPM_BACKEND_TWOBIT_H
+#define TPM_BACKEND_TWOBIT_H
 
 #include <stddef.h>
 #include <stdint.h>
-#include <string.h>
 
+#include "base/bf16.h"
 #include "base/status.h"
 
 #define TPM_TWOBIT_CODE_ZERO 0x0u
@@ -62,40 +64,6 @@ typedef enum {
     TPM_TWOBIT_EF_BF16,     /* deterministic, bf16 error-feedback residual */
     TPM_TWOBIT_STOCHASTIC,  /* unbiased stochastic ternary, no residual */
 } tpm_twobit_mode_t;
-
-/** bf16 bits of @p f, round to nearest even (NaN stays a quiet NaN). */
-static inline uint16_t tpm_bf16_rne(float f)
-{
-    uint32_t u;
-
-    memcpy(&u, &f, sizeof(u));
-    if ((u & 0x7fffffffu) > 0x7f800000u) {
-        return (uint16_t)((u >> 16) | 0x0040u);
-    }
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
-}
-
-/** bf16 bits of the smallest bf16 >= @p f, for f >= 0 (NaN stays NaN). */
-static inline uint16_t tpm_bf16_up(float f)
-{
-    uint32_t u;
-
-    memcpy(&u, &f, sizeof(u));
-    if ((u & 0x7fffffffu) > 0x7f800000u) {
-        return (uint16_t)((u >> 16) | 0x0040u);
-    }
-    return (uint16_t)((u >> 16) + ((u & 0xffffu) != 0));
-}
-
-static inline float tpm_bf16_to_float(uint16_t h)
-{
-    uint32_t u = (uint32_t)h << 16;
-    float    f;
-
-    memcpy(&f, &u, sizeof(f));
-    return f;
-}
 
 /** Blocks in a chunk of @p n values: ceil(n / B). */
 size_t tpm_twobit_nblocks(size_t n, int B);
@@ -123,4 +91,4 @@ void tpm_twobit_encode(tpm_twobit_mode_t mode, int B, const float *g, size_t n, 
  */
 void tpm_twobit_decode_add(int B, const uint8_t *chunk, size_t n, float *acc);
 
-#endif /* TPM_COMPRESS_TWOBIT_H */
+#endif /* TPM_BACKEND_TWOBIT_H */
