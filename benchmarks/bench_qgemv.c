@@ -27,6 +27,7 @@
 
 #include "backend/backend_cpu_quant.h"
 #include "base/timer.h"
+#include "bw_probe.h"
 
 typedef struct {
     int rows, cols;
@@ -53,62 +54,6 @@ static double median(double *v, int n)
     return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
-/*
- * One streaming pass over buf (n floats, n a multiple of 64): four independent vector sums,
- * so the loads, not the adds, set the pace. AVX-512 where the CPU has it, else AVX2, else
- * plain C; OpenMP threads split the buffer like the products split their rows.
- */
-#if defined(__x86_64__) && defined(__GNUC__)
-#include <immintrin.h>
-__attribute__((target("avx512f"))) static float sum_avx512(const float *p, size_t n)
-{
-    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-
-    for (size_t i = 0; i < n; i += 64) {
-        a0 = _mm512_add_ps(a0, _mm512_loadu_ps(p + i));
-        a1 = _mm512_add_ps(a1, _mm512_loadu_ps(p + i + 16));
-        a2 = _mm512_add_ps(a2, _mm512_loadu_ps(p + i + 32));
-        a3 = _mm512_add_ps(a3, _mm512_loadu_ps(p + i + 48));
-    }
-    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
-}
-
-__attribute__((target("avx2"))) static float sum_avx2(const float *p, size_t n)
-{
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    float  t[8], s = 0.0f;
-
-    for (size_t i = 0; i < n; i += 32) {
-        a0 = _mm256_add_ps(a0, _mm256_loadu_ps(p + i));
-        a1 = _mm256_add_ps(a1, _mm256_loadu_ps(p + i + 8));
-        a2 = _mm256_add_ps(a2, _mm256_loadu_ps(p + i + 16));
-        a3 = _mm256_add_ps(a3, _mm256_loadu_ps(p + i + 24));
-    }
-    _mm256_storeu_ps(t, _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
-    for (int i = 0; i < 8; i++) {
-        s += t[i];
-    }
-    return s;
-}
-#endif
-
-static float sum_chunk(const float *p, size_t n)
-{
-#if defined(__x86_64__) && defined(__GNUC__)
-    if (__builtin_cpu_supports("avx512f")) {
-        return sum_avx512(p, n);
-    }
-    if (__builtin_cpu_supports("avx2")) {
-        return sum_avx2(p, n);
-    }
-#endif
-    float s = 0.0f;
-    for (size_t i = 0; i < n; i++) {
-        s += p[i];
-    }
-    return s;
-}
-
 /* streaming read bandwidth in bytes/s: the median of `reps` passes over buf (n floats) */
 static double read_bandwidth(const float *buf, size_t n, int reps)
 {
@@ -117,15 +62,8 @@ static double read_bandwidth(const float *buf, size_t n, int reps)
     n    = n / 4096 * 4096;
     reps = reps > 32 ? 32 : reps;
     for (int k = 0; k < reps; k++) {
-        double t0 = tpm_time_now(), s = 0.0;
-#pragma omp parallel reduction(+ : s)
-        {
-            const size_t nt = (size_t)omp_get_num_threads(), id = (size_t)omp_get_thread_num();
-            const size_t per = n / 4096 / nt * 4096, lo = id * per;
-            const size_t hi = id + 1 == nt ? n : lo + per;
-            s += sum_chunk(buf + lo, hi - lo);
-        }
-        t[k] = tpm_time_now() - t0;
+        double t0 = tpm_time_now(), s = bw_pass(buf, n);
+        t[k]      = tpm_time_now() - t0;
         sink += s;
     }
     if (sink == 12345.678) {

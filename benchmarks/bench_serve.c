@@ -4,6 +4,7 @@
  * bandwidth bound. Run under mpirun at M ranks (benchmarks/bench_serve.sh):
  *
  *   bench_serve --ckpt=FILE|DIR [--threads=N] [--prompt=P] [--tokens=N] [--reps=R]
+ *               [--dtype=fp32|bf16|int8]
  *
  * 1. Bandwidth: every rank, at the same time, sums a 256 MiB / M float array with its
  *    threads (read-only, like the weights in a decode step) and copies one with memcpy;
@@ -33,6 +34,8 @@
 #include "data/tokenizer.h"
 #include "serve/engine.h"
 
+#include "bw_probe.h"
+
 #define BW_BYTES ((size_t)256 << 20)
 
 static double read_bw(const float *a, size_t n)
@@ -40,16 +43,11 @@ static double read_bw(const float *a, size_t n)
     double best = 0.0, sink = 0.0;
 
     for (int r = 0; r < 5; r++) {
-        double t0;
-        float  s = 0.0f;
+        double t0, s;
 
         MPI_Barrier(MPI_COMM_WORLD);
         t0 = tpm_time_now();
-        /* simd reduction: many partial sums, so the loop is bound by loads, not by add latency */
-#pragma omp parallel for simd reduction(+ : s) schedule(static)
-        for (size_t i = 0; i < n; i++) {
-            s += a[i];
-        }
+        s  = bw_pass(a, n); /* vector loads at the CPU's widest (bw_probe.h) */
         t0 = tpm_time_now() - t0;
         sink += (double)s;
         best = (double)n * sizeof(float) / t0 > best ? (double)n * sizeof(float) / t0 : best;
@@ -142,7 +140,7 @@ int main(int argc, char **argv)
     double             bw[2], bw_all[2], wbytes, wbytes_all, best_tps = 0.0, prefill = 0.0;
     double             share = 0.0, load = load_avg();
     int32_t           *prompt;
-    int                wrong = 0;
+    int                wrong = 0, bad = 0;
 
     for (int i = 1; i < argc; i++) {
         if (strncmp(argv[i], "--ckpt=", 7) == 0) {
@@ -155,12 +153,16 @@ int main(int argc, char **argv)
             N = atoi(argv[i] + 9);
         } else if (strncmp(argv[i], "--reps=", 7) == 0) {
             R = atoi(argv[i] + 7);
+        } else if (strncmp(argv[i], "--dtype=", 8) == 0) {
+            bad |= tpm_wdtype_parse(argv[i] + 8, &o.wdt) != TPM_OK;
+        } else {
+            bad = 1;
         }
     }
-    if (ckpt == NULL || P < 1 || N < 2 || R < 1) {
+    if (bad || ckpt == NULL || P < 1 || N < 2 || R < 1) {
         fprintf(stderr,
                 "usage: %s --ckpt=FILE|DIR [--threads=N] [--prompt=P] [--tokens=N] "
-                "[--reps=R]\n",
+                "[--reps=R] [--dtype=fp32|bf16|int8]\n",
                 argv[0]);
         return 2;
     }
@@ -257,16 +259,17 @@ int main(int argc, char **argv)
     if (rank == 0) {
         double bound = bw_all[0] / wbytes_all;
 
-        printf("M=%d threads=%d L=%d C=%d NH=%d V=%d: weights read per token %.1f MiB, node "
+        printf("M=%d threads=%d %s L=%d C=%d NH=%d V=%d: weights read per token %.1f MiB, node "
                "bandwidth read %.2f GB/s (memcpy %.2f GB/s), bound %.1f tok/s; decode %.1f tok/s "
-               "(%.0f%% of bound), prefill of %d tokens %.1f ms, #wrong %d; load %.1f, rank 0 CPU "
-               "share %.2f\n",
-               size, threads, cfg.L, cfg.C, cfg.NH, cfg.V, wbytes_all / 1048576.0, bw_all[0] / 1e9,
-               bw_all[1] / 1e9, bound, best_tps, 100.0 * best_tps / bound, P, prefill * 1e3, wrong,
-               load, share);
-        printf("csv,%d,%d,%d,%d,%d,%d,%.0f,%.3f,%.3f,%.2f,%.2f,%.2f,%d,%.2f,%.2f\n", size, threads,
-               cfg.L, cfg.C, cfg.NH, cfg.V, wbytes_all, bw_all[0] / 1e9, bw_all[1] / 1e9, bound,
-               best_tps, prefill * 1e3, wrong, load, share);
+               "(%.0f%% of bound), prefill of %d tokens %.1f ms (%.0f tok/s), #wrong %d; load "
+               "%.1f, rank 0 CPU share %.2f\n",
+               size, threads, tpm_wdtype_name(o.wdt), cfg.L, cfg.C, cfg.NH, cfg.V,
+               wbytes_all / 1048576.0, bw_all[0] / 1e9, bw_all[1] / 1e9, bound, best_tps,
+               100.0 * best_tps / bound, P, prefill * 1e3, P / prefill, wrong, load, share);
+        printf("csv,%d,%d,%s,%d,%d,%d,%d,%.0f,%.3f,%.3f,%.2f,%.2f,%.2f,%.1f,%d,%.2f,%.2f\n", size,
+               threads, tpm_wdtype_name(o.wdt), cfg.L, cfg.C, cfg.NH, cfg.V, wbytes_all,
+               bw_all[0] / 1e9, bw_all[1] / 1e9, bound, best_tps, prefill * 1e3, P / prefill,
+               wrong, load, share);
     }
     st.stop = 1; /* one more step tells every rank to leave */
     stop    = 0;

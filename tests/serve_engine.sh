@@ -7,7 +7,8 @@
 #    chunked prefill + decode, slot reuse), from the checkpoint and from initial weights;
 #  - tests/mpi/test_serve_engine: the engine loop with queued jobs (callbacks, finish
 #    reasons, stop strings, cancel); its greedy and seeded outputs must be byte-identical
-#    at every M.
+#    at every M;
+#  - test_serve_tp --dtype=bf16|int8 at M = 1, 2, 3: the serving formats.
 set -eu
 : "${TPMPI:?}" "${MPIRUN:?}" "${TOP_BUILDDIR:?}"
 dir=$TOP_BUILDDIR/tests/serve_engine.d
@@ -46,6 +47,21 @@ for m in 1 2 3 4; do
         cat "$log"
     fi
     grep -E "^M=|passed" "$log" | sed "s/^/  /"
+done
+
+# serving weight formats: bf16 and int8 slices of the checkpoint against the fp32 training
+# forward, at M = 1, 2, 3 (the tolerance is the format's error: test_serve_tp.c)
+for dt in bf16 int8; do
+    for m in 1 2 3; do
+        log="$dir/tp$m-$dt.log"
+        if timeout 300 $MPIRUN -np "$m" "$TOP_BUILDDIR/tests/mpi/test_serve_tp" --ckpt="$dir/ck" \
+            --dtype="$dt" --threads=1 >"$log" 2>&1; then
+            ok
+        else
+            bad "test_serve_tp M=$m --dtype=$dt"
+        fi
+        grep -E "max normalised|passed" "$log" | sed "s/^/  /"
+    done
 done
 
 for m in 2 3 4; do

@@ -31,6 +31,8 @@ typedef enum {
 
 typedef struct tpm_backend tpm_backend_t;
 
+struct tpm_qmat; /* backend_cpu_quant.h */
+
 typedef struct tpm_backend_ops {
     const char *name;
 
@@ -64,6 +66,13 @@ typedef struct tpm_backend_ops {
      */
     tpm_status_t (*matmul_fwd)(tpm_backend_t *be, float *out, const float *inp, const float *w,
                                const float *bias, int N, int IC, int OC, int w_trans);
+    /*
+     * (optional: NULL where the backend has no such kernels) out (N, rows) = inp (N, cols)
+     * W^T + bias for a serving weight matrix in fp32, bf16 or int8 (backend_cpu_quant.h:
+     * formats, kernels, numerics). Host memory.
+     */
+    tpm_status_t (*matmul_fwd_q)(tpm_backend_t *be, float *out, const float *inp,
+                                 const struct tpm_qmat *w, const float *bias, int N);
     /* dinp += dout @ W^T-ish, dw += ..., dbias += colsum(dout); any of dinp/dw/dbias may be NULL */
     tpm_status_t (*matmul_bwd)(tpm_backend_t *be, float *dinp, float *dw, float *dbias,
                                const float *dout, const float *inp, const float *w, int N, int IC,

@@ -22,6 +22,7 @@
 #include "backend/backend_cpu.h"
 
 #include "backend/backend.h"
+#include "backend/backend_cpu_quant.h"
 #include "base/log.h"
 #include "base/mem.h"
 #include "base/status.h"
@@ -596,6 +597,13 @@ static tpm_status_t cpu_matmul_fwd(tpm_backend_t *be, float *out, const float *i
         }
     }
     return TPM_OK;
+}
+
+static tpm_status_t cpu_matmul_fwd_q(tpm_backend_t *be, float *out, const float *inp,
+                                     const tpm_qmat_t *w, const float *bias, int N)
+{
+    (void)be;
+    return tpm_qmat_matmul(w, out, inp, bias, N);
 }
 
 static tpm_status_t cpu_matmul_bwd(tpm_backend_t *be, float *dinp, float *dw, float *dbias,
@@ -1426,6 +1434,7 @@ const tpm_backend_ops_t tpm_backend_cpu_ops = {
     .layernorm_fwd     = cpu_layernorm_fwd,
     .layernorm_bwd     = cpu_layernorm_bwd,
     .matmul_fwd        = cpu_matmul_fwd,
+    .matmul_fwd_q      = cpu_matmul_fwd_q,
     .matmul_bwd        = cpu_matmul_bwd,
     .attention_fwd     = cpu_attention_fwd,
     .attention_bwd     = cpu_attention_bwd,

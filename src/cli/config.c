@@ -87,6 +87,7 @@ static const char *const model_names[]  = {"tiny", "small", "gpt2-124m", "gpt2-3
 static const char *const device_names[] = {"cpu", "cuda", NULL};
 static const char *const cuda_matmul_names[] = {"auto", "fp32", "tf32", "bf16", NULL};
 static const char *const precision_names[] = {"fp32", "bf16", NULL};
+static const char *const serve_dtype_names[] = {"fp32", "bf16", "int8", NULL};
 static const char *const format_names[] = {"llmc", NULL};
 static const char *const compression_names[] = {"none", "2bit", NULL};
 static const char *const residual_names[]    = {"fp32", "bf16", "none", NULL};
@@ -272,6 +273,11 @@ static const config_opt_t options[] = {
      CONFIG_GROUP_SERVE, CONFIG_TYPE_STR, OFF(api_key), SZ(api_key), 0, 0, 0, 0, 0, NULL},
     {"parallel", "TPMPI_PARALLEL", "4", "S", "serve: sequence slots (continuous batching)",
      CONFIG_GROUP_SERVE, CONFIG_TYPE_INT, OFF(parallel), 0, 1, 4096, 0, 0, 0, NULL},
+    {"serve-dtype", "TPMPI_SERVE_DTYPE", "fp32", NULL,
+     "serve: matrix weights (QKV, projections, MLP, tied embedding/head) in fp32, bf16 or int8 "
+     "(blocks of 32 + fp16 scale), made at load from the fp32 checkpoint; CPU backend",
+     CONFIG_GROUP_SERVE, CONFIG_TYPE_CHOICE, OFF(serve_dtype), SZ(serve_dtype), 0, 0, 0, 0, 0,
+     serve_dtype_names},
     {"ctx-size", "TPMPI_CTX_SIZE", "0", "N", "serve: KV cache tokens per slot (0 = n_ctx)",
      CONFIG_GROUP_SERVE, CONFIG_TYPE_INT, OFF(ctx_size), 0, 0, 1048576, 0, 0, 0, NULL},
     {"max-tokens", "TPMPI_MAX_TOKENS", "1024", "N", "serve: largest max_tokens a request may ask",

@@ -427,6 +427,17 @@ static void io_progress(const tpm_block_io_t *io)
     }
 }
 
+/* a product of weight t: the serving format when the block has one for it, else fp32 */
+static tpm_status_t block_matmul(tpm_backend_t *be, const tpm_block_io_t *io, float *const *w,
+                                 int t, float *out, const float *inp, const float *bias, int n,
+                                 int IC, int OC, int w_trans)
+{
+    if (io->qw != NULL && io->qw[t] != NULL) {
+        return be->ops->matmul_fwd_q(be, out, inp, io->qw[t], bias, n);
+    }
+    return be->ops->matmul_fwd(be, out, inp, w[t], bias, n, IC, OC, w_trans);
+}
+
 tpm_status_t tpm_block_fwd(tpm_backend_t *be, const tpm_model_config_t *cfg, float *const *w,
                            const tpm_block_part_t *part, const tpm_block_io_t *io)
 {
@@ -442,7 +453,8 @@ tpm_status_t tpm_block_fwd(tpm_backend_t *be, const tpm_model_config_t *cfg, flo
     PROF_CALL(TPM_PROF_LN_FWD, op->layernorm_fwd(be, io->ln1, io->ln1_mean, io->ln1_rstd, io->x,
                                                  w[TPM_B_LN1W], w[TPM_B_LN1B], n, C));
     PROF_CALL(TPM_PROF_QKV_FWD,
-              op->matmul_fwd(be, io->qkv, io->ln1, w[TPM_B_QKVW], w[TPM_B_QKVB], n, C, 3 * Cl, 0));
+              block_matmul(be, io, w, TPM_B_QKVW, io->qkv, io->ln1, w[TPM_B_QKVB], n, C, 3 * Cl,
+                           0));
     io_progress(io);
     if (io->ctx > 0) {
         if (nh > 0) {
@@ -456,8 +468,8 @@ tpm_status_t tpm_block_fwd(tpm_backend_t *be, const tpm_model_config_t *cfg, flo
     }
     io_progress(io);
     PROF_CALL(TPM_PROF_ATTPROJ_FWD,
-              op->matmul_fwd(be, proj1, io->atty, w[TPM_B_ATTPROJW],
-                             part->add_bias ? w[TPM_B_ATTPROJB] : NULL, n, Cl, C, 1));
+              block_matmul(be, io, w, TPM_B_ATTPROJW, proj1, io->atty,
+                           part->add_bias ? w[TPM_B_ATTPROJB] : NULL, n, Cl, C, 1));
     if (part->comm != NULL) {
         TPM_CHECK(tpm_comm_all_reduce(part->comm, proj1, proj1, nc, TPM_DT_FLOAT, TPM_RED_SUM));
     }
@@ -469,12 +481,12 @@ tpm_status_t tpm_block_fwd(tpm_backend_t *be, const tpm_model_config_t *cfg, flo
                                                  w[TPM_B_LN2W], w[TPM_B_LN2B], n, C));
     io_progress(io);
     PROF_CALL(TPM_PROF_FC_FWD,
-              op->matmul_fwd(be, io->fch, io->ln2, w[TPM_B_FCW], w[TPM_B_FCB], n, C, nf, 0));
+              block_matmul(be, io, w, TPM_B_FCW, io->fch, io->ln2, w[TPM_B_FCB], n, C, nf, 0));
     PROF_CALL(TPM_PROF_GELU_FWD, op->gelu_fwd(be, io->fch_gelu, io->fch, (size_t)n * (size_t)nf));
     io_progress(io);
     PROF_CALL(TPM_PROF_FCPROJ_FWD,
-              op->matmul_fwd(be, proj2, io->fch_gelu, w[TPM_B_FCPROJW],
-                             part->add_bias ? w[TPM_B_FCPROJB] : NULL, n, nf, C, 1));
+              block_matmul(be, io, w, TPM_B_FCPROJW, proj2, io->fch_gelu,
+                           part->add_bias ? w[TPM_B_FCPROJB] : NULL, n, nf, C, 1));
     if (part->comm != NULL) {
         TPM_CHECK(tpm_comm_all_reduce(part->comm, proj2, proj2, nc, TPM_DT_FLOAT, TPM_RED_SUM));
     }

@@ -191,6 +191,11 @@ typedef struct tpm_block_io {
     float         *kcache, *vcache;
     const int32_t *slot, *pos;
     int            ctx;
+    /*
+     * (optional, serving) the matrix weights in a serving format, indexed like w (TPM_B_*):
+     * a non-NULL entry replaces w[t] in its product (backend op matmul_fwd_q). NULL: fp32.
+     */
+    const struct tpm_qmat *const *qw;
     /* (optional) called between ops so that non-blocking collectives progress */
     void (*progress)(void *ctx);
     void *progress_ctx;
@@ -226,6 +231,11 @@ typedef struct tpm_acts {
     float *dfch2;  /* (B,T,4C) */
     int    n_valid;  /* targets >= 0 in the current batch (set by tpm_model_set_batch) */
     float *losses_h; /* (B,T) host copy of the losses */
+    /*
+     * (optional, serving) the matrix weights in a serving format, indexed like w (TPM_B_*):
+     * a non-NULL entry replaces w[t] in its product (backend op matmul_fwd_q). NULL: fp32.
+     */
+    const struct tpm_qmat *const *qw;
     /* (optional) called between ops so that non-blocking collectives progress */
     void (*progress)(void *ctx);
     void  *progress_ctx;

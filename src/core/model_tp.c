@@ -116,6 +116,112 @@ static size_t act_layout(tpm_tp_model_t *m, char *base)
     return off;
 }
 
+/*
+ * The matrix weights a serving format can hold, with the layout of their fp32 slice:
+ * w_trans 0 is (outputs, inputs), 1 the row-parallel (inputs, outputs) storage.
+ */
+static int qmat_trans(int g, int t, int L)
+{
+    if (g == L) {
+        return t == TPM_E_WTE ? 0 : -1;
+    }
+    switch (t) {
+    case TPM_B_QKVW:
+    case TPM_B_FCW: return 0;
+    case TPM_B_ATTPROJW:
+    case TPM_B_FCPROJW: return 1;
+    default: return -1;
+    }
+}
+
+static int held_in_format(const tpm_tp_model_t *m, int g, int t)
+{
+    return m->wdt != TPM_WDT_F32 && qmat_trans(g, t, m->cfg.L) >= 0;
+}
+
+/* bytes of the fp32 slice of (g, t): none for a tensor held in a serving format */
+static size_t slice_bytes(const tpm_tp_model_t *m, int g, int t, const tpm_param_desc_t *d)
+{
+    const tpm_tp_slice_t *s = &m->w[(size_t)g * TPM_GROUP_MAX_NT + (size_t)t];
+
+    if (held_in_format(m, g, t)) {
+        return 0;
+    }
+    return align64((size_t)(s->nrows + (d->split == TPM_SPLIT_VOCAB)) * (size_t)s->cols *
+                   sizeof(float));
+}
+
+/* bytes tensor (g, t) takes in the serving format once written (0: an fp32 slice) */
+static size_t held_bytes(const tpm_tp_model_t *m, int g, int t)
+{
+    const tpm_tp_slice_t *s = &m->w[(size_t)g * TPM_GROUP_MAX_NT + (size_t)t];
+    const int             tr = qmat_trans(g, t, m->cfg.L);
+    const size_t          rows = (size_t)(tr ? s->cols : s->nrows);
+    const size_t          cols = (size_t)(tr ? s->nrows : s->cols);
+
+    if (!held_in_format(m, g, t)) {
+        return 0;
+    }
+    return m->wdt == TPM_WDT_BF16 ? rows * cols * 2
+                                  : rows * ((cols + TPM_Q8_BLOCK - 1) / TPM_Q8_BLOCK) *
+                                        (TPM_Q8_BLOCK + sizeof(uint16_t));
+}
+
+/* (re)allocate the fp32 slices, zeroed, and point them into one allocation */
+static tpm_status_t weights_alloc(tpm_tp_model_t *m)
+{
+    tpm_param_desc_t d[TPM_GROUP_MAX_NT];
+    const int        NG = tpm_model_n_groups(&m->cfg);
+    size_t           wbytes = 0, wheld = 0, off = 0;
+    char            *base;
+
+    for (int g = 0; g < NG; g++) {
+        int nt = tpm_model_group_desc(&m->cfg, g, d);
+        for (int t = 0; t < nt; t++) {
+            wbytes += slice_bytes(m, g, t, &d[t]);
+        }
+    }
+    m->be->ops->free(m->be, m->wmem);
+    m->wmem = NULL;
+    TPM_CHECK(m->be->ops->alloc(m->be, wbytes > 0 ? wbytes : 64, &m->wmem));
+    TPM_CHECK(m->be->ops->memzero(m->be, m->wmem, wbytes > 0 ? wbytes : 64));
+    base = m->wmem;
+    for (int g = 0; g < NG; g++) {
+        int nt = tpm_model_group_desc(&m->cfg, g, d);
+        for (int t = 0; t < nt; t++) {
+            const size_t nb = slice_bytes(m, g, t, &d[t]);
+            tpm_tp_slice(m, g, t)->data = nb > 0 ? (float *)(void *)(base + off) : NULL;
+            off += nb;
+            wheld += held_bytes(m, g, t);
+        }
+    }
+    m->mem.weight_bytes = wbytes + wheld; /* what the rank holds once the weights are in */
+    return TPM_OK;
+}
+
+tpm_status_t tpm_tp_set_weight_dtype(tpm_tp_model_t *m, tpm_wdtype_t dt)
+{
+    const int NG = tpm_model_n_groups(&m->cfg);
+
+    if (dt == TPM_WDT_F32 || dt == m->wdt) {
+        return TPM_OK;
+    }
+    if (m->wdt != TPM_WDT_F32 || (unsigned)dt >= TPM_WDT_N) {
+        tpm_log_error("tensor-parallel model: the weight format is set once, before loading");
+        return TPM_ERR_INVALID_ARG;
+    }
+    if (m->be->ops->matmul_fwd_q == NULL) {
+        tpm_log_error("serving weights in %s need the CPU backend (the %s backend has no %s "
+                      "kernels yet); use fp32",
+                      tpm_wdtype_name(dt), m->be->ops->name, tpm_wdtype_name(dt));
+        return TPM_ERR_UNSUPPORTED;
+    }
+    TPM_CHECK(tpm_calloc((size_t)NG * TPM_GROUP_MAX_NT, sizeof(*m->q), (void **)&m->q));
+    m->wdt = dt;
+    /* the converted matrices appear as the slices are written (tp_write) */
+    return weights_alloc(m);
+}
+
 tpm_status_t tpm_tp_create(tpm_backend_t *be, tpm_comm_t *comm, const tpm_model_config_t *cfg,
                            int n_slots, int ctx, int max_tok, int max_logits, tpm_tp_model_t **m_p)
 {
@@ -123,9 +229,8 @@ tpm_status_t tpm_tp_create(tpm_backend_t *be, tpm_comm_t *comm, const tpm_model_
     tpm_param_desc_t d[TPM_GROUP_MAX_NT];
     tpm_tp_model_t  *m;
     tpm_status_t     status;
-    size_t           wbytes = 0, off, Cl, kv_floats, abytes;
+    size_t           off, Cl, kv_floats, abytes;
     const size_t     n_lg   = (size_t)max_logits;
-    char            *base;
 
     if (n_slots < 1 || ctx < 1 || ctx > cfg->maxT || max_tok < 1 || max_logits < 1 ||
         max_logits > max_tok) {
@@ -155,26 +260,9 @@ tpm_status_t tpm_tp_create(tpm_backend_t *be, tpm_comm_t *comm, const tpm_model_
 
             slice_rows(m, &d[t], &s->row0, &s->nrows);
             s->cols = d[t].cols;
-            wbytes += align64((size_t)(s->nrows + (d[t].split == TPM_SPLIT_VOCAB)) *
-                              (size_t)s->cols * sizeof(float));
         }
     }
-    m->mem.weight_bytes = wbytes;
-    TPM_CHECK_GOTO(be->ops->alloc(be, wbytes, &m->wmem), status, err);
-    TPM_CHECK_GOTO(be->ops->memzero(be, m->wmem, wbytes), status, err);
-    base = m->wmem;
-    off  = 0;
-    for (int g = 0; g < NG; g++) {
-        int nt = tpm_model_group_desc(cfg, g, d);
-
-        for (int t = 0; t < nt; t++) {
-            tpm_tp_slice_t *s = tpm_tp_slice(m, g, t);
-
-            s->data = (float *)(void *)(base + off);
-            off += align64((size_t)(s->nrows + (d[t].split == TPM_SPLIT_VOCAB)) * (size_t)s->cols *
-                           sizeof(float));
-        }
-    }
+    TPM_CHECK_GOTO(weights_alloc(m), status, err);
 
     /* KV cache: (L, slots, ctx, Cl) for K and for V */
     Cl              = (size_t)m->part.nh * (size_t)(C / cfg->NH);
@@ -228,6 +316,12 @@ void tpm_tp_destroy(tpm_tp_model_t *m)
     m->be->ops->free(m->be, m->amem);
     m->be->ops->free(m->be, m->kvmem);
     m->be->ops->free(m->be, m->wmem);
+    if (m->q != NULL) {
+        for (int i = 0; i < tpm_model_n_groups(&m->cfg) * TPM_GROUP_MAX_NT; i++) {
+            tpm_qmat_destroy(&m->q[i]);
+        }
+    }
+    tpm_free(m->q);
     tpm_free(m->w);
     tpm_free(m);
 }
@@ -240,12 +334,44 @@ static void tp_rows(void *ctx, int g, int t, int64_t *row0_p, int64_t *nrows_p)
     *nrows_p = s->nrows;
 }
 
+/* the (rows, cols) matrix of a held tensor back in its slice layout, (nrows, cols) */
+static tpm_status_t held_read(tpm_tp_model_t *m, int g, int t, float *dst)
+{
+    const tpm_tp_slice_t *s  = tpm_tp_slice(m, g, t);
+    const tpm_qmat_t     *q  = &m->q[(size_t)g * TPM_GROUP_MAX_NT + (size_t)t];
+    const int             tr = qmat_trans(g, t, m->cfg.L);
+    float                *row;
+
+    if (q->w == NULL) {
+        memset(dst, 0, (size_t)s->nrows * (size_t)s->cols * sizeof(float)); /* never written */
+        return TPM_OK;
+    }
+    if (!tr) {
+        for (int r = 0; r < q->rows; r++) {
+            tpm_qmat_row_f32(q, r, dst + (size_t)r * (size_t)q->cols);
+        }
+        return TPM_OK;
+    }
+    TPM_CHECK(tpm_malloc((size_t)q->cols * sizeof(float) + 4, (void **)&row));
+    for (int r = 0; r < q->rows; r++) {
+        tpm_qmat_row_f32(q, r, row);
+        for (int c = 0; c < q->cols; c++) {
+            dst[(size_t)c * (size_t)q->rows + (size_t)r] = row[c];
+        }
+    }
+    tpm_free(row);
+    return TPM_OK;
+}
+
 static tpm_status_t tp_read(void *ctx, int g, int t, int64_t row0, int64_t nrows, float *dst)
 {
     tpm_tp_model_t       *m = ctx;
     const tpm_tp_slice_t *s = tpm_tp_slice(m, g, t);
 
     (void)row0;
+    if (held_in_format(m, g, t)) {
+        return held_read(m, g, t, dst);
+    }
     return m->be->ops->copy(m->be, dst, s->data, (size_t)nrows * (size_t)s->cols * sizeof(float),
                             TPM_COPY_D2H);
 }
@@ -255,6 +381,26 @@ static tpm_status_t tp_write(void *ctx, int g, int t, int64_t row0, int64_t nrow
     tpm_tp_model_t       *m = ctx;
     const tpm_tp_slice_t *s = tpm_tp_slice(m, g, t);
 
+    if (held_in_format(m, g, t)) {
+        tpm_qmat_t *q  = &m->q[(size_t)g * TPM_GROUP_MAX_NT + (size_t)t];
+        const int   tr = qmat_trans(g, t, m->cfg.L);
+        tpm_qmat_t  fresh;
+
+        if (row0 != s->row0 || nrows != s->nrows) {
+            tpm_log_error("tensor-parallel model: a %s tensor is written whole (rows %lld + %lld "
+                          "given, the slice is %lld + %lld)",
+                          tpm_wdtype_name(m->wdt), (long long)row0, (long long)nrows,
+                          (long long)s->row0, (long long)s->nrows);
+            return TPM_ERR_INVALID_ARG;
+        }
+        /* (nrows, cols) as stored: rows are outputs, or inputs for the row-parallel ones */
+        TPM_CHECK(tpm_qmat_create(&fresh, m->wdt, src, tr ? (int)s->cols : (int)s->nrows,
+                                  tr ? (int)s->nrows : (int)s->cols, tr));
+        TPM_ASSERT(fresh.bytes == held_bytes(m, g, t));
+        tpm_qmat_destroy(q);
+        *q = fresh;
+        return TPM_OK;
+    }
     (void)row0;
     return m->be->ops->copy(m->be, s->data, src, (size_t)nrows * (size_t)s->cols * sizeof(float),
                             TPM_COPY_H2D);
@@ -336,12 +482,16 @@ static tpm_status_t block_fwd(tpm_tp_model_t *m, int l, int n)
         .pos      = m->pos,
         .ctx      = m->ctx,
     };
-    float *w[TPM_BLOCK_NT];
+    float            *w[TPM_BLOCK_NT];
+    const tpm_qmat_t *qw[TPM_BLOCK_NT];
+    tpm_block_io_t    iq = io;
 
     for (int t = 0; t < TPM_BLOCK_NT; t++) {
-        w[t] = tpm_tp_slice(m, l, t)->data;
+        w[t]  = tpm_tp_slice(m, l, t)->data;
+        qw[t] = held_in_format(m, l, t) ? &m->q[(size_t)l * TPM_GROUP_MAX_NT + (size_t)t] : NULL;
     }
-    return tpm_block_fwd(m->be, &m->cfg, w, &part, &io);
+    iq.qw = m->wdt != TPM_WDT_F32 ? qw : NULL;
+    return tpm_block_fwd(m->be, &m->cfg, w, &part, &iq);
 }
 
 static tpm_status_t head_fwd(tpm_tp_model_t *m, int n_logits, const int32_t *logit_rows,
@@ -362,8 +512,14 @@ static tpm_status_t head_fwd(tpm_tp_model_t *m, int n_logits, const int32_t *log
                                 tpm_tp_slice(m, L, TPM_E_LNFW)->data,
                                 tpm_tp_slice(m, L, TPM_E_LNFB)->data, n_logits, C));
     /* (n_logits, nv) in the first n_logits * nv floats of this rank's v_stride block */
-    TPM_CHECK(op->matmul_fwd(be, m->lg_loc, m->lnf, tpm_tp_slice(m, L, TPM_E_WTE)->data, NULL,
-                             n_logits, C, (int)m->part.nv, 0));
+    if (held_in_format(m, L, TPM_E_WTE)) {
+        TPM_CHECK(op->matmul_fwd_q(be, m->lg_loc, m->lnf,
+                                   &m->q[(size_t)L * TPM_GROUP_MAX_NT + TPM_E_WTE], NULL,
+                                   n_logits));
+    } else {
+        TPM_CHECK(op->matmul_fwd(be, m->lg_loc, m->lnf, tpm_tp_slice(m, L, TPM_E_WTE)->data,
+                                 NULL, n_logits, C, (int)m->part.nv, 0));
+    }
     TPM_CHECK(tpm_comm_all_gather(m->comm, m->lg_loc, m->lg_all, cnt, TPM_DT_FLOAT, NULL));
     if (m->comm->rank != 0) {
         *logits_p = NULL;
@@ -406,8 +562,20 @@ tpm_status_t tpm_tp_forward(tpm_tp_model_t *m, int n, const int32_t *tokens, con
     TPM_CHECK(op->copy(be, m->tok, m->tok_h, ib, TPM_COPY_H2D));
     TPM_CHECK(op->copy(be, m->pos, pos, ib, TPM_COPY_H2D));
     TPM_CHECK(op->copy(be, m->slot, slots, ib, TPM_COPY_H2D));
-    TPM_CHECK(op->encoder_fwd(be, m->x, m->tok, tpm_tp_slice(m, m->cfg.L, TPM_E_WTE)->data, m->zero,
-                              n, 1, C));
+    if (held_in_format(m, m->cfg.L, TPM_E_WTE)) {
+        /* the owned rows widened from the serving format (host memory, matmul_fwd_q's) */
+        const tpm_qmat_t *q = &m->q[(size_t)m->cfg.L * TPM_GROUP_MAX_NT + TPM_E_WTE];
+        for (int i = 0; i < n; i++) {
+            if (m->tok_h[i] < nv && q->w != NULL) {
+                tpm_qmat_row_f32(q, m->tok_h[i], m->x + (size_t)i * C);
+            } else {
+                memset(m->x + (size_t)i * C, 0, (size_t)C * sizeof(float));
+            }
+        }
+    } else {
+        TPM_CHECK(op->encoder_fwd(be, m->x, m->tok, tpm_tp_slice(m, m->cfg.L, TPM_E_WTE)->data,
+                                  m->zero, n, 1, C));
+    }
     TPM_CHECK(tpm_comm_all_reduce(m->comm, m->x, m->x, nc, TPM_DT_FLOAT, TPM_RED_SUM));
     TPM_CHECK(op->encoder_fwd(be, m->buf, m->pos, tpm_tp_slice(m, m->cfg.L, TPM_E_WPE)->data,
                               m->zero, n, 1, C));

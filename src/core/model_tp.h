@@ -24,6 +24,7 @@
 #include <stdint.h>
 
 #include "backend/backend.h"
+#include "backend/backend_cpu_quant.h"
 #include "base/status.h"
 #include "comm/comm.h"
 #include "core/model.h"
@@ -49,7 +50,7 @@ typedef struct tpm_tp_slice {
 } tpm_tp_slice_t;
 
 typedef struct tpm_tp_mem {
-    size_t weight_bytes; /* parameter slices */
+    size_t weight_bytes; /* parameter slices, in their serving format */
     size_t kv_bytes;     /* K and V caches */
     size_t act_bytes;    /* activations for the largest forward call */
 } tpm_tp_mem_t;
@@ -63,6 +64,13 @@ typedef struct tpm_tp_model {
     int                max_tok;         /* tokens per forward call */
     int                max_logits;      /* rows of logits per forward call */
     tpm_tp_slice_t    *w;               /* (n_groups * TPM_GROUP_MAX_NT), index g * MAX + t */
+    /*
+     * Serving format of the matrix weights (tpm_tp_set_weight_dtype). For TPM_WDT_F32 q is
+     * NULL and every tensor is its fp32 slice; otherwise q is indexed like w, and a tensor
+     * held in the format has q[i].w != NULL and no fp32 slice (w[i].data NULL).
+     */
+    tpm_wdtype_t wdt;
+    tpm_qmat_t  *q;
     float             *kcache, *vcache; /* (L, n_slots, ctx, nh * hs) each */
 
     /* activations (device), sized for max_tok tokens / max_logits rows */
@@ -103,12 +111,26 @@ tpm_status_t tpm_tp_create(tpm_backend_t *be, tpm_comm_t *comm, const tpm_model_
                            int n_slots, int ctx, int max_tok, int max_logits, tpm_tp_model_t **m_p);
 void         tpm_tp_destroy(tpm_tp_model_t *m); /* no-op on NULL */
 
+/**
+ * Hold the matrix weights of this rank (per block QKV, attention projection, MLP up and
+ * down; the tied wte, i.e. the embedding rows and the output head) in @p dt instead of fp32
+ * (formats: backend/backend_cpu_quant.h; norms, biases and wpe stay fp32). Call it right
+ * after tpm_tp_create, before the slices are filled: their fp32 slices are released, and
+ * every later write through tpm_tp_tensor_io (tpm_tp_init_params, a checkpoint load)
+ * converts the rows it is given, so that the fp32 copy of the model never exists on the
+ * rank. Needs a backend with matmul_fwd_q (the CPU one): TPM_ERR_UNSUPPORTED with a message
+ * otherwise. TPM_WDT_F32 is a no-op. Not collective.
+ */
+tpm_status_t tpm_tp_set_weight_dtype(tpm_tp_model_t *m, tpm_wdtype_t dt);
+
 /** The slice of tensor @p t of group @p g (tpm_model_group_desc numbering); borrowed. */
 tpm_tp_slice_t *tpm_tp_slice(tpm_tp_model_t *m, int g, int t);
 
 /**
  * The weight slices of @p m as a partitioned tensor end (core/tensor_io.h): this rank's rows
- * of every tensor, read from or written into the slices. Not collective; @p m is borrowed.
+ * of every tensor, read from or written into the slices. A tensor held in a serving format
+ * (tpm_tp_set_weight_dtype) is written whole (its slice's rows in one call) and converted;
+ * reading it gives the widened values. Not collective; @p m is borrowed.
  */
 tpm_tensor_io_t tpm_tp_tensor_io(tpm_tp_model_t *m);
 

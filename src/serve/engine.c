@@ -105,6 +105,7 @@ tpm_status_t tpm_engine_create(tpm_backend_t *be, tpm_comm_t *comm, const tpm_mo
         e->o.n_batch = S + TPM_ENGINE_PREFILL_CHUNK;
     }
     TPM_CHECK_GOTO(tpm_tp_create(be, comm, cfg, S, e->o.ctx, e->o.n_batch, S, &e->m), status, err);
+    TPM_CHECK_GOTO(tpm_tp_set_weight_dtype(e->m, e->o.wdt), status, err);
     TPM_CHECK_GOTO(
         tpm_calloc(3 * (size_t)e->o.n_batch + (size_t)S, sizeof(int32_t), (void **)&e->desc),
         status, err);

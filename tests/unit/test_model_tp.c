@@ -168,3 +168,95 @@ Test(model_tp, at_one_rank_the_serving_forward_gives_the_training_logits)
     tpm_tp_destroy(m);
     tpm_backend_destroy(be);
 }
+
+/* normalised max difference of the first V logits of n rows */
+static double logit_err(const float *got, const float *ref, int n, const tpm_model_config_t *c)
+{
+    double emax = 0.0, rmax = 0.0;
+
+    for (int i = 0; i < n; i++) {
+        for (int j = 0; j < c->V; j++) {
+            const double g = got[(size_t)i * c->Vp + j], r = ref[(size_t)i * c->Vp + j];
+            cr_assert(isfinite(g));
+            emax = fmax(emax, fabs(g - r));
+            rmax = fmax(rmax, fabs(r));
+        }
+    }
+    return emax / rmax;
+}
+
+/*
+ * Serving formats: a bf16 / int8 model computes what an fp32 model holding its widened
+ * weights computes (exactly the same products for bf16; for int8 the decode path also
+ * quantizes the activations), holds far fewer weight bytes, and stays close to the fp32
+ * model it was made from.
+ */
+Test(model_tp, serving_formats_compute_the_widened_model)
+{
+    const tpm_model_config_t c    = config(2, 64, 4, 300, 40);
+    const int                T    = 37; /* a prefill of more than 16 rows, then one decode */
+    tpm_comm_t               comm = {.ops = &one_ops, .rank = 0, .size = 1};
+    tpm_backend_t           *be;
+    int32_t                  tok[40], slot[40], pos[40], rows[40];
+    float                   *base_lg, *base_dec;
+
+    cr_assert_eq(tpm_backend_create("cpu", 1, &be), TPM_OK);
+    for (int i = 0; i <= T; i++) {
+        tok[i] = (i * 37 + 11) % c.V, slot[i] = 1, pos[i] = i, rows[i] = i;
+    }
+    base_lg  = malloc((size_t)T * c.Vp * sizeof(float));
+    base_dec = malloc((size_t)c.Vp * sizeof(float));
+    for (int dt = TPM_WDT_F32; dt < TPM_WDT_N; dt++) {
+        tpm_tp_model_t       *q, *r;
+        const float          *lg;
+        float                *qlg  = malloc((size_t)T * c.Vp * sizeof(float));
+        float                *qdec = malloc((size_t)c.Vp * sizeof(float));
+        tpm_tensor_io_t       src, dst;
+        const char           *name = tpm_wdtype_name((tpm_wdtype_t)dt);
+
+        cr_assert_eq(tpm_tp_create(be, &comm, &c, 2, c.maxT, 40, 40, &q), TPM_OK);
+        cr_assert_eq(tpm_tp_set_weight_dtype(q, (tpm_wdtype_t)dt), TPM_OK);
+        cr_assert_eq(tpm_tp_init_params(q, 5), TPM_OK);
+        cr_assert_eq(tpm_tp_forward(q, T, tok, slot, pos, T, rows, &lg), TPM_OK);
+        memcpy(qlg, lg, (size_t)T * c.Vp * sizeof(float));
+        cr_assert_eq(tpm_tp_forward(q, 1, tok + T, slot + T, pos + T, 1, rows, &lg), TPM_OK);
+        memcpy(qdec, lg, (size_t)c.Vp * sizeof(float));
+        if (dt == TPM_WDT_F32) {
+            memcpy(base_lg, qlg, (size_t)T * c.Vp * sizeof(float));
+            memcpy(base_dec, qdec, (size_t)c.Vp * sizeof(float));
+        }
+
+        /* an fp32 model with the widened weights (read back through the tensor interface) */
+        cr_assert_eq(tpm_tp_create(be, &comm, &c, 2, c.maxT, 40, 40, &r), TPM_OK);
+        src = tpm_tp_tensor_io(q);
+        src.rows = NULL; /* both ends hold whole tensors at one rank */
+        dst = tpm_tp_tensor_io(r);
+        cr_assert_eq(tpm_tensor_copy(&c, NULL, &src, &dst), TPM_OK);
+        cr_assert_eq(tpm_tp_forward(r, T, tok, slot, pos, T, rows, &lg), TPM_OK);
+        cr_expect(logit_err(qlg, lg, T, &c) <= 1e-5, "%s prefill vs the widened model: %.3g",
+                  name, logit_err(qlg, lg, T, &c));
+        cr_assert_eq(tpm_tp_forward(r, 1, tok + T, slot + T, pos + T, 1, rows, &lg), TPM_OK);
+        cr_expect(logit_err(qdec, lg, 1, &c) <= (dt == TPM_WDT_Q8 ? 2e-2 : 1e-5),
+                  "%s decode vs the widened model: %.3g", name, logit_err(qdec, lg, 1, &c));
+
+        /* memory, and closeness to the fp32 model */
+        cr_expect(q->mem.weight_bytes <= r->mem.weight_bytes *
+                                             (dt == TPM_WDT_F32 ? 1.0 : dt == TPM_WDT_BF16 ? 0.6 : 0.36),
+                  "%s: %zu weight bytes against %zu in fp32", name, q->mem.weight_bytes,
+                  r->mem.weight_bytes);
+        cr_expect(logit_err(qlg, base_lg, T, &c) <= (dt == TPM_WDT_Q8 ? 2e-2 : 1e-2),
+                  "%s prefill vs fp32: %.3g", name, logit_err(qlg, base_lg, T, &c));
+        cr_expect(logit_err(qdec, base_dec, 1, &c) <= (dt == TPM_WDT_Q8 ? 2e-2 : 1e-2),
+                  "%s decode vs fp32: %.3g", name, logit_err(qdec, base_dec, 1, &c));
+        /* the format is set once, before loading */
+        cr_expect_eq(tpm_tp_set_weight_dtype(q, dt == TPM_WDT_Q8 ? TPM_WDT_BF16 : TPM_WDT_Q8),
+                     dt == TPM_WDT_F32 ? TPM_OK : TPM_ERR_INVALID_ARG);
+        tpm_tp_destroy(q);
+        tpm_tp_destroy(r);
+        free(qlg);
+        free(qdec);
+    }
+    free(base_lg);
+    free(base_dec);
+    tpm_backend_destroy(be);
+}
