@@ -18,6 +18,9 @@ pass=0
 fail=0
 args="--mode=train --model=gpt2-350m --seq-len=64 --batch=1 --steps=1 --threads=1"
 
+# 1.0 GB: the shards, gather buffers and activations of rank 1 need about 0.9 GB on top of
+# the program and its libraries (it fails between 0.8 and 1.4 GB here; 1.5 GB was enough
+# once the initialisation stopped staging a whole host copy of the shard)
 timeout 180 $MPIRUN -np 1 "$TPMPI" $args : -np 1 prlimit --as=1500000000 "$TPMPI" $args \
     >"$dir/alloc" 2>&1
 rc=$?

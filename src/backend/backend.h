@@ -155,6 +155,58 @@ typedef struct tpm_backend_ops {
                                   uint8_t *chunk);
     tpm_status_t (*twobit_decode_add)(tpm_backend_t *be, int B, const uint8_t *chunk, size_t n,
                                       float *acc);
+
+    /*
+     * LLaMA-family ops (issue 14; docs/MODEL.md "LLaMA ops"). Additions: the GPT-2 ops above
+     * are unchanged. The CUDA backend has typed stubs (TPM_ERR_UNSUPPORTED) until kernels
+     * have run on a GPU.
+     *
+     * Grouped-query layout of a qkv row (NH query heads, NKV key/value heads, rep = NH / NKV,
+     * hs head size): for each KV group g = 0..NKV-1, the q of heads g rep .. g rep + rep - 1,
+     * then k_g, then v_g, hs values each ((NH + 2 NKV) hs per token). A tensor-parallel rank
+     * owning whole KV groups owns contiguous rows; with NKV = NH this is GPT-2's head-grouped
+     * [q | k | v] order. The attention output is (N, NH hs), head h at columns [h hs, (h+1) hs).
+     */
+    /* out (N,C) = inp * rstd * w with rstd (N) = 1 / sqrt(mean(inp^2) + eps), saved */
+    tpm_status_t (*rmsnorm_fwd)(tpm_backend_t *be, float *out, float *rstd, const float *inp,
+                                const float *w, int N, int C, float eps);
+    /* dinp += d/d inp, dw += d/d w (either may be NULL) */
+    tpm_status_t (*rmsnorm_bwd)(tpm_backend_t *be, float *dinp, float *dw, const float *dout,
+                                const float *inp, const float *w, const float *rstd, int N, int C);
+    /*
+     * Rotary position embedding, in place on the q and k parts of qkv (N, (NH + 2 NKV) hs),
+     * Hugging Face's rotate_half convention: with a = pos[i] * inv_freq[d] (fp32) for
+     * d < hs / 2, (x[d], x[d + hs/2]) becomes (x[d] cos a - x[d + hs/2] sin a,
+     * x[d + hs/2] cos a + x[d] sin a). inv_freq (hs / 2) and pos (N) are device arrays.
+     * rope_bwd applies the inverse rotation (the transpose) to a gradient in place.
+     */
+    tpm_status_t (*rope_fwd)(tpm_backend_t *be, float *qkv, const int32_t *pos,
+                             const float *inv_freq, int N, int NH, int NKV, int hs);
+    tpm_status_t (*rope_bwd)(tpm_backend_t *be, float *dqkv, const int32_t *pos,
+                             const float *inv_freq, int N, int NH, int NKV, int hs);
+    /* out = silu(gate) * up, n values; backward: dgate +=, dup += (either may be NULL) */
+    tpm_status_t (*swiglu_fwd)(tpm_backend_t *be, float *out, const float *gate, const float *up,
+                               size_t n);
+    tpm_status_t (*swiglu_bwd)(tpm_backend_t *be, float *dgate, float *dup, const float *dout,
+                               const float *gate, const float *up, size_t n);
+    /*
+     * Causal grouped-query attention over whole sequences (training), scale 1/sqrt(hs):
+     * qkv (B,T,(NH + 2 NKV) hs) in the layout above, out (B,T,NH hs), lse (B,NH,T) saved.
+     * The backward adds into dqkv, recomputing the probabilities from qkv and lse.
+     */
+    tpm_status_t (*attention_gqa_fwd)(tpm_backend_t *be, float *out, float *lse, const float *qkv,
+                                      int B, int T, int NH, int NKV, int hs);
+    tpm_status_t (*attention_gqa_bwd)(tpm_backend_t *be, float *dqkv, const float *dout,
+                                      const float *qkv, const float *out, const float *lse, int B,
+                                      int T, int NH, int NKV, int hs);
+    /*
+     * Grouped-query attention with a KV cache sized by KV heads (serving): as attention_kv,
+     * with kcache, vcache (n_slots, ctx, NKV hs), KV group g at columns [g hs, (g+1) hs).
+     * NH and NKV are the local (tensor-parallel) counts.
+     */
+    tpm_status_t (*attention_gqa_kv)(tpm_backend_t *be, float *out, const float *qkv, float *kcache,
+                                     float *vcache, const int32_t *slot, const int32_t *pos, int N,
+                                     int NH, int NKV, int hs, int ctx);
 } tpm_backend_ops_t;
 
 struct tpm_backend {

@@ -1451,4 +1451,14 @@ const tpm_backend_ops_t tpm_backend_cpu_ops = {
     .from_bf16         = cpu_from_bf16,
     .twobit_encode     = cpu_twobit_encode,
     .twobit_decode_add = cpu_twobit_decode_add,
+    /* LLaMA family: backend_cpu_llama.c */
+    .rmsnorm_fwd       = tpm_cpu_rmsnorm_fwd,
+    .rmsnorm_bwd       = tpm_cpu_rmsnorm_bwd,
+    .rope_fwd          = tpm_cpu_rope_fwd,
+    .rope_bwd          = tpm_cpu_rope_bwd,
+    .swiglu_fwd        = tpm_cpu_swiglu_fwd,
+    .swiglu_bwd        = tpm_cpu_swiglu_bwd,
+    .attention_gqa_fwd = tpm_cpu_attention_gqa_fwd,
+    .attention_gqa_bwd = tpm_cpu_attention_gqa_bwd,
+    .attention_gqa_kv  = tpm_cpu_attention_gqa_kv,
 };

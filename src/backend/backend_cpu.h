@@ -7,6 +7,10 @@
 #ifndef TPM_BACKEND_CPU_H
 #define TPM_BACKEND_CPU_H
 
+#include <stddef.h>
+#include <stdint.h>
+
+#include "backend/backend.h"
 #include "base/status.h"
 
 /**
@@ -24,5 +28,29 @@ void tpm_backend_cpu_priv_destroy(void *priv);
  * Static storage, overwritten by the next call (not thread-safe); never NULL.
  */
 const char *tpm_backend_blas_info(void);
+
+/*
+ * The LLaMA-family ops of the CPU op table (backend_cpu_llama.c; contracts in backend.h).
+ */
+tpm_status_t tpm_cpu_rmsnorm_fwd(tpm_backend_t *be, float *out, float *rstd, const float *inp,
+                                 const float *w, int N, int C, float eps);
+tpm_status_t tpm_cpu_rmsnorm_bwd(tpm_backend_t *be, float *dinp, float *dw, const float *dout,
+                                 const float *inp, const float *w, const float *rstd, int N, int C);
+tpm_status_t tpm_cpu_rope_fwd(tpm_backend_t *be, float *qkv, const int32_t *pos,
+                              const float *inv_freq, int N, int NH, int NKV, int hs);
+tpm_status_t tpm_cpu_rope_bwd(tpm_backend_t *be, float *dqkv, const int32_t *pos,
+                              const float *inv_freq, int N, int NH, int NKV, int hs);
+tpm_status_t tpm_cpu_swiglu_fwd(tpm_backend_t *be, float *out, const float *gate, const float *up,
+                                size_t n);
+tpm_status_t tpm_cpu_swiglu_bwd(tpm_backend_t *be, float *dgate, float *dup, const float *dout,
+                                const float *gate, const float *up, size_t n);
+tpm_status_t tpm_cpu_attention_gqa_fwd(tpm_backend_t *be, float *out, float *lse, const float *qkv,
+                                       int B, int T, int NH, int NKV, int hs);
+tpm_status_t tpm_cpu_attention_gqa_bwd(tpm_backend_t *be, float *dqkv, const float *dout,
+                                       const float *qkv, const float *out, const float *lse, int B,
+                                       int T, int NH, int NKV, int hs);
+tpm_status_t tpm_cpu_attention_gqa_kv(tpm_backend_t *be, float *out, const float *qkv,
+                                      float *kcache, float *vcache, const int32_t *slot,
+                                      const int32_t *pos, int N, int NH, int NKV, int hs, int ctx);
 
 #endif /* TPM_BACKEND_CPU_H */

@@ -668,6 +668,87 @@ static tpm_status_t cuda_twobit_decode_add(tpm_backend_t *be, int B, const uint8
     return tpm_cuda_twobit_decode_add(B, chunk, n, acc, priv_of(be)->stream);
 }
 
+/* ---------------------------------------------------------------------------------------------- */
+/*
+ * LLaMA-family ops: typed stubs until CUDA kernels for them exist and have run on a GPU
+ * (issue 14). tpmpi refuses --device=cuda --arch=llama before any of them is reached.
+ */
+static tpm_status_t cuda_llama_unsupported(const char *op)
+{
+    tpm_log_error("cuda backend: %s is not implemented yet (LLaMA ops run on --device=cpu only)",
+                  op);
+    return TPM_ERR_UNSUPPORTED;
+}
+
+static tpm_status_t cuda_rmsnorm_fwd(tpm_backend_t *be, float *out, float *rstd, const float *inp,
+                                     const float *w, int N, int C, float eps)
+{
+    (void)be, (void)out, (void)rstd, (void)inp, (void)w, (void)N, (void)C, (void)eps;
+    return cuda_llama_unsupported("rmsnorm_fwd");
+}
+
+static tpm_status_t cuda_rmsnorm_bwd(tpm_backend_t *be, float *dinp, float *dw, const float *dout,
+                                     const float *inp, const float *w, const float *rstd, int N,
+                                     int C)
+{
+    (void)be, (void)dinp, (void)dw, (void)dout, (void)inp, (void)w, (void)rstd, (void)N, (void)C;
+    return cuda_llama_unsupported("rmsnorm_bwd");
+}
+
+static tpm_status_t cuda_rope_fwd(tpm_backend_t *be, float *qkv, const int32_t *pos,
+                                  const float *inv_freq, int N, int NH, int NKV, int hs)
+{
+    (void)be, (void)qkv, (void)pos, (void)inv_freq, (void)N, (void)NH, (void)NKV, (void)hs;
+    return cuda_llama_unsupported("rope_fwd");
+}
+
+static tpm_status_t cuda_rope_bwd(tpm_backend_t *be, float *dqkv, const int32_t *pos,
+                                  const float *inv_freq, int N, int NH, int NKV, int hs)
+{
+    (void)be, (void)dqkv, (void)pos, (void)inv_freq, (void)N, (void)NH, (void)NKV, (void)hs;
+    return cuda_llama_unsupported("rope_bwd");
+}
+
+static tpm_status_t cuda_swiglu_fwd(tpm_backend_t *be, float *out, const float *gate,
+                                    const float *up, size_t n)
+{
+    (void)be, (void)out, (void)gate, (void)up, (void)n;
+    return cuda_llama_unsupported("swiglu_fwd");
+}
+
+static tpm_status_t cuda_swiglu_bwd(tpm_backend_t *be, float *dgate, float *dup, const float *dout,
+                                    const float *gate, const float *up, size_t n)
+{
+    (void)be, (void)dgate, (void)dup, (void)dout, (void)gate, (void)up, (void)n;
+    return cuda_llama_unsupported("swiglu_bwd");
+}
+
+static tpm_status_t cuda_attention_gqa_fwd(tpm_backend_t *be, float *out, float *lse,
+                                           const float *qkv, int B, int T, int NH, int NKV, int hs)
+{
+    (void)be, (void)out, (void)lse, (void)qkv, (void)B, (void)T, (void)NH, (void)NKV, (void)hs;
+    return cuda_llama_unsupported("attention_gqa_fwd");
+}
+
+static tpm_status_t cuda_attention_gqa_bwd(tpm_backend_t *be, float *dqkv, const float *dout,
+                                           const float *qkv, const float *out, const float *lse,
+                                           int B, int T, int NH, int NKV, int hs)
+{
+    (void)be, (void)dqkv, (void)dout, (void)qkv, (void)out, (void)lse, (void)B, (void)T, (void)NH,
+        (void)NKV, (void)hs;
+    return cuda_llama_unsupported("attention_gqa_bwd");
+}
+
+static tpm_status_t cuda_attention_gqa_kv(tpm_backend_t *be, float *out, const float *qkv,
+                                          float *kcache, float *vcache, const int32_t *slot,
+                                          const int32_t *pos, int N, int NH, int NKV, int hs,
+                                          int ctx)
+{
+    (void)be, (void)out, (void)qkv, (void)kcache, (void)vcache, (void)slot, (void)pos, (void)N,
+        (void)NH, (void)NKV, (void)hs, (void)ctx;
+    return cuda_llama_unsupported("attention_gqa_kv");
+}
+
 const tpm_backend_ops_t tpm_backend_cuda_ops = {
     .name              = "cuda",
     .alloc             = cuda_alloc,
@@ -696,4 +777,13 @@ const tpm_backend_ops_t tpm_backend_cuda_ops = {
     .from_bf16         = cuda_from_bf16,
     .twobit_encode     = cuda_twobit_encode,
     .twobit_decode_add = cuda_twobit_decode_add,
+    .rmsnorm_fwd       = cuda_rmsnorm_fwd,
+    .rmsnorm_bwd       = cuda_rmsnorm_bwd,
+    .rope_fwd          = cuda_rope_fwd,
+    .rope_bwd          = cuda_rope_bwd,
+    .swiglu_fwd        = cuda_swiglu_fwd,
+    .swiglu_bwd        = cuda_swiglu_bwd,
+    .attention_gqa_fwd = cuda_attention_gqa_fwd,
+    .attention_gqa_bwd = cuda_attention_gqa_bwd,
+    .attention_gqa_kv  = cuda_attention_gqa_kv,
 };

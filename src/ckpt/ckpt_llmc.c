@@ -311,19 +311,79 @@ static void export_convert(const tpm_model_config_t *cfg, int k, const tpm_param
     }
 }
 
+/*
+ * An llm.c file being written, as a tensor sink (core/tensor_io.h): rank 0 holds every row
+ * of every tensor, the other ranks none, so the checkpoint source reads each tensor whole on
+ * rank 0; each one is converted to llm.c's layout and written at its offset in the file.
+ */
+typedef struct {
+    int                       fd;   /* rank 0; -1 elsewhere */
+    const char               *path; /* the temporary name, for messages */
+    const tpm_model_config_t *cfg;
+    const size_t             *off;    /* (TPM_LLMC_N_TENSORS) float offsets after the header */
+    float                    *out;    /* the largest tensor, converted */
+    int                       writer; /* this rank writes */
+} llmc_sink_t;
+
+static void llmc_sink_rows(void *ctx, int g, int t, int64_t *row0_p, int64_t *nrows_p)
+{
+    const llmc_sink_t *s = ctx;
+    tpm_param_desc_t   d[TPM_GROUP_MAX_NT];
+
+    tpm_model_group_desc(s->cfg, g, d);
+    *row0_p  = 0;
+    *nrows_p = s->writer ? d[t].rows : 0;
+}
+
+static tpm_status_t llmc_write(void *ctx, int g, int t, int64_t row0, int64_t nrows,
+                               const float *src)
+{
+    const llmc_sink_t *s = ctx;
+    const int          k = tpm_model_spec(s->cfg, g, t)->llmc_index;
+    tpm_param_desc_t   d[TPM_GROUP_MAX_NT];
+    size_t             n, at;
+    const char        *p;
+
+    (void)row0;
+    if (!s->writer || nrows == 0) {
+        return TPM_OK;
+    }
+    tpm_model_group_desc(s->cfg, g, d);
+    n  = (size_t)d[t].rows * (size_t)d[t].cols;
+    at = (size_t)TPM_LLMC_HEADER_INTS * 4 + (s->off[k] + (g < s->cfg->L ? (size_t)g * n : 0)) * 4;
+    export_convert(s->cfg, k, &d[t], src, s->out);
+    p = (const char *)s->out;
+    for (size_t left = n * sizeof(float); left > 0;) {
+        ssize_t w = pwrite(s->fd, p, left, (off_t)at);
+        if (w < 0 && errno == EINTR) {
+            continue;
+        }
+        if (w <= 0) {
+            tpm_log_error("write %s failed: %s", s->path, w < 0 ? strerror(errno) : "no progress");
+            return TPM_ERR_IO;
+        }
+        p += w;
+        at += (size_t)w;
+        left -= (size_t)w;
+    }
+    return TPM_OK;
+}
+
 tpm_status_t tpm_ckpt_export_llmc(tpm_comm_t *comm, const char *ckpt_path, const char *out_path)
 {
     tpm_ckpt_t        *ck = NULL;
     tpm_model_config_t cfg;
     char               tmp_path[TPM_PATH_MAX + 8];
     int32_t            h[TPM_LLMC_HEADER_INTS];
-    float             *in = NULL, *out = NULL;
-    FILE              *f      = NULL;
-    tpm_status_t       status = TPM_OK, wstatus = TPM_OK;
+    size_t             off[TPM_LLMC_N_TENSORS], total;
+    float             *out    = NULL;
+    int                fd     = -1;
+    tpm_status_t       status = TPM_OK;
     const int          writer = comm->rank == 0;
 
     TPM_CHECK(tpm_ckpt_open(comm, ckpt_path, &ck));
     cfg = tpm_ckpt_meta(ck)->model;
+    llmc_offsets(&cfg, cfg.Vp, off, &total);
     if (writer) {
         size_t n = (size_t)cfg.Vp * (size_t)cfg.C;
         if (snprintf(tmp_path, sizeof(tmp_path), "%s.tmp", out_path) >= (int)sizeof(tmp_path)) {
@@ -337,14 +397,11 @@ tpm_status_t tpm_ckpt_export_llmc(tpm_comm_t *comm, const char *ckpt_path, const
             n = (size_t)cfg.maxT * cfg.C;
         }
         if (status == TPM_OK) {
-            status = tpm_malloc(n * sizeof(float), (void **)&in);
-        }
-        if (status == TPM_OK) {
             status = tpm_malloc(n * sizeof(float), (void **)&out);
         }
         if (status == TPM_OK) {
-            f = fopen(tmp_path, "wb");
-            if (f == NULL) {
+            fd = open(tmp_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+            if (fd < 0) {
                 tpm_log_error("cannot write %s: %s", tmp_path, strerror(errno));
                 status = TPM_ERR_IO;
             }
@@ -359,7 +416,7 @@ tpm_status_t tpm_ckpt_export_llmc(tpm_comm_t *comm, const char *ckpt_path, const
             h[5] = cfg.NH;
             h[6] = cfg.C;
             h[7] = cfg.Vp;
-            if (fwrite(h, sizeof(h), 1, f) != 1) {
+            if (pwrite(fd, h, sizeof(h), 0) != (ssize_t)sizeof(h)) {
                 tpm_log_error("write %s failed: %s", tmp_path, strerror(errno));
                 status = TPM_ERR_IO;
             }
@@ -367,48 +424,33 @@ tpm_status_t tpm_ckpt_export_llmc(tpm_comm_t *comm, const char *ckpt_path, const
     }
     TPM_CHECK_GOTO(tpm_ckpt_agree(comm, status), status, out);
 
-    /* one tensor at a time: rank 0 reads all its rows, the others none */
-    for (int k = 0; k < TPM_LLMC_N_TENSORS; k++) {
-        const tpm_param_desc_t d  = llmc_desc(&cfg, k);
-        const llmc_tensor_t    lt = llmc_tensor(&cfg, k);
-        const int              nl = lt.block ? cfg.L : 1;
-        for (int l = 0; l < nl; l++) {
-            char name[64] = "model/";
-            TPM_CHECK_GOTO(tpm_model_tensor_name(&cfg, lt.block ? l : cfg.L, lt.tid, name + 6,
-                                                 sizeof(name) - 6),
-                           status, out);
-            TPM_CHECK_GOTO(tpm_ckpt_read_rows(ck, name, 0, writer ? d.rows : 0, in), status, out);
-            if (writer && wstatus == TPM_OK) {
-                size_t n = (size_t)d.rows * (size_t)d.cols;
-                export_convert(&cfg, k, &d, in, out);
-                if (fwrite(out, sizeof(float), n, f) != n) {
-                    tpm_log_error("write %s failed: %s", tmp_path, strerror(errno));
-                    wstatus = TPM_ERR_IO;
-                }
-            }
-        }
+    {
+        /* every tensor, rank 0 reading all of its rows and the others none */
+        llmc_sink_t           ls  = {fd, tmp_path, &cfg, off, out, writer};
+        const tpm_tensor_io_t src = tpm_ckpt_tensor_io(ck);
+        const tpm_tensor_io_t dst = {.ctx = &ls, .rows = llmc_sink_rows, .write = llmc_write};
+
+        TPM_CHECK_GOTO(tpm_tensor_copy(&cfg, comm, &src, &dst), status, out);
     }
-    if (writer && wstatus == TPM_OK) {
-        if (fflush(f) != 0 || fsync(fileno(f)) != 0) {
+    if (writer) {
+        if (fsync(fd) != 0) {
             tpm_log_error("write %s failed: %s", tmp_path, strerror(errno));
-            wstatus = TPM_ERR_IO;
+            status = TPM_ERR_IO;
         }
-    }
-    if (f != NULL) {
-        if (fclose(f) != 0 && wstatus == TPM_OK) {
+        if (close(fd) != 0 && status == TPM_OK) {
             tpm_log_error("write %s failed: %s", tmp_path, strerror(errno));
-            wstatus = TPM_ERR_IO;
+            status = TPM_ERR_IO;
         }
-        f = NULL;
-        if (wstatus == TPM_OK && rename(tmp_path, out_path) != 0) {
+        fd = -1;
+        if (status == TPM_OK && rename(tmp_path, out_path) != 0) {
             tpm_log_error("rename %s -> %s failed: %s", tmp_path, out_path, strerror(errno));
-            wstatus = TPM_ERR_IO;
+            status = TPM_ERR_IO;
         }
-        if (wstatus != TPM_OK) {
+        if (status != TPM_OK) {
             unlink(tmp_path);
         }
     }
-    status = tpm_ckpt_agree(comm, wstatus);
+    status = tpm_ckpt_agree(comm, status);
     if (status == TPM_OK) {
         tpm_info0("exported %s (step %lld) to llm.c model file %s: L=%d C=%d NH=%d V=%d Vp=%d "
                   "maxT=%d, fp32",
@@ -417,12 +459,11 @@ tpm_status_t tpm_ckpt_export_llmc(tpm_comm_t *comm, const char *ckpt_path, const
     }
 
 out:
-    if (f != NULL) {
-        fclose(f);
+    if (fd >= 0) {
+        close(fd);
         unlink(tmp_path);
     }
     tpm_free(out);
-    tpm_free(in);
     tpm_ckpt_close(ck);
     return status;
 }

@@ -83,6 +83,7 @@ typedef struct {
 } config_opt_t;
 
 static const char *const mode_names[]   = {"train", "prepare", "serve", "export", "eval", NULL};
+static const char *const arch_names[]        = {"gpt2", "llama", NULL};
 static const char *const model_names[]  = {"tiny", "small", "gpt2-124m", "gpt2-350m", NULL};
 static const char *const device_names[] = {"cpu", "cuda", NULL};
 static const char *const cuda_matmul_names[] = {"auto", "fp32", "tf32", "bf16", NULL};
@@ -137,6 +138,9 @@ static const config_opt_t options[] = {
      CONFIG_GROUP_GENERAL, CONFIG_TYPE_VERSION, 0, 0, 0, 0, 0, 0, 0, NULL},
 
     /* model */
+    {"arch", "TPMPI_ARCH", "gpt2", NULL,
+     "model architecture; llama is refused for now: only its CPU ops exist (docs/MODEL.md)",
+     CONFIG_GROUP_MODEL, CONFIG_TYPE_CHOICE, OFF(arch), SZ(arch), 0, 0, 0, 0, 0, arch_names},
     {"model", "TPMPI_MODEL", "tiny", NULL,
      "model preset (tiny: L2 C64 NH4 T64 ctx64, small: L4 C256 NH4 T64 ctx256, gpt2-124m: L12 "
      "C768 NH12 T1024 ctx1024, gpt2-350m: L24 C1024 NH16 T1024 ctx1024)",
@@ -541,6 +545,26 @@ tpm_status_t tpm_config_apply_preset(tpm_config_t *cfg)
     return TPM_ERR_INVALID_ARG;
 }
 
+/*
+ * --arch=llama: the backend has the LLaMA ops on the CPU (docs/MODEL.md), but no tensor table
+ * or block uses them yet, and the CUDA backend has none. Say which, before anything runs.
+ */
+static tpm_status_t config_check_arch(const tpm_config_t *cfg)
+{
+    if (strcmp(cfg->arch, "llama") != 0 || cfg->mode == TPM_MODE_PREPARE) {
+        return TPM_OK;
+    }
+    if (strcmp(cfg->device, "cuda") == 0) {
+        tpm_log_error("--device=cuda --arch=llama: the CUDA backend has no LLaMA kernels "
+                      "(RMSNorm, RoPE, SwiGLU, grouped-query attention) yet; they exist on "
+                      "--device=cpu only");
+    } else {
+        tpm_log_error("--arch=llama: the LLaMA model (tensor table, block, Hugging Face "
+                      "import) is not implemented yet; only its CPU ops exist (docs/MODEL.md)");
+    }
+    return TPM_ERR_INVALID_ARG;
+}
+
 /* TPMPI_INPUT holds a colon-separated list of files. */
 static tpm_status_t config_env_inputs(tpm_config_t *cfg, const char *src, const char *value)
 {
@@ -822,7 +846,7 @@ tpm_status_t tpm_config_parse(tpm_config_t *cfg, int argc, char **argv, FILE *ou
     }
 
     TPM_CHECK(tpm_config_apply_preset(cfg));
-    return TPM_OK;
+    return config_check_arch(cfg);
 }
 
 /* ---- JSON dump and hash -------------------------------------------------------------------- */

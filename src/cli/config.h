@@ -31,6 +31,7 @@ typedef struct tpm_config {
     tpm_mode_t mode;
 
     /* model: preset, then overrides (0 = take from preset / data) */
+    char arch[8];   /* gpt2 | llama (llama: refused until its model lands) */
     char model[32]; /* tiny | small | gpt2-124m | gpt2-350m */
     int  n_layer;
     int  n_head;

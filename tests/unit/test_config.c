@@ -134,6 +134,7 @@ Test(config, defaults_match_the_documented_values)
 
     tpm_config_defaults(&cfg);
     cr_expect_eq(cfg.mode, TPM_MODE_TRAIN);
+    cr_expect_str_eq(cfg.arch, "gpt2");
     cr_expect_str_eq(cfg.model, "tiny");
     cr_expect_eq(cfg.n_layer, 0);
     cr_expect_eq(cfg.n_head, 0);
@@ -404,6 +405,9 @@ Test(config, bad_input_is_rejected_with_a_message_naming_the_option)
         {"--mode=bogus", "--mode: 'bogus' is not one of train|prepare|serve|export|eval"},
         {"--model=huge", "--model: 'huge' is not one of tiny|small|gpt2-124m|gpt2-350m"},
         {"--device=tpu", "--device: 'tpu' is not one of cpu|cuda"},
+        {"--arch=bert", "--arch: 'bert' is not one of gpt2|llama"},
+        {"--arch=llama", "--arch=llama: the LLaMA model"},
+        {"--arch=llama --device=cuda", "--device=cuda --arch=llama: the CUDA backend has no LLaMA"},
         {"--log-level=loud", "--log-level: 'loud' is not one of error|warn|info|debug"},
         {"--foo", "unknown option --foo"},
         {"--foo=3", "unknown option --foo"},
@@ -427,6 +431,19 @@ Test(config, bad_input_is_rejected_with_a_message_naming_the_option)
         cr_expect(strstr(err, "error: ") != NULL, "'%s': not logged as an error: %s", cases[i].line,
                   err);
     }
+}
+
+Test(config, arch_llama_is_accepted_only_where_no_model_runs)
+{
+    tpm_config_t cfg;
+    char         err[2048];
+
+    cr_expect_eq(parse_line(&cfg, "--mode=prepare --arch=llama", err, sizeof(err)), TPM_OK, "%s",
+                 err);
+    cr_expect_str_eq(cfg.arch, "llama");
+    cr_expect_eq(parse_line(&cfg, "--mode=export --arch=llama", err, sizeof(err)),
+                 TPM_ERR_INVALID_ARG);
+    cr_expect_eq(parse_line(&cfg, "--arch=gpt2", err, sizeof(err)), TPM_OK, "%s", err);
 }
 
 Test(config, bad_environment_value_is_rejected_naming_the_variable)

@@ -15,6 +15,7 @@
 #include "backend/backend.h"
 #include "base/mem.h"
 #include "core/model.h"
+#include "core/rope.h"
 #include "core/tensor_io.h"
 #include "zero3/shard.h"
 
@@ -519,4 +520,43 @@ Test(tensor_io, a_failing_sink_stops_the_copy_with_its_status)
     cr_assert_eq(p.writes, 5);
     io_free(&c, a);
     io_free(&c, b);
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* rotary-embedding frequencies (core/rope.h) */
+
+Test(rope, unscaled_frequencies_are_theta_to_the_minus_2d_over_hs)
+{
+    float f[32];
+
+    cr_assert_eq(tpm_rope_inv_freq(64, 10000.0, NULL, f), TPM_OK);
+    cr_assert(f[0] == 1.0f);
+    cr_assert(fabsf(f[1] - 0.7498942f) <= 1e-6f * 0.75f);
+    cr_assert(fabsf(f[31] - 1.333521e-4f) <= 1e-6f * 1.34e-4f);
+    cr_assert_eq(tpm_rope_inv_freq(63, 10000.0, NULL, f), TPM_ERR_INVALID_ARG);
+    cr_assert_eq(tpm_rope_inv_freq(64, 1.0, NULL, f), TPM_ERR_INVALID_ARG);
+}
+
+Test(rope, llama3_scaling_keeps_short_divides_long_and_blends_between)
+{
+    /* Llama 3.2: theta 500000, factor 32, low 1, high 4, original context 8192, hs 64 */
+    const tpm_rope_scaling_t sc = {32.0, 1.0, 4.0, 8192};
+    float                    plain[32], f[32];
+
+    cr_assert_eq(tpm_rope_inv_freq(64, 500000.0, NULL, plain), TPM_OK);
+    cr_assert_eq(tpm_rope_inv_freq(64, 500000.0, &sc, f), TPM_OK);
+    /* wavelength 2 pi / f: below 2048 for d <= 14, above 8192 for d >= 18 */
+    for (int d = 0; d <= 14; d++) {
+        cr_assert(f[d] == plain[d], "d %d", d);
+    }
+    for (int d = 18; d < 32; d++) {
+        cr_assert(fabsf(f[d] - plain[d] / 32.0f) <= 1e-6f * plain[d], "d %d", d);
+    }
+    /* d = 16: f = 500000^-1/2, wavelength 4442.88, blend s = (8192 / 4442.88 - 1) / 3 */
+    cr_assert(fabsf(f[16] - 4.2955680e-4f) <= 1e-6f * 4.3e-4f, "d 16: %g", (double)f[16]);
+    for (int d = 15; d <= 17; d++) {
+        cr_assert(f[d] < plain[d] && f[d] > plain[d] / 32.0f, "d %d", d);
+    }
+    cr_assert_eq(tpm_rope_inv_freq(64, 500000.0, &(tpm_rope_scaling_t){32.0, 4.0, 1.0, 8192}, f),
+                 TPM_ERR_INVALID_ARG);
 }
