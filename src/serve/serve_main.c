@@ -140,6 +140,12 @@ tpm_status_t tpm_serve_run(const tpm_config_t *cfg, tpm_comm_t *comm)
 
     mc     = tpm_ckpt_meta(ck)->model;
     status = tpm_model_config_finish(&mc);
+    if (status == TPM_OK && mc.arch != TPM_ARCH_GPT2) {
+        /* the file's metadata: the same answer on every rank */
+        tpm_log_error("%s holds a %s model; serving one is not implemented yet (GPT-2 only)",
+                      path, tpm_arch_id_name(mc.arch));
+        status = TPM_ERR_INVALID_ARG;
+    }
     if (status == TPM_OK && root) {
         status = tpm_tokenizer_from_bytes(tpm_ckpt_meta(ck)->tokenizer,
                                           tpm_ckpt_meta(ck)->tokenizer_len, &tok);

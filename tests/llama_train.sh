@@ -1,0 +1,115 @@
+#!/bin/sh
+# SPDX-License-Identifier: MIT
+# The LLaMA family in training (issue 14): --arch=llama --model=llama-tiny (GQA NH4 NKV2,
+# untied head, Llama-3 rope scaling) and a Qwen-like variant (q/k/v biases, tied head).
+#  a) ZeRO-3: the same global batch as N=1 x 12, N=2 x 6, N=3 x 4 (ranks x grad-accum) gives
+#     the same losses within 1e-5 relative (N=3 divides neither the heads nor the rows)
+#  b) checkpoints record the architecture and its configuration; a resume on the same rank
+#     count gives the losses of the uninterrupted run bit for bit, on another within 1e-5
+#  c) refusals with exit status 2 and a message: a llama checkpoint in a gpt2 run, an unknown
+#     arch attribute, --arch/preset mismatches, llama-only options with gpt2, NKV not
+#     dividing NH, --device=cuda, serving and llm.c export of a llama checkpoint
+#  d) a checkpoint without the arch attribute (written before it) loads as gpt2
+set -u
+: "${TPMPI:?}" "${MPIRUN:?}" "${TOP_BUILDDIR:?}"
+. "$(dirname "$0")/train_lib.sh"
+dir=$TOP_BUILDDIR/tests/llama_train.d
+prog=$TOP_BUILDDIR/tests/mpi/test_ckpt
+rm -rf "$dir" && mkdir -p "$dir"
+common="--mode=train --arch=llama --model=llama-tiny --batch=2 --seed=7 --lr=1e-3 --warmup=5 --threads=1 --log-every=100"
+
+# close REF GOT STEPS LABEL: STEPS loss records of two metrics files, the same steps, max
+# relative difference <= 1e-5; closef: the same on "step loss" files
+close() {
+    losses "$1" >"$dir/a"
+    losses "$2" >"$dir/b"
+    closef "$dir/a" "$dir/b" "$3" "$4"
+}
+closef() {
+    check "$(paste "$1" "$2" | awk -v want="$3" '
+        { d = $2 - $4; if (d < 0) d = -d; r = d / ($2 < 0 ? -$2 : $2); if (r > m) m = r; c++
+          if ($1 != $3) bad = 1 }
+        END { printf "  %d steps, max relative loss difference %.3g\n", c, m > "/dev/stderr";
+              print (c == want && !bad && m <= 1e-5) ? 1 : 0 }')" "$4"
+}
+# expect NP WANT_RC PATTERN ARGS...: tpmpi's exit status and a message naming the problem
+expect() {
+    np=$1 want=$2 pat=$3
+    shift 3
+    timeout 120 $MPIRUN -np "$np" "$TPMPI" "$@" >"$dir/out" 2>&1
+    rc=$?
+    if [ "$rc" -eq "$want" ] && grep -q -- "$pat" "$dir/out"; then
+        check 1 "rc $rc: $(grep -m 1 -- "$pat" "$dir/out")"
+    else
+        check 0 "tpmpi $* (np $np): rc $rc (want $want), want message '$pat'"
+        sed 's/^/    /' "$dir/out" | grep -v '^    \[tpmpi r0\]   ' | head -20
+    fi
+}
+
+# a) ZeRO-3 equivalence, llama-tiny and the Qwen-like variant
+run_tpmpi n1 1 --steps=30 --grad-accum=12
+run_tpmpi n2 2 --steps=30 --grad-accum=6
+run_tpmpi n3 3 --steps=30 --grad-accum=4
+close "$dir/n1.jsonl" "$dir/n2.jsonl" 30 "a) llama-tiny N=2 x 6 = N=1 x 12"
+close "$dir/n1.jsonl" "$dir/n3.jsonl" 30 "a) llama-tiny N=3 x 4 = N=1 x 12"
+grep -q 'model llama-tiny (llama): L=2 C=64 NH=4 NKV=2 F=160.*llama3 scaling), untied head' \
+    "$dir/n1.log"
+check $((! $?)) "a) the model line names the LLaMA configuration"
+first=$(losses "$dir/n1.jsonl" | sed -n '1s/.* //p')
+last=$(losses "$dir/n1.jsonl" | sed -n '30s/.* //p')
+check "$(awk -v a="$first" -v b="$last" 'BEGIN { print (b < a - 0.05) ? 1 : 0 }')" \
+    "a) llama-tiny learns: loss $first -> $last over 30 steps"
+run_tpmpi q1 1 --steps=15 --grad-accum=6 --qkv-bias=1 --tie-embeddings=1 --rope-scaling-factor=0
+run_tpmpi q3 3 --steps=15 --grad-accum=2 --qkv-bias=1 --tie-embeddings=1 --rope-scaling-factor=0
+close "$dir/q1.jsonl" "$dir/q3.jsonl" 15 "a) qkv bias, tied head: N=3 x 2 = N=1 x 6"
+check "$(grep -q 'qkvb' "$dir/q1.log" && ! grep -q 'lm_head' "$dir/q1.log" && echo 1 || echo 0)" \
+    "a) the variant has a qkvb tensor and no lm_head"
+
+# b) checkpoints: attributes, exact resume on N=2, resume on N=3 (global batch 12 either way)
+run_tpmpi c_straight 2 --steps=20 --grad-accum=3 --ckpt-dir="$dir/c" --ckpt-every=10
+ck=$dir/c/ckpt_00000010.h5
+attr() { h5dump -a "/$2" "$1" 2>/dev/null | sed -n 's/.*(0): *\(.*\)$/\1/p' | tr -d '"'; }
+check "$([ "$(attr "$ck" arch)" = llama ] && [ "$(attr "$ck" n_kv_head)" = 2 ] &&
+    [ "$(attr "$ck" intermediate_size)" = 160 ] && [ "$(attr "$ck" tie_embeddings)" = 0 ] &&
+    [ "$(attr "$ck" qkv_bias)" = 0 ] && [ "$(attr "$ck" rope_orig_ctx)" = 16 ] && echo 1 || echo 0)" \
+    "b) the checkpoint records arch llama, n_kv_head 2, intermediate_size 160, untied, no bias"
+check "$(h5dump -H -d /model/lm_head "$ck" >/dev/null 2>&1 && h5dump -H -d /model/h.1.gatew "$ck" \
+    >/dev/null 2>&1 && echo 1 || echo 0)" "b) lm_head and h.1.gatew are datasets of the checkpoint"
+mkdir -p "$dir/c2" "$dir/c3" && cp "$ck" "$dir/c2/" && cp "$ck" "$dir/c3/"
+run_tpmpi c_resumed 2 --steps=20 --grad-accum=3 --ckpt-dir="$dir/c2" --resume
+losses "$dir/c_straight.jsonl" | sed -n '11,20p' >"$dir/c_ref"
+losses "$dir/c_resumed.jsonl" >"$dir/c_got"
+check "$([ "$(wc -l <"$dir/c_ref")" -eq 10 ] && cmp -s "$dir/c_ref" "$dir/c_got" && echo 1 || echo 0)" \
+    "b) N=2 resume from step 10: steps 11-20 identical to the straight run"
+check "$(h5diff -q "$dir/c/ckpt_00000020.h5" "$dir/c2/ckpt_00000020.h5" /model /model &&
+    h5diff -q "$dir/c/ckpt_00000020.h5" "$dir/c2/ckpt_00000020.h5" /optim /optim && echo 1 || echo 0)" \
+    "b) step-20 weights and AdamW moments identical"
+run_tpmpi c_n3 3 --steps=20 --grad-accum=2 --ckpt-dir="$dir/c3" --resume
+losses "$dir/c_n3.jsonl" >"$dir/c_got3"
+closef "$dir/c_ref" "$dir/c_got3" 10 "b) N=3 x 2 resume from the N=2 x 3 step-10 checkpoint"
+
+# c) refusals
+expect 2 2 "holds a llama model, but this run is --arch=gpt2" --mode=train --model=tiny \
+    --steps=1 --batch=2 --threads=1 --init-from="$ck"
+timeout 120 $MPIRUN -np 1 "$prog" set-arch "$ck" "$dir/mistery.h5" mistery >/dev/null 2>&1
+expect 2 2 "model architecture 'mistery' is unknown" $common --steps=1 --init-from="$dir/mistery.h5"
+expect 1 2 "is a llama preset, but --arch=gpt2" --mode=train --model=llama-tiny --steps=1
+expect 1 2 "is a gpt2 preset, but --arch=llama" --mode=train --arch=llama --steps=1
+expect 1 2 "is an --arch=llama option" --mode=train --model=tiny --n-kv-head=2 --steps=1
+expect 1 2 "n_kv_head 3 must divide n_head 4" $common --steps=1 --n-kv-head=3
+expect 1 2 "device=cuda --arch=llama" $common --steps=1 --device=cuda
+expect 1 2 "serving one is not implemented yet" --mode=serve --ckpt="$ck"
+expect 1 2 "llm.c files hold GPT-2 models only" --mode=export --ckpt="$ck" --out="$dir/x.bin"
+
+# d) a GPT-2 checkpoint without the arch attribute loads as gpt2
+common="--mode=train --model=tiny --batch=2 --seed=7 --threads=1 --log-every=100"
+run_tpmpi g 1 --steps=2 --ckpt-dir="$dir/g"
+timeout 120 $MPIRUN -np 1 "$prog" set-arch "$dir/g/ckpt_00000002.h5" "$dir/old.h5" - >/dev/null 2>&1
+check "$(h5dump -a /arch "$dir/old.h5" >/dev/null 2>&1 && echo 0 || echo 1)" "d) the copy has no arch attribute"
+run_tpmpi g_old 1 --steps=1 --init-from="$dir/old.h5"
+check "$(grep -q 'fresh optimizer' "$dir/g_old.log" && echo 1 || echo 0)" \
+    "d) a checkpoint without arch loads into --arch=gpt2"
+expect 1 2 "holds a gpt2 model, but this run is --arch=llama" --mode=train --arch=llama \
+    --model=llama-tiny --steps=1 --batch=2 --threads=1 --init-from="$dir/old.h5"
+
+finish
