@@ -8,8 +8,11 @@
 #     count gives the losses of the uninterrupted run bit for bit, on another within 1e-5
 #  c) refusals with exit status 2 and a message: a llama checkpoint in a gpt2 run, an unknown
 #     arch attribute, --arch/preset mismatches, llama-only options with gpt2, NKV not
-#     dividing NH, --device=cuda, serving and llm.c export of a llama checkpoint
+#     dividing NH, --device=cuda (training and serving), llm.c export of a llama checkpoint
 #  d) a checkpoint without the arch attribute (written before it) loads as gpt2
+#  e) serving the trained checkpoint: tests/mpi/test_serve_tp reads it through the engine's
+#     loader at M = 1, 2, 3 (M = 3 does not divide the 2 KV heads) and its logits equal the
+#     training forward within 1e-5; tpmpi --mode=serve answers a completion at M = 2
 set -u
 : "${TPMPI:?}" "${MPIRUN:?}" "${TOP_BUILDDIR:?}"
 . "$(dirname "$0")/train_lib.sh"
@@ -98,7 +101,9 @@ expect 1 2 "is a gpt2 preset, but --arch=llama" --mode=train --arch=llama --step
 expect 1 2 "is an --arch=llama option" --mode=train --model=tiny --n-kv-head=2 --steps=1
 expect 1 2 "n_kv_head 3 must divide n_head 4" $common --steps=1 --n-kv-head=3
 expect 1 2 "device=cuda --arch=llama" $common --steps=1 --device=cuda
-expect 1 2 "serving one is not implemented yet" --mode=serve --ckpt="$ck"
+# (a build without CUDA refuses --device=cuda before it opens the checkpoint)
+expect 1 2 "holds a llama model; the CUDA backend\|built without CUDA" --mode=serve --ckpt="$ck" \
+    --device=cuda
 expect 1 2 "llm.c files hold GPT-2 models only" --mode=export --ckpt="$ck" --out="$dir/x.bin"
 
 # d) a GPT-2 checkpoint without the arch attribute loads as gpt2
@@ -111,5 +116,44 @@ check "$(grep -q 'fresh optimizer' "$dir/g_old.log" && echo 1 || echo 0)" \
     "d) a checkpoint without arch loads into --arch=gpt2"
 expect 1 2 "holds a gpt2 model, but this run is --arch=llama" --mode=train --arch=llama \
     --model=llama-tiny --steps=1 --batch=2 --threads=1 --init-from="$dir/old.h5"
+
+# e) serving the llama checkpoint
+for m in 1 2 3; do
+    timeout 300 $MPIRUN -np "$m" "$TOP_BUILDDIR/tests/mpi/test_serve_tp" --ckpt="$ck" \
+        >"$dir/tp$m.log" 2>&1
+    rc=$?
+    check "$([ "$rc" -eq 0 ] && grep -q ' 0 failed' "$dir/tp$m.log" && echo 1 || echo 0)" \
+        "e) M=$m: $(grep 'max normalised' "$dir/tp$m.log" || tail -3 "$dir/tp$m.log")"
+done
+# the Qwen-like model (q/k/v biases, tied head, one KV head: at M > 1 one rank owns it and the
+# others only MLP and vocabulary rows) and a serving format, from the initial weights
+for args in "--arch=qwen -np1" "--arch=qwen -np2" "--arch=qwen -np3" "--arch=llama --dtype=int8 -np3"; do
+    np=${args##*-np}
+    timeout 300 $MPIRUN -np "$np" "$TOP_BUILDDIR/tests/mpi/test_serve_tp" ${args% -np*} \
+        >"$dir/tpq.log" 2>&1
+    rc=$?
+    check "$([ "$rc" -eq 0 ] && grep -q ' 0 failed' "$dir/tpq.log" && echo 1 || echo 0)" \
+        "e) ${args% -np*} M=$np: $(grep 'max normalised' "$dir/tpq.log" || tail -3 "$dir/tpq.log")"
+done
+port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+$MPIRUN -np 2 "$TPMPI" --mode=serve --ckpt="$ck" --threads=1 --host=127.0.0.1 --port="$port" \
+    >"$dir/serve.log" 2>&1 &
+spid=$!
+code=000
+for _ in $(seq 1 120); do
+    code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/health" 2>/dev/null || true)
+    [ "$code" = 200 ] && break
+    kill -0 "$spid" 2>/dev/null || break
+    sleep 0.5
+done
+code=$(curl -s -o "$dir/completion.json" -w '%{http_code}' -H 'Content-Type: application/json' \
+    --data '{"prompt": "The ", "max_tokens": 8, "temperature": 0}' \
+    "http://127.0.0.1:$port/v1/completions" 2>/dev/null || true)
+kill -TERM "$spid" 2>/dev/null
+wait "$spid" 2>/dev/null
+check "$([ "$code" = 200 ] && grep -q '"text"' "$dir/completion.json" && echo 1 || echo 0)" \
+    "e) tpmpi --mode=serve on 2 ranks answers a completion with the llama checkpoint (HTTP $code)"
+grep -q 'serving .*: llama L=2 C=64 NH=4 NKV=2' "$dir/serve.log"
+check $((! $?)) "e) the server names the llama model"
 
 finish
