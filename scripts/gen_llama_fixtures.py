@@ -183,6 +183,16 @@ def generate(name, c, outdir):
         f.write(struct.pack("<f", float(loss.detach())))
         f.write(params.astype("<f4").tobytes())
         f.write(grads.astype("<f4").tobytes())
+    # the same float32 weights as a Hugging Face model directory (tests/unit/test_llama_ref.c
+    # imports it): llama_tiny in fp32 in one file, qwen_tiny in bf16 in shards with an index
+    hf_dir = os.path.join(outdir, "hf_" + name)
+    if c["tied"]:
+        m32.to(torch.bfloat16).save_pretrained(hf_dir, max_shard_size="20KB")
+    else:
+        m32.save_pretrained(hf_dir)
+    for f in os.listdir(hf_dir):
+        if f not in ("config.json",) and not f.startswith("model"):
+            os.remove(os.path.join(hf_dir, f))  # generation_config.json: not needed
     size = os.path.getsize(path)
     want = 64 + 64 + 2 * B * T * 4 + B * T * VP * 4 + 4 + 2 * P * 4
     assert size == want, (size, want)

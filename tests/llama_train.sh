@@ -13,6 +13,10 @@
 #  e) serving the trained checkpoint: tests/mpi/test_serve_tp reads it through the engine's
 #     loader at M = 1, 2, 3 (M = 3 does not divide the 2 KV heads) and its logits equal the
 #     training forward within 1e-5; tpmpi --mode=serve answers a completion at M = 2
+#  f) --init-from=hf:DIR (tests/fixtures/hf_llama_tiny, saved by transformers) at N = 1 and
+#     N = 3 on llm.c token shards of a 100-token vocabulary, one step at lr 1e-30 (weights
+#     unchanged): the final checkpoints of both rank counts are identical and hold the
+#     fixture's parameters exactly; a config.json of another model is refused
 set -u
 : "${TPMPI:?}" "${MPIRUN:?}" "${TOP_BUILDDIR:?}"
 . "$(dirname "$0")/train_lib.sh"
@@ -155,5 +159,60 @@ check "$([ "$code" = 200 ] && grep -q '"text"' "$dir/completion.json" && echo 1 
     "e) tpmpi --mode=serve on 2 ranks answers a completion with the llama checkpoint (HTTP $code)"
 grep -q 'serving .*: llama L=2 C=64 NH=4 NKV=2' "$dir/serve.log"
 check $((! $?)) "e) the server names the llama model"
+
+# f) Hugging Face import
+hfdir=$(cd "$(dirname "$0")/fixtures" && pwd)
+mkdir -p "$dir/tok100"
+python3 - "$dir/tok100" <<'PY'
+import struct, sys
+for name, n, seed in (("train_000.bin", 4096, 1), ("val_000.bin", 1024, 2)):
+    x, toks = seed, []
+    for _ in range(n):
+        x = (1103515245 * x + 12345) % 2**31
+        toks.append(x % 100)
+    with open(sys.argv[1] + "/" + name, "wb") as f:
+        f.write(struct.pack("<256i", 20240520, 1, n, *([0] * 253)))
+        f.write(struct.pack("<%dH" % n, *toks))
+PY
+common="--mode=train --arch=llama --model=llama-tiny --n-embd=32 --intermediate-size=48 --vocab-size=100 --data=$dir/tok100 --batch=2 --seq-len=16 --steps=1 --lr=1e-30 --min-lr=0 --weight-decay=0 --threads=1 --log-every=100"
+run_tpmpi hf1 1 --init-from="hf:$hfdir/hf_llama_tiny" --ckpt-dir="$dir/hf1"
+run_tpmpi hf3 3 --init-from="hf:$hfdir/hf_llama_tiny" --ckpt-dir="$dir/hf3"
+check "$(grep -q 'imported Hugging Face model' "$dir/hf3.log" && echo 1 || echo 0)" \
+    "f) the import is announced"
+check "$(h5diff -q "$dir/hf1/ckpt_00000001.h5" "$dir/hf3/ckpt_00000001.h5" /model /model &&
+    echo 1 || echo 0)" "f) N=1 and N=3 imports give identical weights"
+python3 - "$hfdir/llama_tiny.bin" "$dir/hf3/ckpt_00000001.h5" >"$dir/hfcmp" 2>&1 <<'PY'
+import struct, subprocess, sys
+fx = open(sys.argv[1], "rb").read()
+L, C, NH, NKV, F, V, Vp, B, T, P = [struct.unpack_from("<16i", fx)[i] for i in (2, 3, 4, 5, 6, 7, 8, 10, 11, 12)]
+off = 128 + 8 * B * T + 4 * B * T * Vp + 4
+params = struct.unpack_from("<%df" % P, fx, off)
+# canonical order of the untied LLaMA table (docs/MODEL.md)
+Q = (NH + 2 * NKV) * (C // NH)
+blk = [("ln1w", C), ("qkvw", Q * C), ("ow", C * C), ("ln2w", C), ("gatew", F * C), ("upw", F * C), ("downw", F * C)]
+names, o = [], 0
+for l in range(L):
+    for n, k in blk:
+        names.append(("h.%d.%s" % (l, n), o, k)); o += k
+for n, k in (("wte", Vp * C), ("lnfw", C), ("lm_head", Vp * C)):
+    names.append((n, o, k)); o += k
+assert o == P, (o, P)
+bad = 0
+for n, o, k in names:
+    out = subprocess.run(["h5dump", "-m", "%.9g", "-d", "/model/" + n, sys.argv[2]], capture_output=True, text=True).stdout
+    body = out.split("DATA {", 1)[1].split("}", 1)[0]
+    vals = []
+    for line in body.splitlines():
+        if ":" in line:
+            vals += [float(v) for v in line.split(":", 1)[1].replace(",", " ").split()]
+    if len(vals) != k or any(struct.unpack("<f", struct.pack("<f", a))[0] != b for a, b in zip(vals, params[o:o + k])):
+        bad += 1
+        print("differs:", n, len(vals), k)
+print("%d tensors compared, %d differ" % (len(names), bad))
+PY
+check "$(grep -q ' 0 differ' "$dir/hfcmp" && echo 1 || echo 0)" \
+    "f) the checkpoint holds the fixture's parameters exactly: $(tail -1 "$dir/hfcmp")"
+expect 2 2 "hidden_size is 32, this run has 64 (--n-embd)" --mode=train --arch=llama \
+    --model=llama-tiny --steps=1 --threads=1 --init-from="hf:$hfdir/hf_llama_tiny"
 
 finish

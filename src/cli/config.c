@@ -295,8 +295,9 @@ static const config_opt_t options[] = {
      "resume from the newest complete checkpoint in --ckpt-dir",
      CONFIG_GROUP_CKPT, CONFIG_TYPE_FLAG, OFF(resume), 0, 0, 1, 0, 0, 0, NULL},
     {"init-from", "TPMPI_INIT_FROM", "", "FILE",
-     "start from the weights of FILE (a checkpoint, or llmc:FILE for an llm.c model file); "
-     "fresh optimizer",
+     "start from the weights of FILE (a checkpoint, llmc:FILE for an llm.c model file, or "
+     "hf:DIR for a Hugging Face LLaMA/Qwen2/Mistral directory whose config.json matches the "
+     "model options); fresh optimizer",
      CONFIG_GROUP_CKPT, CONFIG_TYPE_STR, OFF(init_from), SZ(init_from), 0, 0, 0, 0, 0, NULL},
     {"ckpt", "TPMPI_CKPT", "", "PATH",
      "serve/export/eval: checkpoint file, or a --ckpt-dir (its latest checkpoint)",

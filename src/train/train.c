@@ -28,6 +28,7 @@
 #include "base/timer.h"
 #include "ckpt/ckpt.h"
 #include "ckpt/ckpt_llmc.h"
+#include "ckpt/hf.h"
 #include "data/loader.h"
 #include "data/prepare.h"
 #include "data/tokenizer.h"
@@ -517,6 +518,9 @@ static tpm_status_t init_state(const tpm_config_t *cfg, tpm_zero3_t *z, const da
     }
     if (strncmp(cfg->init_from, "llmc:", 5) == 0) {
         return tpm_ckpt_import_llmc(z, cfg->init_from + 5);
+    }
+    if (strncmp(cfg->init_from, "hf:", 3) == 0) {
+        return tpm_ckpt_import_hf(z, cfg->init_from + 3);
     }
     if (cfg->init_from[0] != '\0') {
         TPM_CHECK(ckpt_pick(comm, cfg->init_from, 0, path, sizeof(path)));

@@ -8,6 +8,10 @@
  * fixture's canonical flat order) must give the logits, the loss and every parameter
  * gradient within 1e-4 relative. A negative control shows that the test sees the RoPE
  * layout: the same weights with q and k rows in Meta's interleaved order do not match.
+ * The Hugging Face directories saved from the same models (hf_llama_tiny: fp32, one file;
+ * hf_qwen_tiny: bf16, two shards and an index) import to exactly the fixture's parameters
+ * (bf16: their rounding), a config.json of another model is refused, and the safetensors
+ * reader refuses every malformed size and offset.
  */
 #include <criterion/criterion.h>
 #include <math.h>
@@ -15,8 +19,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <unistd.h>
+
 #include "backend/backend.h"
+#include "base/bf16.h"
+#include "ckpt/hf.h"
+#include "ckpt/safetensors.h"
 #include "core/model.h"
+#include "core/tensor_io.h"
 #include "zero3/shard.h"
 
 #ifndef TPM_FIXTURE_DIR
@@ -287,4 +297,199 @@ Test(llama_ref, q_and_k_rows_in_meta_interleaved_order_do_not_match)
     free(param);
     free(grad);
     unload(&r);
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Hugging Face model directories (ckpt/hf.h) and the safetensors reader (ckpt/safetensors.h) */
+
+/* import directory @p sub into a flat parameter vector laid out like the fixture's */
+static tpm_status_t import_dir(ref_t *r, const char *sub, const tpm_model_config_t *cfg,
+                               float *flat)
+{
+    const char                *dir = getenv("TPM_FIXTURE_DIR") ? getenv("TPM_FIXTURE_DIR")
+                                                               : TPM_FIXTURE_DIR;
+    float                     *t[64 * TPM_GROUP_MAX_NT];
+    tpm_tensor_io_memory_ctx_t mctx = {.cfg = cfg, .t = t};
+    tpm_tensor_io_t            src, dst;
+    tpm_hf_t                  *h = NULL;
+    char                       path[1024];
+    tpm_status_t               st;
+
+    cr_assert(tpm_model_n_groups(cfg) <= 64);
+    memset(t, 0, sizeof(t));
+    for (int g = 0; g < tpm_model_n_groups(cfg); g++) {
+        for (int k = 0; k < r->lay.g[g].n_tensors; k++) {
+            t[g * TPM_GROUP_MAX_NT + k] = flat + r->lay.g[g].shard_base + r->lay.g[g].t[k].full_off;
+        }
+    }
+    snprintf(path, sizeof(path), "%s/%s", dir, sub);
+    st = tpm_hf_open(path, cfg, &h);
+    if (st != TPM_OK) {
+        return st;
+    }
+    src = tpm_hf_tensor_io(h);
+    dst = tpm_tensor_io_memory(&mctx);
+    st  = tpm_tensor_copy(cfg, NULL, &src, &dst);
+    tpm_hf_close(h);
+    return st;
+}
+
+Test(hf, an_fp32_llama_directory_imports_the_exact_weights)
+{
+    ref_t  r;
+    float *flat;
+    size_t bad = 0;
+
+    load(&r, "llama_tiny.bin");
+    flat = calloc(r.fx.P, 4);
+    cr_assert_not_null(flat);
+    cr_assert_eq(import_dir(&r, "hf_llama_tiny", &r.mc, flat), TPM_OK);
+    for (size_t i = 0; i < r.fx.P; i++) {
+        bad += flat[i] != r.fx.params[i];
+    }
+    cr_expect_eq(bad, 0, "%zu of %zu values differ from the fixture's parameters", bad, r.fx.P);
+    free(flat);
+    unload(&r);
+}
+
+Test(hf, a_sharded_bf16_qwen2_directory_imports_the_rounded_weights)
+{
+    ref_t  r;
+    float *flat;
+    size_t bad = 0;
+
+    load(&r, "qwen_tiny.bin");
+    flat = calloc(r.fx.P, 4);
+    cr_assert_not_null(flat);
+    cr_assert_eq(import_dir(&r, "hf_qwen_tiny", &r.mc, flat), TPM_OK);
+    for (size_t i = 0; i < r.fx.P; i++) {
+        bad += flat[i] != tpm_bf16_to_float(tpm_bf16_rne(r.fx.params[i]));
+    }
+    cr_expect_eq(bad, 0, "%zu of %zu values are not the bf16 rounding of the fixture's", bad,
+                 r.fx.P);
+    free(flat);
+    unload(&r);
+}
+
+Test(hf, a_config_json_that_describes_another_model_is_refused)
+{
+    ref_t              r;
+    tpm_model_config_t c;
+    float             *flat;
+
+    load(&r, "llama_tiny.bin");
+    flat = calloc(r.fx.P, 4);
+    cr_assert_not_null(flat);
+    c   = r.mc;
+    c.F = 64;
+    cr_expect_eq(import_dir(&r, "hf_llama_tiny", &c, flat), TPM_ERR_INVALID_ARG);
+    c      = r.mc;
+    c.tied = 1;
+    cr_expect_eq(import_dir(&r, "hf_llama_tiny", &c, flat), TPM_ERR_INVALID_ARG);
+    c             = r.mc;
+    c.rope.factor = 8.0;
+    cr_expect_eq(import_dir(&r, "hf_llama_tiny", &c, flat), TPM_ERR_INVALID_ARG);
+    cr_expect_eq(import_dir(&r, "no_such_dir", &r.mc, flat), TPM_ERR_NOT_FOUND);
+    free(flat);
+    unload(&r);
+}
+
+/* a safetensors file from a header text and @p ndata data bytes (0x3c each) */
+static void write_st(const char *path, const char *header, uint64_t hlen_override, size_t ndata)
+{
+    FILE    *f    = fopen(path, "wb");
+    uint64_t hlen = hlen_override ? hlen_override : strlen(header);
+
+    cr_assert_not_null(f);
+    for (int i = 0; i < 8; i++) {
+        fputc((int)(hlen >> (8 * i) & 0xff), f);
+    }
+    fputs(header, f);
+    for (size_t i = 0; i < ndata; i++) {
+        fputc(0x3c, f);
+    }
+    fclose(f);
+}
+
+Test(safetensors, every_size_and_offset_is_checked)
+{
+    static const struct {
+        const char *header;
+        uint64_t    hlen;
+        size_t      ndata;
+        const char *why;
+    } bad[] = {
+        {"{}", 1000, 0, "header longer than the file"},
+        {"{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}", 0, 8, "cut JSON"},
+        {"[1,2]", 0, 0, "not an object"},
+        {"{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,16]}}", 0, 8,
+         "data past the end"},
+        {"{\"a\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,8]}}", 0, 8,
+         "size does not match the shape"},
+        {"{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[8,0]}}", 0, 8,
+         "begin after end"},
+        {"{\"a\":{\"dtype\":\"F32\",\"shape\":[-2],\"data_offsets\":[0,8]}}", 0, 8,
+         "negative dimension"},
+        {"{\"a\":{\"dtype\":\"Q4\",\"shape\":[2],\"data_offsets\":[0,8]}}", 0, 8, "unknown dtype"},
+        {"{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
+         "\"b\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[4,12]}}",
+         0, 12, "overlapping tensors"},
+        {"{\"a\":{\"dtype\":\"F32\",\"shape\":[1099511627776,1099511627776],"
+         "\"data_offsets\":[0,8]}}",
+         0, 8, "element count overflow"},
+        {"{\"a\":{\"shape\":[2],\"data_offsets\":[0,8]}}", 0, 8, "no dtype"},
+    };
+    char           path[] = "/tmp/tpm_st_XXXXXX";
+    int            fd     = mkstemp(path);
+    tpm_st_file_t *f      = NULL;
+
+    cr_assert(fd >= 0);
+    close(fd);
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        write_st(path, bad[i].header, bad[i].hlen, bad[i].ndata);
+        cr_expect_eq(tpm_st_open(path, &f), TPM_ERR_FORMAT, "accepted: %s", bad[i].why);
+        cr_expect_null(f);
+    }
+    write_st(path, "", 0, 0);
+    cr_assert_eq(truncate(path, 5), 0);
+    cr_expect_eq(tpm_st_open(path, &f), TPM_ERR_FORMAT, "accepted a 5-byte file");
+    unlink(path);
+}
+
+Test(safetensors, f32_bf16_and_f16_values_are_read_as_fp32)
+{
+    /* 1.5 and -2 in each format, then a tensor of an unsupported dtype */
+    const char *header = "{\"__metadata__\":{\"format\":\"pt\"},"
+                         "\"f\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
+                         "\"b\":{\"dtype\":\"BF16\",\"shape\":[1,2],\"data_offsets\":[8,12]},"
+                         "\"h\":{\"dtype\":\"F16\",\"shape\":[2],\"data_offsets\":[12,16]},"
+                         "\"i\":{\"dtype\":\"I32\",\"shape\":[1],\"data_offsets\":[16,20]}}";
+    const unsigned char data[20] = {0, 0, 0xc0, 0x3f, 0, 0, 0, 0xc0, 0xc0, 0x3f, 0, 0xc0,
+                                    0, 0x3e, 0, 0xc0, 1, 0, 0, 0};
+    char           path[] = "/tmp/tpm_st_XXXXXX";
+    int            fd     = mkstemp(path);
+    uint64_t       hlen   = strlen(header);
+    tpm_st_file_t *f      = NULL;
+    float          v[2];
+    const char    *names[3] = {"f", "b", "h"};
+
+    cr_assert(fd >= 0);
+    cr_assert_eq(write(fd, &hlen, 8), 8); /* little-endian host */
+    cr_assert_eq(write(fd, header, hlen), (ssize_t)hlen);
+    cr_assert_eq(write(fd, data, sizeof(data)), (ssize_t)sizeof(data));
+    close(fd);
+    cr_assert_eq(tpm_st_open(path, &f), TPM_OK);
+    cr_expect_eq(f->n, 4);
+    for (int k = 0; k < 3; k++) {
+        const tpm_st_tensor_t *t = tpm_st_find(f, names[k]);
+
+        cr_assert_not_null(t);
+        cr_assert_eq(tpm_st_read(f, t, 0, 2, v), TPM_OK);
+        cr_expect(v[0] == 1.5f && v[1] == -2.0f, "%s: %g %g", names[k], v[0], v[1]);
+        cr_expect_eq(tpm_st_read(f, t, 1, 2, v), TPM_ERR_INVALID_ARG, "a range past the end");
+    }
+    cr_expect_eq(tpm_st_read(f, tpm_st_find(f, "i"), 0, 1, v), TPM_ERR_UNSUPPORTED);
+    cr_expect_null(tpm_st_find(f, "nope"));
+    tpm_st_close(f);
+    unlink(path);
 }
