@@ -17,6 +17,9 @@
 #     N = 3 on llm.c token shards of a 100-token vocabulary, one step at lr 1e-30 (weights
 #     unchanged): the final checkpoints of both rank counts are identical and hold the
 #     fixture's parameters exactly; a config.json of another model is refused
+#  g) --mode=export --format=hf of that checkpoint gives the fixture's safetensors tensors
+#     byte for byte (names, dtypes, shapes, values); importing the export again gives the same
+#     shards; a GPT-2 checkpoint is refused
 set -u
 : "${TPMPI:?}" "${MPIRUN:?}" "${TOP_BUILDDIR:?}"
 . "$(dirname "$0")/train_lib.sh"
@@ -214,5 +217,33 @@ check "$(grep -q ' 0 differ' "$dir/hfcmp" && echo 1 || echo 0)" \
     "f) the checkpoint holds the fixture's parameters exactly: $(tail -1 "$dir/hfcmp")"
 expect 2 2 "hidden_size is 32, this run has 64 (--n-embd)" --mode=train --arch=llama \
     --model=llama-tiny --steps=1 --threads=1 --init-from="hf:$hfdir/hf_llama_tiny"
+
+# g) Hugging Face export, and the export imported again
+timeout 120 $MPIRUN -np 2 "$TPMPI" --mode=export --format=hf --ckpt="$dir/hf3/ckpt_00000001.h5" \
+    --out="$dir/hfout" >"$dir/export.log" 2>&1
+check "$([ $? -eq 0 ] && [ -s "$dir/hfout/config.json" ] && echo 1 || echo 0)" \
+    "g) --mode=export --format=hf writes config.json and model.safetensors"
+python3 - "$hfdir/hf_llama_tiny/model.safetensors" "$dir/hfout/model.safetensors" \
+    >"$dir/stcmp" 2>&1 <<'PY'
+import json, struct, sys
+def load(p):
+    b = open(p, "rb").read()
+    n = struct.unpack_from("<Q", b)[0]
+    h = json.loads(b[8:8 + n])
+    h.pop("__metadata__", None)
+    return {k: (v["dtype"], v["shape"], b[8 + n + v["data_offsets"][0]:8 + n + v["data_offsets"][1]])
+            for k, v in h.items()}
+a, b = load(sys.argv[1]), load(sys.argv[2])
+diff = [k for k in a if a[k] != b.get(k)] + [k for k in b if k not in a]
+print("%d tensors, %d differ" % (len(a), len(diff)), " ".join(diff[:5]))
+PY
+check "$(grep -q '^21 tensors, 0 differ' "$dir/stcmp" && echo 1 || echo 0)" \
+    "g) the exported tensors are transformers' own: $(cat "$dir/stcmp")"
+common="$common --init-from=hf:$dir/hfout"
+run_tpmpi hf2 2 --ckpt-dir="$dir/hf2"
+check "$(h5diff -q "$dir/hf1/ckpt_00000001.h5" "$dir/hf2/ckpt_00000001.h5" /model /model &&
+    echo 1 || echo 0)" "g) importing the export again (N=2) gives the same weights"
+expect 1 2 "exports LLaMA-family models only" --mode=export --format=hf \
+    --ckpt="$dir/g/ckpt_00000002.h5" --out="$dir/gpt2hf"
 
 finish

@@ -5,12 +5,14 @@
 #include "ckpt/hf.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <jansson.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "base/log.h"
 #include "base/mem.h"
@@ -471,5 +473,344 @@ tpm_status_t tpm_ckpt_import_hf(tpm_zero3_t *z, const char *dir)
                   "optimizer",
                   dir, z->cfg.L, z->cfg.C, z->cfg.NH, z->cfg.NKV, z->cfg.F, z->cfg.V);
     }
+    return status;
+}
+
+/* ---- export (--mode=export --format=hf) -------------------------------------------------------- */
+
+/* one tensor of the output file */
+typedef struct {
+    char     name[160];
+    int      ndim;
+    int64_t  shape[2];
+    uint64_t begin, end;
+} hf_out_t;
+
+typedef struct {
+    const tpm_model_config_t *cfg;
+    int                       writer; /* rank 0 */
+    int                       fd;
+    const char               *path; /* the temporary name */
+    uint64_t                  data_off;
+    hf_out_t                 *out;   /* every output tensor */
+    int                      *first; /* (g * TPM_GROUP_MAX_NT + t) -> its first output tensor */
+    float                    *buf;   /* the largest tensor, converted */
+} hf_sink_t;
+
+/* the output tensors of table tensor (g, t) from index *n on; returns how many (1 or 3) */
+static int plan_tensor(const tpm_model_config_t *c, int g, int t, const tpm_param_desc_t *d,
+                       hf_out_t *o)
+{
+    const tpm_tensor_spec_t *s  = d->spec;
+    const int                nd = s->cols == TPM_DIM_1 ? 1 : 2;
+    const int64_t            hs = c->C / c->NH;
+
+    switch (s->hf_xform) {
+    case TPM_XFORM_QKV_GQA:
+        for (int k = 0; k < 3; k++) {
+            hf_name(c, g, t, "qkv"[k], o[k].name, sizeof(o[k].name));
+            o[k].ndim     = nd;
+            o[k].shape[0] = (k == 0 ? c->NH : c->NKV) * hs;
+            o[k].shape[1] = d->cols;
+        }
+        return 3;
+    case TPM_XFORM_TRANSPOSE:
+        hf_name(c, g, t, 'q', o->name, sizeof(o->name));
+        o->ndim     = 2;
+        o->shape[0] = d->cols;
+        o->shape[1] = d->rows;
+        return 1;
+    default:
+        hf_name(c, g, t, 'q', o->name, sizeof(o->name));
+        o->ndim     = nd;
+        o->shape[0] = d->valid_rows;
+        o->shape[1] = d->cols;
+        return 1;
+    }
+}
+
+static void hf_sink_rows(void *ctx, int g, int t, int64_t *row0_p, int64_t *nrows_p)
+{
+    const hf_sink_t *s = ctx;
+    tpm_param_desc_t d[TPM_GROUP_MAX_NT];
+
+    tpm_model_group_desc(s->cfg, g, d);
+    *row0_p  = 0;
+    *nrows_p = s->writer ? d[t].rows : 0;
+}
+
+static tpm_status_t pwrite_full(int fd, const void *buf, size_t n, uint64_t at, const char *path)
+{
+    const char *p = buf;
+
+    while (n > 0) {
+        ssize_t w = pwrite(fd, p, n, (off_t)at);
+        if (w < 0 && errno == EINTR) {
+            continue;
+        }
+        if (w <= 0) {
+            tpm_log_error("write %s failed: %s", path, w < 0 ? strerror(errno) : "no progress");
+            return TPM_ERR_IO;
+        }
+        p += w, n -= (size_t)w, at += (uint64_t)w;
+    }
+    return TPM_OK;
+}
+
+/* tensor (g, t) whole (rank 0): convert to Hugging Face's layout and write its pieces */
+static tpm_status_t hf_write(void *ctx, int g, int t, int64_t row0, int64_t nrows,
+                             const float *src)
+{
+    const hf_sink_t          *s = ctx;
+    const tpm_model_config_t *c = s->cfg;
+    tpm_param_desc_t          d[TPM_GROUP_MAX_NT];
+    const hf_out_t           *o = &s->out[s->first[g * TPM_GROUP_MAX_NT + t]];
+    const int64_t             hs = c->C / c->NH, rep = c->NH / c->NKV, grp = (rep + 2) * hs;
+    int64_t                   rows, cols;
+
+    (void)row0;
+    if (!s->writer || nrows == 0) {
+        return TPM_OK;
+    }
+    tpm_model_group_desc(c, g, d);
+    rows = d[t].rows;
+    cols = d[t].cols;
+    switch (d[t].spec->hf_xform) {
+    case TPM_XFORM_QKV_GQA:
+        /* q, k, v one after the other in the buffer, in the order of the output tensors */
+        for (int64_t R = 0; R < rows; R++) {
+            const int64_t gi = R / grp, j = R % grp;
+            const int64_t dstrow = j < rep * hs        ? gi * rep * hs + j
+                                   : j < rep * hs + hs ? c->NH * hs + gi * hs + (j - rep * hs)
+                                                       : (c->NH + c->NKV) * hs + gi * hs +
+                                                             (j - rep * hs - hs);
+            memcpy(s->buf + dstrow * cols, src + R * cols, (size_t)cols * sizeof(float));
+        }
+        for (int k = 0; k < 3; k++) {
+            const int64_t r0 = k == 0 ? 0 : (c->NH + (k - 1) * c->NKV) * hs;
+            TPM_CHECK(pwrite_full(s->fd, s->buf + r0 * cols, (size_t)(o[k].end - o[k].begin),
+                                  s->data_off + o[k].begin, s->path));
+        }
+        return TPM_OK;
+    case TPM_XFORM_TRANSPOSE:
+        for (int64_t i = 0; i < rows; i++) {
+            for (int64_t j = 0; j < cols; j++) {
+                s->buf[j * rows + i] = src[i * cols + j];
+            }
+        }
+        return pwrite_full(s->fd, s->buf, (size_t)(o->end - o->begin), s->data_off + o->begin,
+                           s->path);
+    default:
+        /* the first valid_rows rows: the vocabulary padding is not exported */
+        return pwrite_full(s->fd, src, (size_t)(o->end - o->begin), s->data_off + o->begin,
+                           s->path);
+    }
+}
+
+/* config.json of the model (transformers 4 keys, which transformers 5 reads too) */
+static json_t *export_config(const tpm_model_config_t *c)
+{
+    json_t *j = json_object();
+
+    json_object_set_new(j, "architectures",
+                        json_pack("[s]", c->qkv_bias ? "Qwen2ForCausalLM" : "LlamaForCausalLM"));
+    json_object_set_new(j, "model_type", json_string(c->qkv_bias ? "qwen2" : "llama"));
+    json_object_set_new(j, "hidden_act", json_string("silu"));
+    json_object_set_new(j, "hidden_size", json_integer(c->C));
+    json_object_set_new(j, "intermediate_size", json_integer(c->F));
+    json_object_set_new(j, "num_hidden_layers", json_integer(c->L));
+    json_object_set_new(j, "num_attention_heads", json_integer(c->NH));
+    json_object_set_new(j, "num_key_value_heads", json_integer(c->NKV));
+    json_object_set_new(j, "head_dim", json_integer(c->C / c->NH));
+    json_object_set_new(j, "vocab_size", json_integer(c->V));
+    json_object_set_new(j, "max_position_embeddings", json_integer(c->maxT));
+    json_object_set_new(j, "rms_norm_eps", json_real((double)c->rms_eps));
+    json_object_set_new(j, "rope_theta", json_real(c->rope_theta));
+    if (c->rope.factor > 0) {
+        json_object_set_new(j, "rope_scaling",
+                            json_pack("{s:s, s:f, s:f, s:f, s:i}", "rope_type", "llama3", "factor",
+                                      c->rope.factor, "low_freq_factor", c->rope.low_freq_factor,
+                                      "high_freq_factor", c->rope.high_freq_factor,
+                                      "original_max_position_embeddings", c->rope.orig_ctx));
+    } else {
+        json_object_set_new(j, "rope_scaling", json_null());
+    }
+    json_object_set_new(j, "tie_word_embeddings", json_boolean(c->tied));
+    if (!c->qkv_bias) {
+        json_object_set_new(j, "attention_bias", json_false());
+        json_object_set_new(j, "mlp_bias", json_false());
+    } else {
+        json_object_set_new(j, "use_sliding_window", json_false());
+    }
+    json_object_set_new(j, "torch_dtype", json_string("float32"));
+    json_object_set_new(j, "attention_dropout", json_real(0.0));
+    json_object_set_new(j, "initializer_range", json_real(0.02));
+    return j;
+}
+
+/* rank 0: the output tensors, the header, the temporary file with its header written */
+static tpm_status_t export_begin(hf_sink_t *s, const char *dir, char *tmp, size_t cap)
+{
+    const tpm_model_config_t *c  = s->cfg;
+    const int                 NG = tpm_model_n_groups(c);
+    tpm_param_desc_t          d[TPM_GROUP_MAX_NT];
+    json_t                   *hdr = json_object();
+    char                     *text = NULL;
+    size_t                    n = 0, hlen, pad;
+    uint64_t                  off = 0, biggest = 0;
+    unsigned char             len8[8];
+    tpm_status_t              status = TPM_OK;
+
+    json_object_set_new(hdr, "__metadata__", json_pack("{s:s}", "format", "pt"));
+    for (int g = 0; g < NG; g++) {
+        int nt = tpm_model_group_desc(c, g, d);
+
+        for (int t = 0; t < nt; t++) {
+            int k = plan_tensor(c, g, t, &d[t], &s->out[n]);
+
+            s->first[g * TPM_GROUP_MAX_NT + t] = (int)n;
+            for (int i = 0; i < k; i++, n++) {
+                hf_out_t     *o     = &s->out[n];
+                const int64_t numel = o->shape[0] * (o->ndim > 1 ? o->shape[1] : 1);
+
+                o->begin = off;
+                o->end   = off + (uint64_t)numel * 4;
+                off      = o->end;
+                json_object_set_new(hdr, o->name,
+                                    o->ndim > 1 ? json_pack("{s:s, s:[I,I], s:[I,I]}", "dtype",
+                                                            "F32", "shape", (json_int_t)o->shape[0],
+                                                            (json_int_t)o->shape[1], "data_offsets",
+                                                            (json_int_t)o->begin,
+                                                            (json_int_t)o->end)
+                                                : json_pack("{s:s, s:[I], s:[I,I]}", "dtype",
+                                                            "F32", "shape", (json_int_t)o->shape[0],
+                                                            "data_offsets", (json_int_t)o->begin,
+                                                            (json_int_t)o->end));
+            }
+            if ((uint64_t)d[t].rows * (uint64_t)d[t].cols > biggest) {
+                biggest = (uint64_t)d[t].rows * (uint64_t)d[t].cols;
+            }
+        }
+    }
+    text = json_dumps(hdr, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    json_decref(hdr);
+    if (text == NULL) {
+        return TPM_ERR_NO_MEMORY;
+    }
+    /* pad the header with spaces so that the data starts 8-byte aligned */
+    hlen = strlen(text);
+    pad  = (8 - (8 + hlen) % 8) % 8;
+    for (int i = 0; i < 8; i++) {
+        len8[i] = (unsigned char)((uint64_t)(hlen + pad) >> (8 * i));
+    }
+    s->data_off = 8 + hlen + pad;
+    status      = tpm_malloc((size_t)biggest * sizeof(float), (void **)&s->buf);
+    if (status == TPM_OK && (size_t)snprintf(tmp, cap, "%s/model.safetensors.tmp", dir) >= cap) {
+        tpm_log_error("output directory %s: path too long", dir);
+        status = TPM_ERR_INVALID_ARG;
+    }
+    if (status == TPM_OK && mkdir(dir, 0755) != 0 && errno != EEXIST) {
+        tpm_log_error("cannot create %s: %s", dir, strerror(errno));
+        status = TPM_ERR_IO;
+    }
+    if (status == TPM_OK) {
+        s->fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+        if (s->fd < 0) {
+            tpm_log_error("cannot write %s: %s", tmp, strerror(errno));
+            status = TPM_ERR_IO;
+        }
+    }
+    if (status == TPM_OK) {
+        status = pwrite_full(s->fd, len8, 8, 0, tmp);
+    }
+    if (status == TPM_OK) {
+        status = pwrite_full(s->fd, text, hlen, 8, tmp);
+    }
+    if (status == TPM_OK && pad > 0) {
+        status = pwrite_full(s->fd, "        ", pad, 8 + hlen, tmp);
+    }
+    free(text);
+    return status;
+}
+
+tpm_status_t tpm_ckpt_export_hf(tpm_comm_t *comm, const char *ckpt_path, const char *dir)
+{
+    tpm_ckpt_t        *ck = NULL;
+    tpm_model_config_t cfg;
+    hf_sink_t          s;
+    char               tmp[1100], final[1100];
+    tpm_status_t       status = TPM_OK;
+
+    TPM_CHECK(tpm_ckpt_open(comm, ckpt_path, &ck));
+    cfg = tpm_ckpt_meta(ck)->model;
+    if (cfg.arch != TPM_ARCH_LLAMA) {
+        /* the file's metadata: the same answer on every rank */
+        tpm_log_error("%s: a %s checkpoint; --format=hf exports LLaMA-family models only", ckpt_path,
+                      tpm_arch_id_name(cfg.arch));
+        tpm_ckpt_close(ck);
+        return TPM_ERR_UNSUPPORTED;
+    }
+    memset(&s, 0, sizeof(s));
+    s.cfg    = &cfg;
+    s.writer = comm->rank == 0;
+    s.fd     = -1;
+    s.path   = tmp;
+    status   = tpm_calloc((size_t)tpm_model_n_groups(&cfg) * (TPM_GROUP_MAX_NT + 2),
+                          sizeof(*s.out), (void **)&s.out);
+    if (status == TPM_OK) {
+        status = tpm_calloc((size_t)tpm_model_n_groups(&cfg) * TPM_GROUP_MAX_NT, sizeof(int),
+                            (void **)&s.first);
+    }
+    if (status == TPM_OK && s.writer) {
+        status = export_begin(&s, dir, tmp, sizeof(tmp));
+    }
+    status = tpm_ckpt_agree(comm, status);
+    if (status == TPM_OK) {
+        /* every tensor, rank 0 reading all of its rows and the others none */
+        const tpm_tensor_io_t src = tpm_ckpt_tensor_io(ck);
+        const tpm_tensor_io_t dst = {.ctx = &s, .rows = hf_sink_rows, .write = hf_write};
+
+        status = tpm_tensor_copy(&cfg, comm, &src, &dst);
+    }
+    if (s.writer && s.fd >= 0) {
+        if (status == TPM_OK && fsync(s.fd) != 0) {
+            tpm_log_error("write %s failed: %s", tmp, strerror(errno));
+            status = TPM_ERR_IO;
+        }
+        if (close(s.fd) != 0 && status == TPM_OK) {
+            tpm_log_error("write %s failed: %s", tmp, strerror(errno));
+            status = TPM_ERR_IO;
+        }
+        snprintf(final, sizeof(final), "%s/model.safetensors", dir);
+        if (status == TPM_OK && rename(tmp, final) != 0) {
+            tpm_log_error("rename %s -> %s failed: %s", tmp, final, strerror(errno));
+            status = TPM_ERR_IO;
+        }
+        if (status != TPM_OK) {
+            unlink(tmp);
+        }
+    }
+    if (status == TPM_OK && s.writer) {
+        json_t *j = export_config(&cfg);
+
+        snprintf(tmp, sizeof(tmp), "%s/config.json.tmp", dir);
+        snprintf(final, sizeof(final), "%s/config.json", dir);
+        if (j == NULL || json_dump_file(j, tmp, JSON_INDENT(2) | JSON_PRESERVE_ORDER) != 0 ||
+            rename(tmp, final) != 0) {
+            tpm_log_error("cannot write %s", final);
+            status = TPM_ERR_IO;
+        }
+        json_decref(j);
+    }
+    status = tpm_ckpt_agree(comm, status);
+    if (status == TPM_OK) {
+        tpm_info0("exported %s (step %lld) as a Hugging Face %s model to %s (fp32)", ckpt_path,
+                  (long long)tpm_ckpt_meta(ck)->step,
+                  cfg.qkv_bias ? "Qwen2ForCausalLM" : "LlamaForCausalLM", dir);
+    }
+    tpm_free(s.buf);
+    tpm_free(s.out);
+    tpm_free(s.first);
+    tpm_ckpt_close(ck);
     return status;
 }

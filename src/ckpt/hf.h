@@ -37,4 +37,13 @@ tpm_tensor_io_t tpm_hf_tensor_io(tpm_hf_t *h);
  */
 tpm_status_t tpm_ckpt_import_hf(tpm_zero3_t *z, const char *dir);
 
+/**
+ * --mode=export --format=hf: write checkpoint @p ckpt_path (a LLaMA-family model) as a Hugging
+ * Face directory @p dir: config.json (LlamaForCausalLM, or Qwen2ForCausalLM with q/k/v
+ * biases) and model.safetensors (F32, the vocabulary padding left out), written by rank 0
+ * under temporary names and renamed. Collective over @p comm (each tensor is read whole on
+ * rank 0); every rank returns the same status. A GPT-2 checkpoint is TPM_ERR_UNSUPPORTED.
+ */
+tpm_status_t tpm_ckpt_export_hf(tpm_comm_t *comm, const char *ckpt_path, const char *dir);
+
 #endif /* TPM_CKPT_HF_H */

@@ -91,7 +91,7 @@ static const char *const device_names[] = {"cpu", "cuda", NULL};
 static const char *const cuda_matmul_names[] = {"auto", "fp32", "tf32", "bf16", NULL};
 static const char *const precision_names[] = {"fp32", "bf16", NULL};
 static const char *const serve_dtype_names[] = {"fp32", "bf16", "int8", NULL};
-static const char *const format_names[] = {"llmc", NULL};
+static const char *const format_names[] = {"llmc", "hf", NULL};
 static const char *const compression_names[] = {"none", "2bit", NULL};
 static const char *const residual_names[]    = {"fp32", "bf16", "none", NULL};
 static const char *const level_names[]  = {"error", "warn", "info", "debug", NULL};
@@ -302,7 +302,9 @@ static const config_opt_t options[] = {
     {"ckpt", "TPMPI_CKPT", "", "PATH",
      "serve/export/eval: checkpoint file, or a --ckpt-dir (its latest checkpoint)",
      CONFIG_GROUP_CKPT, CONFIG_TYPE_STR, OFF(ckpt), SZ(ckpt), 0, 0, 0, 0, 0, NULL},
-    {"format", "TPMPI_FORMAT", "llmc", NULL, "export: output format",
+    {"format", "TPMPI_FORMAT", "llmc", NULL,
+     "export: output format: llmc (an llm.c model file --out=FILE, GPT-2) or hf (a Hugging Face "
+     "directory --out=DIR: config.json + model.safetensors, LLaMA family)",
      CONFIG_GROUP_CKPT, CONFIG_TYPE_CHOICE, OFF(format), SZ(format), 0, 0, 0, 0, 0, format_names},
 
     /* compression */
