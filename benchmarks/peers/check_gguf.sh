@@ -6,13 +6,15 @@
 # (--mode=serve, temperature 0) for at least 32 tokens; the F16 and Q8_0
 # agreement is reported. Prints `N passed, N failed` last.
 #
-# Usage: benchmarks/peers/check_gguf.sh [--ckpt PATH] [--steps N] [--n N] [--need N]
+# Usage: benchmarks/peers/check_gguf.sh [--ckpt PATH] [--steps N] [--n N] [--need N] [--serve-arg A]
 #   --ckpt PATH  checkpoint file or --ckpt-dir to check (default: train
 #                --model=small for --steps steps into $PEERS_CACHE/work/small-sN,
 #                reused when it is already there)
 #   --steps N    training steps for the default checkpoint (default 1500)
 #   --n N        tokens generated per prompt (default 48)
 #   --need N     F32 tokens that must agree (default 32)
+#   --serve-arg A  one more option for tpmpi --mode=serve (repeatable), e.g.
+#                --serve-arg=--serve-dtype=int8 to set int8 against Q8_0
 # Environment: TPMPI (default build/tpmpi), MPIRUN (default mpirun),
 #   PEERS_CACHE (default build/peers), the cache of llamacpp-setup.sh.
 # Optional benchmark tooling, not part of scripts/test.
@@ -23,7 +25,7 @@ root=$(cd "$here/../.." && pwd)
 cache=${PEERS_CACHE:-$root/build/peers}
 TPMPI=${TPMPI:-$root/build/tpmpi}
 MPIRUN=${MPIRUN:-mpirun}
-ckpt='' steps=1500 n=48 need=32
+ckpt='' steps=1500 n=48 need=32 serve_args=()
 
 usage() { echo "check_gguf: $*" >&2; exit 2; }
 while [ $# -gt 0 ]; do
@@ -36,7 +38,9 @@ while [ $# -gt 0 ]; do
         --n=*) n=${1#--n=}; shift ;;
         --need) [ $# -ge 2 ] || usage "--need needs a number"; need=$2; shift 2 ;;
         --need=*) need=${1#--need=}; shift ;;
-        -h|--help) sed -n '3,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --serve-arg) [ $# -ge 2 ] || usage "--serve-arg needs a value"; serve_args+=("$2"); shift 2 ;;
+        --serve-arg=*) serve_args+=("${1#--serve-arg=}"); shift ;;
+        -h|--help) sed -n '3,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) usage "unknown argument '$1' (try --help)" ;;
     esac
 done
@@ -113,7 +117,7 @@ port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0));
 url=http://127.0.0.1:$port
 log=$work/serve-$name.log
 "$MPIRUN" -np 1 "$TPMPI" --mode=serve --ckpt="$ckpt" --threads=1 --host=127.0.0.1 \
-    --port="$port" --parallel=1 >"$log" 2>&1 &
+    --port="$port" --parallel=1 ${serve_args[@]+"${serve_args[@]}"} >"$log" 2>&1 &
 spid=$!
 stop_server() {
     if kill -0 "$spid" 2>/dev/null; then
