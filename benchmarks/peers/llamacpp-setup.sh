@@ -111,6 +111,7 @@ if [ ! -f "$stamp_venv" ]; then
     touch "$stamp_venv"
 fi
 
-echo "LLAMA_BIN=$bdir/bin"
-echo "PEERS_PYTHON=$venv/bin/python"
-echo "BUILD_INFO=$(cat "$stamp_build")"
+# shell-quoted, for eval "$(llamacpp-setup.sh)"
+printf 'LLAMA_BIN=%q\n' "$bdir/bin"
+printf 'PEERS_PYTHON=%q\n' "$venv/bin/python"
+printf 'BUILD_INFO=%q\n' "$(cat "$stamp_build")"
