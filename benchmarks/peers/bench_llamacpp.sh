@@ -14,10 +14,21 @@
 #   -p N            prompt tokens (prefill test; default 128)
 #   -n N            generated tokens (decode test; default 64)
 #   -t LIST         thread counts, comma separated (default 1,2)
-#   -d N            context depth before the tests (llama-bench -d; default 0)
+#   -d N            context depth of the decode test (llama-bench -d; default
+#                   P, like tpmpi's decode after a P-token prompt; the prefill
+#                   test always starts from an empty context)
 #   -r N            repetitions (default 5)
 #   --types LIST    GGUF types (default f32,f16,q8_0)
 #   --out DIR       output folder (default benchmarks/peers.d/llamacpp-<UTC time>)
+#   --with-tpmpi    also time tpmpi --mode=serve (1 rank, each thread count) on
+#                   the same checkpoints with the same P, N and R
+#                   (bench_tpmpi_serve.py), into OUT/tpmpi.tsv, and write
+#                   OUT/ratios.tsv: tpmpi / llama.cpp for fp32-F32, bf16-F16,
+#                   int8-Q8_0
+#   --tpmpi-dtypes LIST  serving dtypes for --with-tpmpi (default fp32; bf16 and
+#                   int8 are passed as --serve-dtype=..., fp32 passes nothing)
+#   --tpmpi-ranks LIST   rank counts for --with-tpmpi (default 1); a ratio pairs
+#                   R ranks x T threads with llama.cpp at R*T threads
 # Environment: TPMPI, MPIRUN, PEERS_CACHE as for check_gguf.sh.
 # A benchmark, not part of scripts/test.
 set -euo pipefail
@@ -27,7 +38,7 @@ root=$(cd "$here/../.." && pwd)
 cache=${PEERS_CACHE:-$root/build/peers}
 TPMPI=${TPMPI:-$root/build/tpmpi}
 MPIRUN=${MPIRUN:-mpirun}
-ckpts=() p=128 n=64 threads=1,2 depth=0 reps=5 types=f32,f16,q8_0 out=
+ckpts=() p=128 n=64 threads=1,2 depth='' reps=5 types=f32,f16,q8_0 out='' with_tpmpi=0 dtypes=fp32 ranks=1
 
 usage() { echo "bench_llamacpp: $*" >&2; exit 2; }
 need_arg() { [ "$1" -ge 2 ] || usage "$2 needs a value"; }
@@ -44,19 +55,31 @@ while [ $# -gt 0 ]; do
         --types=*) types=${1#--types=}; shift ;;
         --out) need_arg $# "$1"; out=$2; shift 2 ;;
         --out=*) out=${1#--out=}; shift ;;
-        -h|--help) sed -n '3,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --with-tpmpi) with_tpmpi=1; shift ;;
+        --tpmpi-dtypes) need_arg $# "$1"; dtypes=$2; shift 2 ;;
+        --tpmpi-dtypes=*) dtypes=${1#--tpmpi-dtypes=}; shift ;;
+        --tpmpi-ranks) need_arg $# "$1"; ranks=$2; shift 2 ;;
+        --tpmpi-ranks=*) ranks=${1#--tpmpi-ranks=}; shift ;;
+        -h|--help) sed -n '3,33p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) usage "unknown argument '$1' (try --help)" ;;
     esac
 done
 for v in p n reps; do
     case ${!v} in ''|*[!0-9]*|0) usage "-$v must be a positive integer, got '${!v}'" ;; esac
 done
+depth=${depth:-$p}
 case $depth in ''|*[!0-9]*) usage "-d must be a non-negative integer, got '$depth'" ;; esac
 case $threads in ''|*[!0-9,]*|,*|*,|*,,*) usage "-t must be a comma list of thread counts, got '$threads'" ;; esac
 case ,$threads, in *,0,*) usage "-t: a thread count must be positive" ;; esac
+case $ranks in ''|*[!0-9,]*|,*|*,|*,,*) usage "--tpmpi-ranks must be a comma list of rank counts, got '$ranks'" ;; esac
+case ,$ranks, in *,0,*) usage "--tpmpi-ranks: a rank count must be positive" ;; esac
 for t in ${types//,/ }; do
     case $t in f32|f16|q8_0) ;; *) usage "--types: unknown type '$t' (f32, f16, q8_0)" ;; esac
 done
+for d in ${dtypes//,/ }; do
+    case $d in fp32|bf16|int8) ;; *) usage "--tpmpi-dtypes: unknown dtype '$d' (fp32, bf16, int8)" ;; esac
+done
+[ "$with_tpmpi" = 0 ] || [ -x "$TPMPI" ] || usage "--with-tpmpi: no tpmpi binary at $TPMPI"
 out=${out:-$root/benchmarks/peers.d/llamacpp-$(date -u +%Y%m%dT%H%M%SZ)}
 mkdir -p "$out"
 
@@ -94,7 +117,7 @@ if [ ${#ckpts[@]} -eq 0 ]; then
 fi
 
 tsv=$out/llamacpp.tsv
-printf 'model\tfile\ttype\tthreads\tn_prompt\tn_gen\tdepth\tprompt_tok_s\tprompt_sd\tdecode_tok_s\tdecode_sd\n' >"$tsv"
+printf 'model\tfile\ttype\tthreads\tn_prompt\tn_gen\tdecode_depth\tprompt_tok_s\tprompt_sd\tdecode_tok_s\tdecode_sd\n' >"$tsv"
 {
     echo "llama.cpp: $BUILD_INFO"
     echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
@@ -109,10 +132,22 @@ for ck in "${ckpts[@]}"; do
     for t in ${types//,/ }; do
         g=$cache/gguf/$name-$t.gguf
         j=$out/llamacpp-$name-$t.json
-        echo "bench_llamacpp: $name $t: llama-bench -p $p -n $n -t $threads -d $depth -r $reps" >&2
-        "$LLAMA_BIN/llama-bench" -m "$g" -p "$p" -n "$n" -t "$threads" -d "$depth" -r "$reps" \
-            -o json >"$j" 2>"$out/llamacpp-$name-$t.err" \
-            || { tail -5 "$out/llamacpp-$name-$t.err" >&2; echo "bench_llamacpp: llama-bench failed on $g" >&2; exit 1; }
+        echo "bench_llamacpp: $name $t: llama-bench -p $p -n 0 -d 0, -p 0 -n $n -d $depth; -t $threads -r $reps" >&2
+        for test in "-p $p -n 0 -d 0" "-p 0 -n $n -d $depth"; do
+            # shellcheck disable=SC2086
+            "$LLAMA_BIN/llama-bench" -m "$g" $test -t "$threads" -r "$reps" -o json \
+                2>>"$out/llamacpp-$name-$t.err" \
+                || { tail -5 "$out/llamacpp-$name-$t.err" >&2; echo "bench_llamacpp: llama-bench failed on $g" >&2; exit 1; }
+        done | python3 -c 'import json, sys
+dec = json.JSONDecoder(); s = sys.stdin.read(); i = 0; rows = []
+while True:
+    while i < len(s) and s[i].isspace():
+        i += 1
+    if i >= len(s):
+        break
+    v, i = dec.raw_decode(s, i)
+    rows += v
+json.dump(rows, sys.stdout, indent=1)' >"$j"
         python3 - "$j" "$name" "$g" "$t" "$p" "$n" "$depth" >>"$tsv" <<'EOF'
 import json, os, sys
 path, name, gguf, typ, p, n, depth = sys.argv[1:]
@@ -133,3 +168,81 @@ EOF
 done
 echo "bench_llamacpp: wrote $tsv" >&2
 column -t -s $'\t' "$tsv"
+[ "$with_tpmpi" = 1 ] || exit 0
+
+# tpmpi on the same checkpoints: one server per (checkpoint, threads, dtype)
+ttsv=$out/tpmpi.tsv
+printf 'model\tdtype\tranks\tthreads\tn_prompt\tn_gen\tprompt_tok_s\tprompt_sd\tdecode_tok_s\tdecode_sd\tstopped_early\n' >"$ttsv"
+spid='' failures=0
+stop_server() {
+    [ -n "$spid" ] || return 0
+    kill -TERM "$spid" 2>/dev/null || true
+    for _ in $(seq 100); do kill -0 "$spid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$spid" 2>/dev/null || true
+    wait "$spid" 2>/dev/null || true
+    spid=
+}
+trap stop_server EXIT
+for ck in "${ckpts[@]}"; do
+    name=$(basename "${ck%/}" .h5)
+    V=$("$PEERS_PYTHON" "$here/to_gguf.py" --print-vocab-size "$ck")
+    for np in ${ranks//,/ }; do
+    for th in ${threads//,/ }; do
+        for d in ${dtypes//,/ }; do
+            dopt=()
+            [ "$d" = fp32 ] || dopt=("--serve-dtype=$d")
+            port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+            log=$out/tpmpi-$name-$d-r$np-t$th.log
+            echo "bench_llamacpp: tpmpi serve $name $d $np rank(s) x $th thread(s)" >&2
+            "$MPIRUN" --oversubscribe -np "$np" "$TPMPI" --mode=serve --ckpt="$ck" --threads="$th" --parallel=1 \
+                --host=127.0.0.1 --port="$port" ${dopt[@]+"${dopt[@]}"} >"$log" 2>&1 &
+            spid=$!
+            ok=0
+            for _ in $(seq 1200); do
+                [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/health" || true)" = 200 ] && { ok=1; break; }
+                kill -0 "$spid" 2>/dev/null || break
+                sleep 0.1
+            done
+            if [ "$ok" = 0 ]; then
+                tail -3 "$log" >&2
+                echo "bench_llamacpp: tpmpi serve did not start ($name $d), see $log" >&2
+                failures=$((failures + 1))
+                stop_server
+                continue
+            fi
+            r=$(python3 "$here/bench_tpmpi_serve.py" --url="http://127.0.0.1:$port" -p "$p" -n "$n" \
+                -r "$reps" --vocab="$V") || {
+                echo "bench_llamacpp: tpmpi request failed ($name $d)" >&2
+                failures=$((failures + 1)); stop_server; continue; }
+            stop_server
+            python3 -c 'import json, sys
+r = json.loads(sys.argv[1])
+print("\t".join(sys.argv[2:] + [f"{r[k]:.1f}" for k in ("prompt_tok_s", "prompt_sd", "decode_tok_s", "decode_sd")]
+                 + [str(r["stopped_early"])]))' "$r" "$name" "$d" "$np" "$th" "$p" "$n" >>"$ttsv"
+        done
+    done
+    done
+done
+echo "bench_llamacpp: wrote $ttsv" >&2
+column -t -s $'\t' "$ttsv"
+python3 - "$tsv" "$ttsv" >"$out/ratios.tsv" <<'EOF'
+import csv, sys
+pair = {"fp32": "f32", "bf16": "f16", "int8": "q8_0"}
+ll = {(r["model"], r["type"], r["threads"]): r for r in csv.DictReader(open(sys.argv[1]), delimiter="\t")}
+print("model\ttpmpi\tllama.cpp\tranks\tthreads\tllama_threads\tprefill_ratio\tdecode_ratio")
+for r in csv.DictReader(open(sys.argv[2]), delimiter="\t"):
+    lt = str(int(r["ranks"]) * int(r["threads"]))
+    l = ll.get((r["model"], pair[r["dtype"]], lt))
+    if not l:
+        continue
+    pr = float(r["prompt_tok_s"]) / float(l["prompt_tok_s"])
+    dr = float(r["decode_tok_s"]) / float(l["decode_tok_s"])
+    print(f"{r['model']}\t{r['dtype']}\t{pair[r['dtype']]}\t{r['ranks']}\t{r['threads']}\t{lt}\t"
+          f"{pr:.2f}\t{dr:.2f}")
+EOF
+echo "bench_llamacpp: wrote $out/ratios.tsv (tpmpi / llama.cpp)" >&2
+column -t -s $'\t' "$out/ratios.tsv"
+if [ "$failures" -gt 0 ]; then
+    echo "bench_llamacpp: $failures tpmpi configuration(s) failed (see the logs in $out)" >&2
+    exit 1
+fi

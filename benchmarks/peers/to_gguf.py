@@ -224,6 +224,8 @@ def main(argv):
     ap.add_argument("--out-dir", default=".", help="where to write NAME-TYPE.gguf (default .)")
     ap.add_argument("--name", default=None, help="file name prefix (default: the checkpoint's stem)")
     ap.add_argument("--types", default="f32,f16,q8_0", help="comma list of f32,f16,q8_0 (default all)")
+    ap.add_argument("--print-vocab-size", action="store_true",
+                    help="print the checkpoint's vocabulary size V and write nothing")
     a = ap.parse_args(argv)
 
     kinds = [k.strip().lower() for k in a.types.split(",") if k.strip()]
@@ -234,6 +236,9 @@ def main(argv):
         raise InputError("--types is empty")
     path = resolve(a.ckpt)
     f = load(path)
+    if a.print_vocab_size:
+        print(int(f.attrs["vocab_size"]))
+        return 0
     L, NH, C = (int(f.attrs[k]) for k in ("n_layer", "n_head", "n_embd"))
     V, n_ctx = int(f.attrs["vocab_size"]), int(f.attrs["n_ctx"])
     tV, merges = read_tokenizer(f["tokenizer"][()].tobytes())
