@@ -27,8 +27,9 @@
 #                   int8-Q8_0
 #   --tpmpi-dtypes LIST  serving dtypes for --with-tpmpi (default fp32; bf16 and
 #                   int8 are passed as --serve-dtype=..., fp32 passes nothing)
-#   --tpmpi-ranks LIST   rank counts for --with-tpmpi (default 1); a ratio pairs
-#                   R ranks x T threads with llama.cpp at R*T threads
+#   --tpmpi-ranks LIST   rank counts for --with-tpmpi (default 1): for each
+#                   core count T of -t, tpmpi runs R ranks x T/R threads for
+#                   every R dividing T, right after llama.cpp at T threads
 # Environment: TPMPI, MPIRUN, PEERS_CACHE as for check_gguf.sh.
 # A benchmark, not part of scripts/test.
 set -euo pipefail
@@ -126,19 +127,21 @@ printf 'model\tfile\ttype\tthreads\tn_prompt\tn_gen\tdecode_depth\tprompt_tok_s\
     echo "args: -p $p -n $n -t $threads -d $depth -r $reps"
 } >"$out/env.txt"
 
-for ck in "${ckpts[@]}"; do
-    name=$(basename "${ck%/}" .h5)
-    "$PEERS_PYTHON" "$here/to_gguf.py" "$ck" --out-dir="$cache/gguf" --name="$name" --types="$types" >/dev/null
-    for t in ${types//,/ }; do
-        g=$cache/gguf/$name-$t.gguf
-        j=$out/llamacpp-$name-$t.json
-        echo "bench_llamacpp: $name $t: llama-bench -p $p -n 0 -d 0, -p 0 -n $n -d $depth; -t $threads -r $reps" >&2
-        for test in "-p $p -n 0 -d 0" "-p 0 -n $n -d $depth"; do
-            # shellcheck disable=SC2086
-            "$LLAMA_BIN/llama-bench" -m "$g" $test -t "$threads" -r "$reps" -o json \
-                2>>"$out/llamacpp-$name-$t.err" \
-                || { tail -5 "$out/llamacpp-$name-$t.err" >&2; echo "bench_llamacpp: llama-bench failed on $g" >&2; exit 1; }
-        done | python3 -c 'import json, sys
+ttsv=$out/tpmpi.tsv
+[ "$with_tpmpi" = 0 ] || printf 'model\tdtype\tranks\tthreads\tn_prompt\tn_gen\tprompt_tok_s\tprompt_sd\tdecode_tok_s\tdecode_sd\tstopped_early\n' >"$ttsv"
+
+# llama_one NAME TYPE T: llama-bench prefill (depth 0) and decode (depth -d) at T threads
+llama_one() {
+    local name=$1 t=$2 th=$3 g j
+    g=$cache/gguf/$name-$t.gguf
+    j=$out/llamacpp-$name-$t-t$th.json
+    echo "bench_llamacpp: llama.cpp $name $t $th thread(s): -p $p -n 0 -d 0, -p 0 -n $n -d $depth, -r $reps" >&2
+    for test in "-p $p -n 0 -d 0" "-p 0 -n $n -d $depth"; do
+        # shellcheck disable=SC2086
+        "$LLAMA_BIN/llama-bench" -m "$g" $test -t "$th" -r "$reps" -o json \
+            2>>"$out/llamacpp-$name-$t.err" \
+            || { tail -5 "$out/llamacpp-$name-$t.err" >&2; echo "bench_llamacpp: llama-bench failed on $g" >&2; exit 1; }
+    done | python3 -c 'import json, sys
 dec = json.JSONDecoder(); s = sys.stdin.read(); i = 0; rows = []
 while True:
     while i < len(s) and s[i].isspace():
@@ -148,7 +151,7 @@ while True:
     v, i = dec.raw_decode(s, i)
     rows += v
 json.dump(rows, sys.stdout, indent=1)' >"$j"
-        python3 - "$j" "$name" "$g" "$t" "$p" "$n" "$depth" >>"$tsv" <<'EOF'
+    python3 - "$j" "$name" "$g" "$t" "$p" "$n" "$depth" >>"$tsv" <<'EOF'
 import json, os, sys
 path, name, gguf, typ, p, n, depth = sys.argv[1:]
 rows = {}
@@ -164,15 +167,8 @@ for th in sorted(rows):
     print(f"{name}\t{os.path.basename(gguf)}\t{typ}\t{th}\t{p}\t{n}\t{depth}\t"
           f"{pp[0]:.1f}\t{pp[1]:.1f}\t{tg[0]:.1f}\t{tg[1]:.1f}")
 EOF
-    done
-done
-echo "bench_llamacpp: wrote $tsv" >&2
-column -t -s $'\t' "$tsv"
-[ "$with_tpmpi" = 1 ] || exit 0
+}
 
-# tpmpi on the same checkpoints: one server per (checkpoint, threads, dtype)
-ttsv=$out/tpmpi.tsv
-printf 'model\tdtype\tranks\tthreads\tn_prompt\tn_gen\tprompt_tok_s\tprompt_sd\tdecode_tok_s\tdecode_sd\tstopped_early\n' >"$ttsv"
 spid='' failures=0
 stop_server() {
     [ -n "$spid" ] || return 0
@@ -183,46 +179,66 @@ stop_server() {
     spid=
 }
 trap stop_server EXIT
-for ck in "${ckpts[@]}"; do
-    name=$(basename "${ck%/}" .h5)
-    V=$("$PEERS_PYTHON" "$here/to_gguf.py" --print-vocab-size "$ck")
-    for np in ${ranks//,/ }; do
-    for th in ${threads//,/ }; do
-        for d in ${dtypes//,/ }; do
-            dopt=()
-            [ "$d" = fp32 ] || dopt=("--serve-dtype=$d")
-            port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-            log=$out/tpmpi-$name-$d-r$np-t$th.log
-            echo "bench_llamacpp: tpmpi serve $name $d $np rank(s) x $th thread(s)" >&2
-            "$MPIRUN" --oversubscribe -np "$np" "$TPMPI" --mode=serve --ckpt="$ck" --threads="$th" --parallel=1 \
-                --host=127.0.0.1 --port="$port" ${dopt[@]+"${dopt[@]}"} >"$log" 2>&1 &
-            spid=$!
-            ok=0
-            for _ in $(seq 1200); do
-                [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/health" || true)" = 200 ] && { ok=1; break; }
-                kill -0 "$spid" 2>/dev/null || break
-                sleep 0.1
-            done
-            if [ "$ok" = 0 ]; then
-                tail -3 "$log" >&2
-                echo "bench_llamacpp: tpmpi serve did not start ($name $d), see $log" >&2
-                failures=$((failures + 1))
-                stop_server
-                continue
-            fi
-            r=$(python3 "$here/bench_tpmpi_serve.py" --url="http://127.0.0.1:$port" -p "$p" -n "$n" \
-                -r "$reps" --vocab="$V") || {
-                echo "bench_llamacpp: tpmpi request failed ($name $d)" >&2
-                failures=$((failures + 1)); stop_server; continue; }
-            stop_server
-            python3 -c 'import json, sys
+
+# tpmpi_one CKPT NAME V DTYPE RANKS THREADS: one server, bench_tpmpi_serve.py, stop
+tpmpi_one() {
+    local ck=$1 name=$2 V=$3 d=$4 np=$5 th=$6 port log ok r dopt=()
+    [ "$d" = fp32 ] || dopt=("--serve-dtype=$d")
+    port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    log=$out/tpmpi-$name-$d-r$np-t$th.log
+    echo "bench_llamacpp: tpmpi serve $name $d $np rank(s) x $th thread(s)" >&2
+    "$MPIRUN" --oversubscribe -np "$np" "$TPMPI" --mode=serve --ckpt="$ck" --threads="$th" --parallel=1 \
+        --host=127.0.0.1 --port="$port" ${dopt[@]+"${dopt[@]}"} >"$log" 2>&1 &
+    spid=$!
+    ok=0
+    for _ in $(seq 1200); do
+        [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/health" || true)" = 200 ] && { ok=1; break; }
+        kill -0 "$spid" 2>/dev/null || break
+        sleep 0.1
+    done
+    if [ "$ok" = 0 ]; then
+        tail -3 "$log" >&2
+        echo "bench_llamacpp: tpmpi serve did not start ($name $d), see $log" >&2
+        failures=$((failures + 1))
+        stop_server
+        return 0
+    fi
+    if ! r=$(python3 "$here/bench_tpmpi_serve.py" --url="http://127.0.0.1:$port" -p "$p" -n "$n" \
+            -r "$reps" --vocab="$V"); then
+        echo "bench_llamacpp: tpmpi request failed ($name $d)" >&2
+        failures=$((failures + 1))
+        stop_server
+        return 0
+    fi
+    stop_server
+    python3 -c 'import json, sys
 r = json.loads(sys.argv[1])
 print("\t".join(sys.argv[2:] + [f"{r[k]:.1f}" for k in ("prompt_tok_s", "prompt_sd", "decode_tok_s", "decode_sd")]
                  + [str(r["stopped_early"])]))' "$r" "$name" "$d" "$np" "$th" "$p" "$n" >>"$ttsv"
+}
+
+# Interleaved, so that both sides see the same load: per checkpoint and per
+# core count T, llama.cpp at T threads, then tpmpi at every R ranks x T/R threads.
+for ck in "${ckpts[@]}"; do
+    name=$(basename "${ck%/}" .h5)
+    "$PEERS_PYTHON" "$here/to_gguf.py" "$ck" --out-dir="$cache/gguf" --name="$name" --types="$types" >/dev/null
+    V=$("$PEERS_PYTHON" "$here/to_gguf.py" --print-vocab-size "$ck")
+    for T in ${threads//,/ }; do
+        for t in ${types//,/ }; do
+            llama_one "$name" "$t" "$T"
+        done
+        [ "$with_tpmpi" = 1 ] || continue
+        for np in ${ranks//,/ }; do
+            [ $((T % np)) = 0 ] || continue
+            for d in ${dtypes//,/ }; do
+                tpmpi_one "$ck" "$name" "$V" "$d" "$np" $((T / np))
+            done
         done
     done
-    done
 done
+echo "bench_llamacpp: wrote $tsv" >&2
+column -t -s $'\t' "$tsv"
+[ "$with_tpmpi" = 1 ] || exit 0
 echo "bench_llamacpp: wrote $ttsv" >&2
 column -t -s $'\t' "$ttsv"
 python3 - "$tsv" "$ttsv" >"$out/ratios.tsv" <<'EOF'
