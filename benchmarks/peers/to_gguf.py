@@ -147,6 +147,14 @@ def load(path):
     if int(f.attrs["format_version"]) != 1:
         raise InputError(f"{path} has checkpoint format version {int(f.attrs['format_version'])}, "
                          "this converter reads version 1")
+    arch = f.attrs.get("arch", b"gpt2")
+    try:
+        arch = (json.loads(f.attrs["config_json"]).get("arch") or arch) if "config_json" in f.attrs else arch
+    except ValueError:
+        pass
+    arch = arch.decode() if isinstance(arch, bytes) else str(arch)
+    if arch not in ("gpt2", ""):
+        raise InputError(f"{path} is a '{arch}' checkpoint; this converter writes GPT-2 only")
     if "tokenizer" not in f:
         raise InputError(f"{path} has no tokenizer (trained on llm.c shards?): llama.cpp needs one")
     return f
