@@ -14,6 +14,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "base/file.h"
 #include "base/mem.h"
 #include "ckpt/ckpt.h"
 #include "zero3/shard.h"
@@ -394,25 +395,10 @@ tpm_status_t tpm_ckpt_export_llmc(tpm_comm_t *comm, const char *ckpt_path, const
             }
         }
     }
-    if (writer && wstatus == TPM_OK) {
-        if (fflush(f) != 0 || fsync(fileno(f)) != 0) {
-            tpm_log_error("write %s failed: %s", tmp_path, strerror(errno));
-            wstatus = TPM_ERR_IO;
-        }
-    }
     if (f != NULL) {
-        if (fclose(f) != 0 && wstatus == TPM_OK) {
-            tpm_log_error("write %s failed: %s", tmp_path, strerror(errno));
-            wstatus = TPM_ERR_IO;
-        }
-        f = NULL;
-        if (wstatus == TPM_OK && rename(tmp_path, out_path) != 0) {
-            tpm_log_error("rename %s -> %s failed: %s", tmp_path, out_path, strerror(errno));
-            wstatus = TPM_ERR_IO;
-        }
-        if (wstatus != TPM_OK) {
-            unlink(tmp_path);
-        }
+        /* fsync, rename, fsync of the folder; deletes the temporary on any failure */
+        wstatus = tpm_file_commit(f, tmp_path, out_path, wstatus);
+        f       = NULL;
     }
     status = tpm_ckpt_agree(comm, wstatus);
     if (status == TPM_OK) {
