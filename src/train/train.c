@@ -620,8 +620,13 @@ tpm_status_t tpm_train_run(const tpm_config_t *cfg, tpm_comm_t *comm)
         }
         rs.step = step + 1;
         rs.tokens_seen += (int64_t)tokens_per_step;
-        if (cfg->ckpt_dir[0] != '\0' && cfg->ckpt_every > 0 && rs.step % cfg->ckpt_every == 0) {
-            TPM_CHECK_GOTO(ckpt_write(cfg, z, &d, &rs), status, out);
+        if (cfg->ckpt_dir[0] != '\0' && cfg->ckpt_every > 0 && rs.step % cfg->ckpt_every == 0 &&
+            ckpt_write(cfg, z, &d, &rs) != TPM_OK) {
+            /* agreed on every rank; the state is intact in memory: try again next interval */
+            int64_t next = rs.step + cfg->ckpt_every;
+            tpm_log_error("the checkpoint of step %lld failed (above): training goes on, the "
+                          "next attempt is at step %lld",
+                          (long long)rs.step, (long long)(next < cfg->steps ? next : cfg->steps));
         }
         {
             /* a signal may reach only some ranks: agree on it before anyone acts */
