@@ -887,6 +887,13 @@ static tpm_status_t meta_read(tpm_comm_t *c, hid_t file, hid_t dxpl, tpm_ckpt_me
     m->seq_len    = i32[9];
     TPM_CHECK(attr_read(c, file, "step", H5T_NATIVE_INT64, &m->step));
     TPM_CHECK(attr_read(c, file, "tokens_seen", H5T_NATIVE_INT64, &m->tokens_seen));
+    if (m->step < 0 || m->tokens_seen < 0) {
+        /* every rank read the same attributes: the same verdict everywhere */
+        tpm_log_error("%s: step %lld, tokens_seen %lld: negative counts, the file is damaged or "
+                      "was not written by tpmpi",
+                      ck_ctx, (long long)m->step, (long long)m->tokens_seen);
+        return TPM_ERR_FORMAT;
+    }
     TPM_CHECK(attr_read(c, file, "seed", H5T_NATIVE_UINT64, &m->seed));
     TPM_CHECK(attr_read(c, file, "lr", H5T_NATIVE_DOUBLE, &m->lr));
     {
