@@ -4,6 +4,7 @@
 #  - a real full disk: a tmpfs of 8 MiB where the first checkpoint fits and the next ones do
 #    not. The free-space probe refuses them with a message on every rank, training goes on,
 #    and the run ends with exit 1 because its final checkpoint could not be written;
+#  - --metrics on a full disk is an error;
 #  - write errors below MPI-IO and HDF5: the LD_PRELOAD shim tests/shim/failwrite.so fails
 #    pwrite/pwritev/write to *.h5.tmp after K bytes per rank (ENOSPC and EIO), on a run that
 #    resumes from a good checkpoint.
@@ -66,6 +67,14 @@ if mount -t tmpfs -o size=8M tmpfs "$mnt" 2>/dev/null; then
             check 1 "tmpfs N=$np: no temporary left behind"
         ran=1
     done
+    # --metrics on a full disk: an error (exit 1), not an empty file and exit 0
+    rm -rf "${mnt:?}"/*
+    dd if=/dev/zero of="$mnt/fill" bs=64k 2>/dev/null
+    timeout 120 $MPIRUN -np 2 "$TPMPI" $common --steps=3 --metrics="$mnt/m.jsonl" \
+        >"$dir/metrics_full.log" 2>&1
+    rc=$?
+    check "$([ "$rc" -eq 1 ] && grep -q 'writing metrics file .* failed: No space left' "$dir/metrics_full.log" && echo 1 || echo 0)" \
+        "--metrics on a full disk: the failure is named, exit status 1 (got $rc)"
     umount "$mnt"
     trap - EXIT INT TERM
 else

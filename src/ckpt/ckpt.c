@@ -1244,7 +1244,7 @@ static uint64_t expected_bytes(const tpm_zero3_t *z, const tpm_ckpt_meta_t *meta
  */
 static tpm_status_t space_probe(const char *tmp, uint64_t need)
 {
-    int          fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    int          fd     = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
     tpm_status_t status = TPM_OK;
 
     if (fd < 0) {
@@ -1289,8 +1289,7 @@ static tpm_status_t space_probe(const char *tmp, uint64_t need)
  * "latest" are untouched, and the next run deletes the temporary. A full disk is found before
  * any of this by space_probe, where the ranks can agree and training goes on.
  */
-static void write_failed(tpm_status_t status, const char *tmp)
-    __attribute__((noreturn));
+static void write_failed(tpm_status_t status, const char *tmp) __attribute__((noreturn));
 
 static void write_failed(tpm_status_t status, const char *tmp)
 {
@@ -1323,12 +1322,12 @@ static void close_written(hid_t file, const char *tmp)
 static tpm_status_t verify_written(tpm_zero3_t *z, const char *tmp, const uint64_t *want,
                                    size_t n_ds, const tpm_ckpt_meta_t *meta)
 {
-    tpm_comm_t  *c = z->comm;
-    tpm_ckpt_t  *ck = NULL;
+    tpm_comm_t  *c   = z->comm;
+    tpm_ckpt_t  *ck  = NULL;
     uint64_t    *got = NULL, *stored = NULL;
     int64_t     *limbs = NULL;
-    float       *buf = NULL;
-    size_t       d = 0;
+    float       *buf   = NULL;
+    size_t       d     = 0;
     tpm_status_t status, pending = TPM_OK;
 
     status = tpm_ckpt_open(c, tmp, &ck);
@@ -1357,7 +1356,7 @@ static tpm_status_t verify_written(tpm_zero3_t *z, const char *tmp, const uint64
             for (int t = 0; t < g->n_tensors; t++, d++) {
                 const tpm_shard_tensor_t *st   = &g->t[t];
                 const int64_t             cols = st->desc.cols;
-                const int64_t per = (int64_t)(CK_VERIFY_CHUNK / ((size_t)cols * sizeof(float)));
+                const int64_t per  = (int64_t)(CK_VERIFY_CHUNK / ((size_t)cols * sizeof(float)));
                 int64_t       rows = st->desc.rows, fcols = cols, row0, nrows;
                 char          name[CK_NAME_MAX];
                 hid_t         ds;
@@ -1372,11 +1371,11 @@ static tpm_status_t verify_written(tpm_zero3_t *z, const char *tmp, const uint64
                 }
                 status = ck_agree_io(c, local, pending);
                 /* the same number of collective reads on every rank: rows_per_rank is global */
-                for (int64_t k = 0; status == TPM_OK && k < st->rows_per_rank;
-                     k += per > 0 ? per : 1) {
+                for (int64_t k = 0;
+                     status == TPM_OK && k<st->rows_per_rank; k += per> 0 ? per : 1) {
                     int64_t  n = nrows - k;
                     ck_sel_t sel;
-                    n = n < 0 ? 0 : n > per ? per : n;
+                    n      = n < 0 ? 0 : n > per ? per : n;
                     local  = sel_rows(ds, row0 + k, n, cols, buf, &sel);
                     status = ck_agree_io(c, local, pending);
                     if (status == TPM_OK) {
@@ -1417,10 +1416,10 @@ static tpm_status_t verify_written(tpm_zero3_t *z, const char *tmp, const uint64
     }
     if (status == TPM_OK && meta->tokenizer != NULL && meta->tokenizer_len > 0) {
         /* the tokenizer: rank 0 reads it whole, the others take part with no rows */
-        hid_t    ds;
-        int64_t  rows = (int64_t)meta->tokenizer_len, cols = 1;
-        int64_t  n = c->rank == 0 ? rows : 0;
-        void    *tb = NULL;
+        hid_t   ds;
+        int64_t rows = (int64_t)meta->tokenizer_len, cols = 1;
+        int64_t n  = c->rank == 0 ? rows : 0;
+        void   *tb = NULL;
 
         set_ctx("verifying checkpoint", tmp, "/tokenizer");
         status = tpm_ckpt_agree(c, tpm_malloc(meta->tokenizer_len, &tb));
@@ -1435,7 +1434,7 @@ static tpm_status_t verify_written(tpm_zero3_t *z, const char *tmp, const uint64
         }
         if (status == TPM_OK && c->rank == 0 &&
             (tpm_ckpt_row_hash(0, tb, meta->tokenizer_len) !=
-                 tpm_ckpt_row_hash(0, meta->tokenizer, meta->tokenizer_len))) {
+             tpm_ckpt_row_hash(0, meta->tokenizer, meta->tokenizer_len))) {
             tpm_log_error("checkpoint %s: the tokenizer reads back differently from what was "
                           "written: a write was lost; the file is not used",
                           tmp);
@@ -1471,7 +1470,7 @@ tpm_status_t tpm_ckpt_save(tpm_zero3_t *z, const char *path, const tpm_ckpt_meta
     float       *stage = NULL;
     size_t       d = 0, n_open = 0;
     tpm_status_t status = TPM_OK;
-    double       t0 = tpm_time_now(), bytes;
+    double       t0     = tpm_time_now(), bytes;
 
     h5_quiet();
     ck_reading = 0;

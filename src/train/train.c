@@ -735,7 +735,11 @@ tpm_status_t tpm_train_run(const tpm_config_t *cfg, tpm_comm_t *comm)
 out:
     stop_handlers_restore(&old_term, &old_usr1, &old_int);
     free(rs.json);
-    tpm_metrics_close(&metrics);
+    {
+        /* rank 0 only: after the last collective, so the other ranks are not left waiting */
+        tpm_status_t ms = tpm_metrics_close(&metrics);
+        status          = status != TPM_OK ? status : ms;
+    }
     tpm_free(x);
     tpm_zero3_destroy(z);
     tpm_backend_destroy(be);

@@ -22,9 +22,9 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
-static long long fw_limit = -2; /* -2: not read yet, -1: inert */
-static long long fw_done;
-static int       fw_errno = ENOSPC;
+static long long   fw_limit = -2; /* -2: not read yet, -1: inert */
+static long long   fw_done;
+static int         fw_errno = ENOSPC;
 static const char *fw_match = ".h5.tmp";
 
 static void fw_init(void)
@@ -51,7 +51,7 @@ static void fw_init(void)
 #define FW_FAIL (-1)
 static ssize_t fw_allow(int fd, size_t len)
 {
-    char link[64], path[4096];
+    char    link[64], path[4096];
     ssize_t n;
 
     fw_init();
@@ -159,7 +159,7 @@ static ssize_t fw_vec(int fd, const struct iovec *iov, int cnt, off_t off, int f
     size_t       len = iov_len(iov, cnt);
     ssize_t      a   = fw_allow(fd, len);
     struct iovec cut[64];
-    int          k   = cnt;
+    int          k = cnt;
 
     if (a == FW_FAIL) {
         errno = fw_errno;

@@ -35,8 +35,8 @@ static void put(const char *path, const char *text)
 
 static int has(const char *path, const char *text)
 {
-    char  buf[256] = "";
-    FILE *f        = fopen(path, "r");
+    char   buf[256] = "";
+    FILE  *f        = fopen(path, "r");
     size_t n;
 
     if (f == NULL) {
