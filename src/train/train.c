@@ -309,8 +309,12 @@ static void on_stop_signal(int sig)
     stop_signal = sig;
 }
 
-/* SIGTERM and SIGUSR1 (Slurm's warning before the time limit) ask for checkpoint-and-exit */
-static void stop_handlers_install(struct sigaction *old_term, struct sigaction *old_usr1)
+/*
+ * SIGTERM, SIGINT (Ctrl-C) and SIGUSR1 (Slurm's warning before the time limit) ask for
+ * checkpoint-and-exit
+ */
+static void stop_handlers_install(struct sigaction *old_term, struct sigaction *old_usr1,
+                                  struct sigaction *old_int)
 {
     struct sigaction sa;
 
@@ -321,13 +325,16 @@ static void stop_handlers_install(struct sigaction *old_term, struct sigaction *
     stop_signal = 0;
     sigaction(SIGTERM, &sa, old_term);
     sigaction(SIGUSR1, &sa, old_usr1);
+    sigaction(SIGINT, &sa, old_int);
 }
 
 static void stop_handlers_restore(const struct sigaction *old_term,
-                                  const struct sigaction *old_usr1)
+                                  const struct sigaction *old_usr1,
+                                  const struct sigaction *old_int)
 {
     sigaction(SIGTERM, old_term, NULL);
     sigaction(SIGUSR1, old_usr1, NULL);
+    sigaction(SIGINT, old_int, NULL);
 }
 
 /* the resolved configuration as a JSON string, secrets blanked; caller frees with free() */
@@ -439,7 +446,25 @@ static tpm_status_t init_state(const tpm_config_t *cfg, tpm_zero3_t *z, const da
         return TPM_ERR_INVALID_ARG;
     }
     if (cfg->ckpt_dir[0] != '\0' && comm->rank == 0) {
+        struct stat st;
         status = mkdir_p(cfg->ckpt_dir);
+        /* found now, not at the first checkpoint after hours of training */
+        if (status == TPM_OK && (stat(cfg->ckpt_dir, &st) != 0 || !S_ISDIR(st.st_mode))) {
+            tpm_log_error("--ckpt-dir=%s is not a directory", cfg->ckpt_dir);
+            status = TPM_ERR_INVALID_ARG;
+        } else if (status == TPM_OK && access(cfg->ckpt_dir, W_OK | X_OK) != 0) {
+            tpm_log_error("--ckpt-dir=%s is not writable: %s", cfg->ckpt_dir, strerror(errno));
+            status = TPM_ERR_INVALID_ARG;
+        }
+        if (status == TPM_OK && !cfg->resume &&
+            tpm_ckpt_find_latest(cfg->ckpt_dir, path, sizeof(path)) == TPM_OK) {
+            /* a fresh run would overwrite that run's files and move "latest" backwards */
+            tpm_log_error("--ckpt-dir=%s already holds the checkpoints of a run (newest %s): "
+                          "continue it with --resume, or give this run another (or an emptied) "
+                          "directory",
+                          cfg->ckpt_dir, path);
+            status = TPM_ERR_INVALID_ARG;
+        }
     }
     TPM_CHECK(tpm_ckpt_agree(comm, status));
 
@@ -532,10 +557,10 @@ tpm_status_t tpm_train_run(const tpm_config_t *cfg, tpm_comm_t *comm)
     double             t_start, last_loss = 0.0, last_val = -1.0, wait0, tokens_per_step;
     int64_t            step, start_step, n_run;
     run_state_t        rs = {0, 0, -1, NULL, TPM_DATA_ORDER};
-    struct sigaction   old_term, old_usr1;
+    struct sigaction   old_term, old_usr1, old_int;
 
     memset(&d, 0, sizeof(d));
-    stop_handlers_install(&old_term, &old_usr1);
+    stop_handlers_install(&old_term, &old_usr1, &old_int);
     TPM_CHECK_GOTO(data_load(cfg, comm, &d), status, out);
     status = model_config_from(cfg, &d, &mc);
     TPM_CHECK_GOTO(tpm_comm_agree(comm, status), status, out);
@@ -578,6 +603,15 @@ tpm_status_t tpm_train_run(const tpm_config_t *cfg, tpm_comm_t *comm)
     rs.json = config_json(cfg);
     status  = rs.json != NULL ? TPM_OK : TPM_ERR_NO_MEMORY;
     TPM_CHECK_GOTO(tpm_comm_agree(comm, status), status, out);
+    if (cfg->min_lr > cfg->lr) {
+        tpm_info0("warning: --min-lr=%g is above --lr=%g: the schedule rises instead of decaying",
+                  cfg->min_lr, cfg->lr);
+    }
+    if (cfg->warmup > cfg->steps) {
+        tpm_info0("warning: --warmup=%lld is longer than --steps=%lld: the learning rate never "
+                  "reaches --lr",
+                  (long long)cfg->warmup, (long long)cfg->steps);
+    }
     TPM_CHECK_GOTO(init_state(cfg, z, &d, &rs), status, out);
     start_step = rs.step;
     if (start_step >= cfg->steps) {
@@ -651,8 +685,13 @@ tpm_status_t tpm_train_run(const tpm_config_t *cfg, tpm_comm_t *comm)
         }
         rs.step = step + 1;
         rs.tokens_seen += (int64_t)tokens_per_step;
-        if (cfg->ckpt_dir[0] != '\0' && cfg->ckpt_every > 0 && rs.step % cfg->ckpt_every == 0) {
-            TPM_CHECK_GOTO(ckpt_write(cfg, z, &d, &rs), status, out);
+        if (cfg->ckpt_dir[0] != '\0' && cfg->ckpt_every > 0 && rs.step % cfg->ckpt_every == 0 &&
+            ckpt_write(cfg, z, &d, &rs) != TPM_OK) {
+            /* agreed on every rank; the state is intact in memory: try again next interval */
+            int64_t next = rs.step + cfg->ckpt_every;
+            tpm_log_error("the checkpoint of step %lld failed (above): training goes on, the "
+                          "next attempt is at step %lld",
+                          (long long)rs.step, (long long)(next < cfg->steps ? next : cfg->steps));
         }
         {
             /* a signal may reach only some ranks: agree on it before anyone acts */
@@ -690,7 +729,9 @@ tpm_status_t tpm_train_run(const tpm_config_t *cfg, tpm_comm_t *comm)
         tpm_info0("done: %lld steps, %.0f tokens in %.1f s (%.0f tok/s), final loss %.4f%s",
                   (long long)n_run, tokens_per_step * n_run, wall, tokens_per_step * n_run / wall,
                   last_loss,
-                  last_val >= 0 ? "" : " (no validation split)");
+                  last_val >= 0  ? ""
+                  : d.val.n == 0 ? " (no validation split)"
+                                 : " (stopped before the first validation)");
         if (comm->rank == 0) {
             tpm_metrics_line(
                 &metrics,
@@ -723,9 +764,13 @@ tpm_status_t tpm_train_run(const tpm_config_t *cfg, tpm_comm_t *comm)
     status = TPM_OK;
 
 out:
-    stop_handlers_restore(&old_term, &old_usr1);
+    stop_handlers_restore(&old_term, &old_usr1, &old_int);
     free(rs.json);
-    tpm_metrics_close(&metrics);
+    {
+        /* rank 0 only: after the last collective, so the other ranks are not left waiting */
+        tpm_status_t ms = tpm_metrics_close(&metrics);
+        status          = status != TPM_OK ? status : ms;
+    }
     tpm_free(x);
     tpm_zero3_destroy(z);
     tpm_backend_destroy(be);
