@@ -1401,7 +1401,7 @@ static tpm_status_t verify_written(tpm_zero3_t *z, const char *tmp, const uint64
                 hid_t         ds;
                 tpm_status_t  local;
 
-                ds_name(&z->cfg, set, gi, st->desc.name, name, sizeof(name));
+                ds_name(&z->cfg, set, gi, t, name, sizeof(name));
                 set_ctx("verifying checkpoint", tmp, name);
                 tpm_shard_rows(st, c->rank, &row0, &nrows);
                 local = ds_open_local(ck->file, name, H5T_FLOAT, &rows, &fcols, &ds);
@@ -1444,7 +1444,7 @@ static tpm_status_t verify_written(tpm_zero3_t *z, const char *tmp, const uint64
                 if (got[d] == want[d] && stored[d] == want[d]) {
                     continue;
                 }
-                ds_name(&z->cfg, set, gi, z->lay.g[gi].t[t].desc.name, name, sizeof(name));
+                ds_name(&z->cfg, set, gi, t, name, sizeof(name));
                 tpm_log_error("checkpoint %s: dataset %s reads back differently from what was "
                               "written (written %016" PRIx64 ", read %016" PRIx64
                               ", stored %016" PRIx64 "): a write was lost; the file is not used",
@@ -1598,7 +1598,7 @@ tpm_status_t tpm_ckpt_save(tpm_zero3_t *z, const char *path, const tpm_ckpt_meta
                 char                      name[CK_NAME_MAX];
                 tpm_status_t              local;
 
-                ds_name(&z->cfg, set, gi, st->desc.name, name, sizeof(name));
+                ds_name(&z->cfg, set, gi, t, name, sizeof(name));
                 set_ctx("writing checkpoint", tmp, name);
                 local = ds_create_local(file, name, H5T_IEEE_F32LE, st->desc.rows, st->desc.cols,
                                         &ds[d]);
