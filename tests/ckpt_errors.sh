@@ -112,6 +112,20 @@ else
     echo "FAIL: latest is now '$check_latest'"
 fi
 
+# --overwrite: the fresh run deletes the old run's checkpoints first and writes its own
+cp -r "$dir/good" "$dir/over"
+touch "$dir/over/notes.txt"
+expect 2 0 "overwrite: deleted .* file(s) of the previous run" $common --ckpt-dir="$dir/over" \
+    --overwrite --steps=3
+if [ "$(cat "$dir/over/latest")" = ckpt_00000003.h5 ] && [ ! -e "$dir/over/ckpt_00000012.h5" ] &&
+    [ -e "$dir/over/notes.txt" ]; then
+    pass=$((pass + 1))
+    echo "ok: --overwrite replaced the old run's checkpoints and left other files alone"
+else
+    fail=$((fail + 1))
+    echo "FAIL: --overwrite left: $(ls "$dir/over" | tr '\n' ' ')"
+fi
+
 # settings that are legal but almost certainly a mistake: a warning, and the run goes on
 expect 1 0 "warning: --min-lr=0.01 is above --lr=0.001" $common --steps=2 --lr=1e-3 --min-lr=1e-2
 expect 1 0 "warning: --warmup=50 is longer than --steps=2" $common --steps=2 --warmup=50

@@ -236,6 +236,10 @@ static const config_opt_t options[] = {
     {"resume", "TPMPI_RESUME", "0", NULL,
      "resume from the newest complete checkpoint in --ckpt-dir",
      CONFIG_GROUP_CKPT, CONFIG_TYPE_FLAG, OFF(resume), 0, 0, 1, 0, 0, 0, NULL},
+    {"overwrite", "TPMPI_OVERWRITE", "0", NULL,
+     "start afresh in a --ckpt-dir that holds another run's checkpoints: delete them first "
+     "(without it, and without --resume, such a directory is refused)",
+     CONFIG_GROUP_CKPT, CONFIG_TYPE_FLAG, OFF(overwrite), 0, 0, 1, 0, 0, 0, NULL},
     {"init-from", "TPMPI_INIT_FROM", "", "FILE",
      "start from the weights of FILE (a checkpoint, or llmc:FILE for an llm.c model file); "
      "fresh optimizer",

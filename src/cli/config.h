@@ -77,6 +77,7 @@ typedef struct tpm_config {
     int64_t ckpt_every;             /* steps between checkpoints (0 = only at the end) */
     int     keep;                   /* newest K checkpoints kept */
     int     resume;                 /* resume from the newest complete checkpoint in ckpt_dir */
+    int     overwrite;              /* a fresh run deletes the old run's checkpoints first */
     char    init_from[TPM_PATH_MAX]; /* weights only: FILE.h5 or llmc:FILE.bin */
     char    ckpt[TPM_PATH_MAX];      /* serve/export/eval: checkpoint file or directory */
     char    format[16];              /* export: llmc */

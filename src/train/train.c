@@ -14,6 +14,7 @@
  */
 #include "train/train.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <math.h>
 #include <signal.h>
@@ -426,6 +427,36 @@ static tpm_status_t ckpt_pick(tpm_comm_t *comm, const char *dir_or_file, int res
     return tpm_comm_bcast(comm, path, cap, TPM_DT_BYTE, 0);
 }
 
+/* --overwrite: delete an older run's checkpoints (ckpt_*.h5, their temporaries, latest) */
+static tpm_status_t ckpt_dir_clear(const char *dir)
+{
+    DIR           *d = opendir(dir);
+    struct dirent *e;
+    char           p[TPM_PATH_MAX + 256];
+    int            n = 0;
+    tpm_status_t   status = TPM_OK;
+
+    if (d == NULL) {
+        tpm_log_error("--overwrite: cannot read %s: %s", dir, strerror(errno));
+        return TPM_ERR_IO;
+    }
+    while ((e = readdir(d)) != NULL && status == TPM_OK) {
+        if (strcmp(e->d_name, "latest") != 0 && strncmp(e->d_name, "ckpt_", 5) != 0) {
+            continue;
+        }
+        if (snprintf(p, sizeof(p), "%s/%s", dir, e->d_name) >= (int)sizeof(p) || unlink(p) != 0) {
+            tpm_log_error("--overwrite: cannot delete %s: %s", p, strerror(errno));
+            status = TPM_ERR_IO;
+        }
+        n++;
+    }
+    closedir(d);
+    if (status == TPM_OK) {
+        tpm_log_info("--overwrite: deleted %d file(s) of the previous run in %s", n, dir);
+    }
+    return status;
+}
+
 /* resume (--resume), weights only (--init-from) or a fresh model; sets rs->step and tokens */
 static tpm_status_t init_state(const tpm_config_t *cfg, tpm_zero3_t *z, const data_t *d,
                                run_state_t *rs)
@@ -458,12 +489,16 @@ static tpm_status_t init_state(const tpm_config_t *cfg, tpm_zero3_t *z, const da
         }
         if (status == TPM_OK && !cfg->resume &&
             tpm_ckpt_find_latest(cfg->ckpt_dir, path, sizeof(path)) == TPM_OK) {
-            /* a fresh run would overwrite that run's files and move "latest" backwards */
-            tpm_log_error("--ckpt-dir=%s already holds the checkpoints of a run (newest %s): "
-                          "continue it with --resume, or give this run another (or an emptied) "
-                          "directory",
-                          cfg->ckpt_dir, path);
-            status = TPM_ERR_INVALID_ARG;
+            if (cfg->overwrite) {
+                status = ckpt_dir_clear(cfg->ckpt_dir);
+            } else {
+                /* a fresh run would overwrite that run's files and move "latest" backwards */
+                tpm_log_error("--ckpt-dir=%s already holds the checkpoints of a run (newest %s): "
+                              "continue it with --resume, start afresh with --overwrite (which "
+                              "deletes them), or give this run another directory",
+                              cfg->ckpt_dir, path);
+                status = TPM_ERR_INVALID_ARG;
+            }
         }
     }
     TPM_CHECK(tpm_ckpt_agree(comm, status));
