@@ -196,6 +196,29 @@ check "$(jcheck "$dir/body" 'd["error"]["code"] == "context_length_exceeded"')" 
     "oversize prompt: code context_length_exceeded"
 bad 400 prompt '{"prompt": [1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30], "max_tokens": 40}'
 
+# the context boundary (64 tokens): a prompt of p tokens may ask for up to 64 - p + 1 tokens
+ids() { python3 -c 'import sys; print(",".join(["84"] * int(sys.argv[1])))' "$1"; }
+code=$(post /v1/completions "{\"prompt\":[$(ids 64)],\"max_tokens\":1,\"temperature\":0}")
+check "$([ "$code" = 200 ] && echo 1 || echo 0)" "64-token prompt, max_tokens 1: $code (want 200)"
+check "$(jcheck "$dir/body" 'd["usage"]["prompt_tokens"] == 64 and d["usage"]["completion_tokens"] == 1')" \
+    "64-token prompt: one token generated"
+code=$(post /v1/completions "{\"prompt\":[$(ids 64)],\"temperature\":0}")
+check "$([ "$code" = 200 ] && echo 1 || echo 0)" "64-token prompt, default max_tokens: $code (want 200)"
+code=$(post /v1/completions "{\"prompt\":[$(ids 62)],\"max_tokens\":3,\"temperature\":0,\"stop\":[\"\\u0001\"]}")
+check "$([ "$code" = 200 ] && echo 1 || echo 0)" "62-token prompt, max_tokens 3: $code (want 200)"
+check "$(jcheck "$dir/body" 'd["usage"]["completion_tokens"] <= 3 and d["choices"][0]["finish_reason"] in ("length", "stop")')" \
+    "62-token prompt: at most 3 tokens"
+bad 400 prompt "{\"prompt\":[$(ids 64)],\"max_tokens\":2}"
+check "$(jcheck "$dir/body" 'd["error"]["code"] == "context_length_exceeded" and "context is 64 tokens" in d["error"]["message"] and "at most 1 new tokens" in d["error"]["message"]')" \
+    "64-token prompt, max_tokens 2: the message states the rule: $(head -c 300 "$dir/body")"
+bad 400 prompt "{\"prompt\":[$(ids 62)],\"max_tokens\":4}"
+bad 400 prompt "{\"prompt\":[$(ids 65)],\"max_tokens\":1}"
+check "$(jcheck "$dir/body" 'd["error"]["code"] == "context_length_exceeded" and "65 tokens" in d["error"]["message"] and "context of 64 tokens" in d["error"]["message"]')" \
+    "65-token prompt: code and message"
+bad 400 max_tokens '{"prompt": "x", "max_tokens": 1000000000000}'
+check "$(jcheck "$dir/body" '"from 1 to 48" in d["error"]["message"] and "2147483647" not in d["error"]["message"]')" \
+    "max_tokens 10^12: the message names the real range: $(head -c 200 "$dir/body")"
+
 # body over --max-body-bytes=8192: 413 (announced by Content-Length, before reading it)
 python3 -c 'import json; print(json.dumps({"prompt": "x" * 20000}))' >"$dir/big.json"
 code=$(req POST /v1/completions "$dir/big.json" -H "Authorization: Bearer $KEY")

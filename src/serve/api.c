@@ -13,6 +13,7 @@
 #include "serve/api.h"
 
 #include <jansson.h>
+#include <limits.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -383,6 +384,13 @@ static int api_prompt(json_t *root, const tpm_api_limits_t *lim, const tpm_token
             api_bad(err, "prompt", "'prompt' must not be an empty list");
             return 0;
         }
+        if (json_array_size(p) > (size_t)lim->n_ctx) {
+            api_bad(err, "prompt",
+                    "the prompt has %zu tokens, more than this model's context of %d tokens",
+                    json_array_size(p), lim->n_ctx);
+            err->code = "context_length_exceeded";
+            return 0;
+        }
         if (!api_token_array(p, lim->vocab, (size_t)lim->n_ctx, "prompt", &job->prompt, &n_int,
                              err)) {
             return 0;
@@ -400,7 +408,8 @@ static int api_prompt(json_t *root, const tpm_api_limits_t *lim, const tpm_token
         n              = 1;
     }
     if (n > (size_t)lim->n_ctx) {
-        api_bad(err, "prompt", "the prompt has %zu tokens; this model's context is %d tokens", n,
+        api_bad(err, "prompt",
+                "the prompt has %zu tokens, more than this model's context of %d tokens", n,
                 lim->n_ctx);
         err->code = "context_length_exceeded";
         return 0;
@@ -409,41 +418,38 @@ static int api_prompt(json_t *root, const tpm_api_limits_t *lim, const tpm_token
     return 1;
 }
 
+/*
+ * The context rule: a prompt of p tokens (1 <= p <= n_ctx) may generate up to n_ctx - p + 1
+ * tokens. Every generated token but the last is fed back and takes a KV cache row; the last
+ * one only needs the logits of the row before it, so a prompt that fills the context still
+ * gets its next token. The engine stops at the same point (TPM_FINISH_LENGTH).
+ */
 static int api_max_tokens(json_t *root, const tpm_api_limits_t *lim, tpm_serve_job_t *job,
                           tpm_api_error_t *err)
 {
     json_int_t mt      = 0;
     int        present = 0;
-    int        room    = lim->n_ctx - job->n_prompt;
+    int        room    = lim->n_ctx - job->n_prompt + 1; /* >= 1: api_prompt checked p */
+    int        hi      = room < lim->max_tokens ? room : lim->max_tokens;
 
-    if (!api_get_int(root, "max_tokens", INT32_MIN, INT32_MAX, &mt, &present, err)) {
+    if (!api_get_int(root, "max_tokens", LLONG_MIN, LLONG_MAX, &mt, &present, err)) {
         return 0;
     }
     if (!present) {
-        mt = TPM_API_DEFAULT_MAX_TOKENS;
-        mt = mt < lim->max_tokens ? mt : lim->max_tokens;
-        mt = mt < room ? mt : room;
-        if (mt < 1) {
-            mt = 1; /* reported as a context overflow just below */
-        }
+        mt = TPM_API_DEFAULT_MAX_TOKENS < hi ? TPM_API_DEFAULT_MAX_TOKENS : hi;
     }
-    if (mt < 1) {
-        api_bad(err, "max_tokens", "'max_tokens' must be at least 1, got %lld", (long long)mt);
-        return 0;
-    }
-    if (mt > lim->max_tokens) {
+    if (mt < 1 || mt > lim->max_tokens) {
         api_bad(err, "max_tokens",
-                "'max_tokens' is %lld, more than this server's limit of %d "
-                "(--max-tokens)",
-                (long long)mt, lim->max_tokens);
+                "'max_tokens' must be from 1 to %d (this server's --max-tokens), got %lld",
+                lim->max_tokens, (long long)mt);
         return 0;
     }
     if (mt > room) {
         api_bad(err, "prompt",
-                "this model's maximum context length is %d tokens, however you "
-                "requested %lld tokens (%d in your prompt; %lld for the "
-                "completion); reduce the prompt or max_tokens",
-                lim->n_ctx, (long long)mt + job->n_prompt, job->n_prompt, (long long)mt);
+                "this model's context is %d tokens: a prompt of %d tokens leaves room for at "
+                "most %d new tokens (n_ctx - prompt + 1: the last token needs no room), "
+                "however you requested max_tokens %lld; reduce the prompt or max_tokens",
+                lim->n_ctx, job->n_prompt, room, (long long)mt);
         err->code = "context_length_exceeded";
         return 0;
     }

@@ -92,7 +92,7 @@ static void fuzz_completion(const char *body, size_t n)
     job = c.job;
     FUZZ_CHECK(job->n_prompt >= 1 && job->n_prompt <= lim.n_ctx);
     FUZZ_CHECK(job->max_tokens >= 1 && job->max_tokens <= lim.max_tokens);
-    FUZZ_CHECK(job->n_prompt + job->max_tokens <= lim.n_ctx);
+    FUZZ_CHECK(job->n_prompt + job->max_tokens <= lim.n_ctx + 1); /* the context rule */
     for (int i = 0; i < job->n_prompt; i++) {
         FUZZ_CHECK(job->prompt[i] >= 0 && job->prompt[i] < lim.vocab);
     }

@@ -133,6 +133,21 @@ Test(api, sampling_parameters_and_stop_strings_reach_the_job)
     tpm_api_job_free(job);
 }
 
+/* a body {"max_tokens": MT (when >= 0), "prompt": [5, 5, ... n times]} */
+static void ids_body(char *body, int n, int mt)
+{
+    body[0] = '\0';
+    if (mt >= 0) {
+        sprintf(body, "{\"max_tokens\":%d,\"prompt\":[", mt);
+    } else {
+        strcpy(body, "{\"prompt\":[");
+    }
+    for (int i = 0; i < n; i++) {
+        strcat(body, i ? ",5" : "5");
+    }
+    strcat(body, "]}");
+}
+
 Test(api, the_default_max_tokens_shrinks_to_the_room_left_in_the_context)
 {
     tpm_api_completion_t c;
@@ -140,15 +155,11 @@ Test(api, the_default_max_tokens_shrinks_to_the_room_left_in_the_context)
     char                 body[512];
     tpm_serve_job_t     *job;
 
-    /* 28 prompt tokens in a 32-token context: 4 left */
-    strcpy(body, "{\"prompt\":[");
-    for (int i = 0; i < 28; i++) {
-        strcat(body, i ? ",5" : "5");
-    }
-    strcat(body, "]}");
+    /* 28 prompt tokens in a 32-token context: room for 32 - 28 + 1 = 5 */
+    ids_body(body, 28, -1);
     job = parse(body, &c, &err);
     cr_assert_not_null(job, "%s", err.message);
-    cr_assert_eq(job->max_tokens, 4);
+    cr_assert_eq(job->max_tokens, 5);
     tpm_api_job_free(job);
 }
 
@@ -163,35 +174,69 @@ Test(api, requests_over_the_limits_are_refused_with_400)
     expect_bad("{\"prompt\":[300]}", 400, "prompt");
     expect_bad("{\"prompt\":[-1]}", 400, "prompt");
     expect_bad("{\"prompt\":[1, 2.5]}", 400, "prompt");
-    /* 30 tokens + max_tokens 5 > 32 */
-    strcpy(body, "{\"max_tokens\":5,\"prompt\":[");
-    for (int i = 0; i < 30; i++) {
-        strcat(body, i ? ",5" : "5");
-    }
-    strcat(body, "]}");
+    /* 30 tokens + max_tokens 4 > 32 + 1 */
+    ids_body(body, 30, 4);
     expect_bad(body, 400, "prompt");
     /* 33 tokens: more than the context at all */
-    strcpy(body, "{\"prompt\":[");
-    for (int i = 0; i < 33; i++) {
-        strcat(body, i ? ",5" : "5");
-    }
-    strcat(body, "]}");
+    ids_body(body, 33, -1);
     expect_bad(body, 400, "prompt");
 }
 
-Test(api, a_prompt_that_fills_the_context_reports_context_length_exceeded)
+Test(api, max_tokens_out_of_range_names_the_real_range)
+{
+    tpm_api_completion_t c;
+    tpm_api_error_t      err;
+
+    cr_assert_null(parse("{\"prompt\":\"x\",\"max_tokens\":1000000000000}", &c, &err));
+    cr_assert_str_eq(err.param, "max_tokens");
+    cr_assert_not_null(strstr(err.message, "from 1 to 20"), "%s", err.message);
+    cr_assert_not_null(strstr(err.message, "1000000000000"), "%s", err.message);
+    cr_assert_null(strstr(err.message, "2147483647"), "%s", err.message);
+    cr_assert_null(parse("{\"prompt\":\"x\",\"max_tokens\":-2147483649}", &c, &err));
+    cr_assert_not_null(strstr(err.message, "from 1 to 20"), "%s", err.message);
+}
+
+/* the boundary: p + max_tokens <= n_ctx + 1, and the message says the same numbers */
+Test(api, the_context_boundary_is_n_ctx_minus_prompt_plus_one)
 {
     tpm_api_completion_t c;
     tpm_api_error_t      err;
     char                 body[512];
+    tpm_serve_job_t     *job;
 
-    strcpy(body, "{\"prompt\":[");
-    for (int i = 0; i < 32; i++) {
-        strcat(body, i ? ",5" : "5");
-    }
-    strcat(body, "]}");
+    /* 30 + 3 = 33 = n_ctx + 1: accepted */
+    ids_body(body, 30, 3);
+    job = parse(body, &c, &err);
+    cr_assert_not_null(job, "%s", err.message);
+    cr_assert_eq(job->max_tokens, 3);
+    tpm_api_job_free(job);
+    /* a prompt that fills the context still gets one token, also by default */
+    ids_body(body, 32, 1);
+    job = parse(body, &c, &err);
+    cr_assert_not_null(job, "%s", err.message);
+    tpm_api_job_free(job);
+    ids_body(body, 32, -1);
+    job = parse(body, &c, &err);
+    cr_assert_not_null(job, "%s", err.message);
+    cr_assert_eq(job->max_tokens, 1);
+    tpm_api_job_free(job);
+    /* one more is refused, with the numbers of the rule */
+    ids_body(body, 32, 2);
     cr_assert_null(parse(body, &c, &err));
     cr_assert_str_eq(err.code, "context_length_exceeded");
+    cr_assert_not_null(strstr(err.message, "context is 32 tokens"), "%s", err.message);
+    cr_assert_not_null(strstr(err.message, "prompt of 32 tokens"), "%s", err.message);
+    cr_assert_not_null(strstr(err.message, "at most 1 new tokens"), "%s", err.message);
+    cr_assert_not_null(strstr(err.message, "max_tokens 2"), "%s", err.message);
+    ids_body(body, 30, 4);
+    cr_assert_null(parse(body, &c, &err));
+    cr_assert_not_null(strstr(err.message, "at most 3 new tokens"), "%s", err.message);
+    /* a prompt longer than the context */
+    ids_body(body, 33, 1);
+    cr_assert_null(parse(body, &c, &err));
+    cr_assert_str_eq(err.code, "context_length_exceeded");
+    cr_assert_not_null(strstr(err.message, "33 tokens"), "%s", err.message);
+    cr_assert_not_null(strstr(err.message, "context of 32 tokens"), "%s", err.message);
 }
 
 Test(api, unsupported_and_malformed_parameters_are_refused)
