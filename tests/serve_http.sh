@@ -268,6 +268,38 @@ for g in num_requests_running num_requests_waiting prompt_tokens_total num_slots
     check "$([ "$v" != missing ] && echo 1 || echo 0)" "metric tpmpi:$g present"
 done
 
+# ---- counted before the answer is released: /metrics right after an answer has it ----------
+finished_sum() {
+    get /metrics >/dev/null
+    awk '$1 ~ /^tpmpi:request_finished_total/ { s += $2 } END { print s + 0 }' "$dir/body"
+}
+n_late=0
+for i in 1 2 3 4 5 6 7 8; do
+    a=$(finished_sum)
+    a200=$(metric 'tpmpi:http_requests_total{code="200"}')
+    if [ $((i % 2)) = 0 ]; then
+        post /v1/completions '{"prompt":"count me","max_tokens":3,"stream":true}' -N >/dev/null
+    else
+        post /v1/completions '{"prompt":"count me","max_tokens":3}' >/dev/null
+    fi
+    b=$(finished_sum)
+    b200=$(metric 'tpmpi:http_requests_total{code="200"}')
+    # +1 for the completion, +1 for the second /metrics itself (it counts itself)
+    if [ "$b" != $((a + 1)) ] || [ "$b200" != $((a200 + 2)) ]; then
+        n_late=$((n_late + 1))
+        echo "request $i: finished $a -> $b, 200s $a200 -> $b200"
+    fi
+done
+check "$([ $n_late = 0 ] && echo 1 || echo 0)" \
+    "/metrics read right after each answer counts it (late in $n_late of 8)"
+if [ $fake = 1 ]; then
+    a=$(finished_sum)
+    post /v1/completions '{"prompt":"x","max_tokens":40,"stop":"fox","stream":true}' -N >/dev/null
+    b=$(finished_sum)
+    check "$([ "$b" = $((a + 1)) ] && echo 1 || echo 0)" \
+        "a stream ended by a stop string is counted before its [DONE]: $a -> $b"
+fi
+
 # ---- a client that goes away: its job is cancelled ----------------------------------------
 if [ $fake = 1 ]; then
     serve_stop 10
@@ -280,6 +312,8 @@ if [ $fake = 1 ]; then
         --parallel=1 --max-queue=1
     serve_wait_ready 20 || { cat "$dir/server2.log"; echo "server 2 did not start"; exit 1; }
 
+    get /metrics >/dev/null
+    m200=$(metric 'tpmpi:http_requests_total{code="200"}')
     # streaming client reads 2 events and hangs up
     printf '{"prompt":"x","max_tokens":1000,"stream":true}' >"$dir/in"
     curl -s -N -H "Authorization: Bearer $KEY" --data-binary "@$dir/in" \
@@ -299,6 +333,14 @@ if [ $fake = 1 ]; then
     done
     check "$([ "$c" = 2 ] && [ "$r" = 0 ] && echo 1 || echo 0)" \
         "disconnected clients cancel their jobs: cancelled $c (want 2), running $r (want 0)"
+    # both count as 499, the stream (whose 200 headers went out) as well
+    v=$(metric 'tpmpi:http_requests_total{code="499"}')
+    v200=$(metric 'tpmpi:http_requests_total{code="200"}')
+    vo=$(metric 'tpmpi:http_requests_total{code="other"}')
+    check "$([ "$v" = 2 ] && [ "$vo" = 0 ] && echo 1 || echo 0)" \
+        "disconnects counted as 499: $v (want 2), other $vo (want 0)"
+    check "$([ "$v200" = $((m200 + n + 1)) ] && echo 1 || echo 0)" \
+        "the disconnected stream is not a 200: $v200 200s (want $((m200 + n + 1)), the /metrics polls)"
     maxn=$(sed -n 's/.*job cancelled after \([0-9]*\) tokens.*/\1/p' "$dir/server2.log" | sort -n | tail -1)
     check "$([ -n "$maxn" ] && [ "$maxn" -lt 40 ] && echo 1 || echo 0)" \
         "cancelled jobs stopped early (at most $maxn of 1000 tokens)"

@@ -1003,8 +1003,8 @@ static const double itl_bounds[]  = {0.001, 0.0025, 0.005, 0.01,  0.015, 0.02, 0
                                      0.3,   0.4,    0.5,   0.75,  1.0,   2.5};
 static const double e2e_bounds[]  = {0.01, 0.025, 0.05, 0.1,  0.25, 0.5,  1.0,   2.5,   5.0,  10.0,
                                      15.0, 20.0,  30.0, 40.0, 50.0, 60.0, 120.0, 240.0, 480.0};
-static const int    metric_codes[TPM_API_N_CODES - 1] = {200, 400, 401, 404, 405,
-                                                         408, 413, 429, 500, 503};
+static const int    metric_codes[TPM_API_N_CODES - 1] = {200, 400, 401, 404, 405, 408,
+                                                         413, 429, 499, 500, 503};
 
 #define N_OF(_a) ((int)(sizeof(_a) / sizeof((_a)[0])))
 

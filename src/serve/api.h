@@ -156,8 +156,12 @@ typedef struct tpm_api_hist {
     double        sum;
 } tpm_api_hist_t;
 
-/** HTTP status codes counted one by one; anything else goes to "other". */
-#define TPM_API_N_CODES 11
+/**
+ * HTTP status codes counted one by one (200 400 401 404 405 408 413 429 499 500 503);
+ * anything else goes to "other". 499 is a client that went away before its answer was
+ * complete (docs/METRICS.md).
+ */
+#define TPM_API_N_CODES 12
 
 typedef struct tpm_api_metrics {
     uint64_t       http_requests[TPM_API_N_CODES]; /* by status, see tpm_api_metrics_count */

@@ -16,6 +16,13 @@
  * Waiting threads wake every HTTP_WAIT_S to notice a client that disconnected (the peer's
  * FIN shows as POLLRDHUP on the socket), which cancels the job (job->cancel = 1), and to
  * notice tpm_http_stop(), which cancels every job and ends every stream.
+ *
+ * Metrics are counted before the client can see its answer (a client that reads /metrics
+ * right after it must find its own request): the finish reason before the waiter is woken,
+ * the status before the response is queued or the stream's last event is handed out.
+ * A client that goes away before its answer is complete counts as status 499 (nginx's
+ * "client closed request"), streaming or not. Lock order: a request's mu, then the
+ * server's mu (never the other way).
  */
 #include "serve/http.h"
 
@@ -130,6 +137,7 @@ struct http_req {
     int             done;     /* on_done was called */
     int             stop_hit; /* a stop string ended the text: final, job cancelled */
     int             failed;   /* out of memory while collecting tokens */
+    int             finish_counted; /* request_finished_total has this request (engine thread) */
     tpm_finish_t    finish;
     double          t_first, t_last;
 
@@ -139,6 +147,8 @@ struct http_req {
     size_t n_out, off_out, cap_out;
     int    end;
     double t_write;
+    int    stream_open;    /* the 200 headers of a stream are queued (connection thread) */
+    int    status_counted; /* http_requests_total has this request (connection thread) */
 
     http_req_t *prev, *next; /* h->active */
 };
@@ -301,7 +311,41 @@ static int buf_append(char **buf, size_t *len, size_t *cap, const char *s, size_
     return 1;
 }
 
+/* count the request in http_requests_total once, by @p status (connection thread) */
+static void http_count_status(http_req_t *r, int status)
+{
+    if (r->status_counted) {
+        return;
+    }
+    r->status_counted = 1;
+    pthread_mutex_lock(&r->h->mu);
+    tpm_api_metrics_count(&r->h->metrics, status);
+    pthread_mutex_unlock(&r->h->mu);
+}
+
 /* ---- engine callbacks (engine thread) ------------------------------------------------------ */
+
+/*
+ * Count the request in request_finished_total (and its latency) once, under r->mu and
+ * before the flag that releases the client is set (engine thread).
+ */
+static void http_count_finish(http_req_t *r, tpm_finish_t reason, double t_end)
+{
+    tpm_http_t *h = r->h;
+
+    if (r->finish_counted) {
+        return;
+    }
+    r->finish_counted = 1;
+    pthread_mutex_lock(&h->mu);
+    if ((int)reason >= 0 && (int)reason < 4) {
+        h->metrics.finished[reason]++;
+    }
+    if (reason == TPM_FINISH_STOP || reason == TPM_FINISH_LENGTH) {
+        tpm_api_hist_observe(&h->metrics.e2e, t_end - r->t_arrival);
+    }
+    pthread_mutex_unlock(&h->mu);
+}
 
 static int http_gen_append(http_req_t *r, const char *text, size_t len)
 {
@@ -325,6 +369,7 @@ static void http_on_token(tpm_serve_job_t *job, int32_t token, const char *text,
         size_t old = r->n_gen;
 
         if (!http_gen_append(r, text, text_len)) {
+            http_count_finish(r, TPM_FINISH_ERROR, now);
             r->failed   = 1;
             job->cancel = 1;
         } else if (job->stop[0] != NULL) {
@@ -333,6 +378,7 @@ static void http_on_token(tpm_serve_job_t *job, int32_t token, const char *text,
             size_t at   = tpm_api_stop_scan(r->gen, r->n_gen, job->stop, from, NULL);
 
             if (at != SIZE_MAX) {
+                http_count_finish(r, TPM_FINISH_STOP, now);
                 r->n_gen    = at;
                 r->stop_hit = 1;
                 job->cancel = 1;
@@ -366,29 +412,18 @@ static void http_on_token(tpm_serve_job_t *job, int32_t token, const char *text,
 static void http_on_done(tpm_serve_job_t *job, tpm_finish_t finish)
 {
     http_req_t  *r   = job->user;
-    tpm_http_t  *h   = r->h;
-    double       now = tpm_time_now(), t_end;
+    double       now = tpm_time_now();
     tpm_finish_t reason;
-    int          n_tokens;
 
     pthread_mutex_lock(&r->mu);
+    reason = r->stop_hit ? TPM_FINISH_STOP : (r->failed ? TPM_FINISH_ERROR : finish);
+    http_count_finish(r, reason, r->n_tokens > 0 ? r->t_last : now);
     r->done   = 1;
     r->finish = finish;
-    reason    = r->stop_hit ? TPM_FINISH_STOP : (r->failed ? TPM_FINISH_ERROR : finish);
-    n_tokens  = r->n_tokens;
-    t_end     = n_tokens > 0 ? r->t_last : now;
     pthread_cond_broadcast(&r->cv);
     pthread_mutex_unlock(&r->mu);
 
-    http_active_remove(h, r);
-    pthread_mutex_lock(&h->mu);
-    if ((int)reason >= 0 && (int)reason < 4) {
-        h->metrics.finished[reason]++;
-    }
-    if (reason == TPM_FINISH_STOP || reason == TPM_FINISH_LENGTH) {
-        tpm_api_hist_observe(&h->metrics.e2e, t_end - r->t_arrival);
-    }
-    pthread_mutex_unlock(&h->mu);
+    http_active_remove(r->h, r);
     http_req_unref(r); /* the engine's reference */
 }
 
@@ -418,12 +453,10 @@ static enum MHD_Result http_queue(http_req_t *r, int status, char *body, size_t 
     if (status == 503) {
         MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, "1");
     }
+    http_count_status(r, status);
     ret = MHD_queue_response(r->conn, (unsigned)status, resp);
     MHD_destroy_response(resp);
     r->responded = 1;
-    pthread_mutex_lock(&r->h->mu);
-    tpm_api_metrics_count(&r->h->metrics, status);
-    pthread_mutex_unlock(&r->h->mu);
     tpm_log_debug("http: %s %.200s %d %.1f ms", r->method, r->url, status,
                   (tpm_time_now() - r->t_arrival) * 1e3);
     return ret;
@@ -555,9 +588,7 @@ static enum MHD_Result http_completion_wait(http_req_t *r)
             pthread_mutex_unlock(&r->mu);
             tpm_log_info("http: %s: client went away after %d tokens; cancelled", r->id,
                          r->n_tokens);
-            pthread_mutex_lock(&r->h->mu);
-            tpm_api_metrics_count(&r->h->metrics, 499); /* nginx's "client closed request" */
-            pthread_mutex_unlock(&r->h->mu);
+            http_count_status(r, 499); /* nginx's "client closed request" */
             return MHD_NO;
         }
     }
@@ -650,6 +681,7 @@ static int http_sse_fill(http_req_t *r)
             pthread_mutex_unlock(&r->mu);
             tpm_log_info("http: %s: client went away after %d tokens; cancelled", r->id,
                          r->n_tokens);
+            http_count_status(r, 499);
             return 0;
         }
     }
@@ -695,6 +727,9 @@ static int http_sse_fill(http_req_t *r)
         ok = http_out_error(r, &err);
     }
     if (ok && (finished || stopping)) {
+        /* the stream's status is known now, before its last bytes go out: 200 for a normal
+         * end, else the status the same request without streaming would have got */
+        http_count_status(r, finished && reason != NULL ? 200 : err.http_status);
         ok     = http_out(r, "data: [DONE]\n\n", 14);
         r->end = 1;
     }
@@ -750,12 +785,10 @@ static enum MHD_Result http_completion_stream(http_req_t *r)
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
     MHD_add_response_header(resp, "X-Accel-Buffering", "no");
-    ret          = MHD_queue_response(r->conn, MHD_HTTP_OK, resp);
-    r->responded = 1;
+    ret            = MHD_queue_response(r->conn, MHD_HTTP_OK, resp);
+    r->responded   = 1;
+    r->stream_open = 1; /* counted when it ends (http_sse_fill, http_completed) */
     MHD_destroy_response(resp);
-    pthread_mutex_lock(&r->h->mu);
-    tpm_api_metrics_count(&r->h->metrics, 200);
-    pthread_mutex_unlock(&r->h->mu);
     return ret;
 }
 
@@ -1075,6 +1108,9 @@ static void http_completed(void *cls, struct MHD_Connection *conn, void **con_cl
     pthread_mutex_unlock(&r->mu);
     if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK) {
         tpm_log_debug("http: %s %.200s ended early (code %d)", r->method, r->url, (int)toe);
+    }
+    if (r->stream_open) {
+        http_count_status(r, 499); /* a stream that ended without its [DONE]: client gone */
     }
     pthread_mutex_lock(&r->h->mu);
     r->h->in_flight--;

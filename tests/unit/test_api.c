@@ -481,6 +481,7 @@ Test(api, histograms_are_cumulative_in_the_metrics_text)
     tpm_api_metrics_count(&m, 200);
     tpm_api_metrics_count(&m, 200);
     tpm_api_metrics_count(&m, 418);
+    tpm_api_metrics_count(&m, 499);
     m.finished[TPM_FINISH_CANCELLED] = 3;
     cr_assert_eq(tpm_api_metrics_text(&m, &g, &text, &n), TPM_OK);
     cr_assert_eq(strlen(text), n);
@@ -491,6 +492,7 @@ Test(api, histograms_are_cumulative_in_the_metrics_text)
     cr_assert_not_null(strstr(text, "tpmpi:time_to_first_token_seconds_count 3\n"));
     cr_assert_not_null(strstr(text, "tpmpi:http_requests_total{code=\"200\"} 2\n"));
     cr_assert_not_null(strstr(text, "tpmpi:http_requests_total{code=\"other\"} 1\n"));
+    cr_assert_not_null(strstr(text, "tpmpi:http_requests_total{code=\"499\"} 1\n"));
     cr_assert_not_null(
         strstr(text, "tpmpi:request_finished_total{finished_reason=\"cancelled\"} 3\n"));
     cr_assert_not_null(strstr(text, "tpmpi:num_requests_running 2\n"));
