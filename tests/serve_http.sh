@@ -239,9 +239,33 @@ check "$(grep -qi '^allow: POST' "$dir/headers" && echo 1 || echo 0)" "wrong met
 code=$(req DELETE /health "")
 check "$([ "$code" = 405 ] && echo 1 || echo 0)" "DELETE /health: $code (want 405)"
 
+# malformed request heads: answered at once in OpenAI's shape (not libmicrohttpd's HTML),
+# and closed; a connection that sends nothing gets 408 after the head timeout (10 s)
+raw '' 30 "$dir/idle.body" >"$dir/idle.out" &
+idle_pid=$!
+for bytes in '\x00\x01\x02 garbage' '\x00\x01\x02 garbage\r\n\r\n' 'GARBAGE\r\n\r\n' \
+    'GET / HTTP/1.1 extra\r\n\r\n' 'GET /health HTTP/1.1\r\nContent-Length: 1x\r\n\r\n' \
+    'GET /health HTTP/1.1\r\n folded: header\r\n\r\n'; do
+    out=$(raw "$bytes" 5)
+    check "$([ "$out" = "400 1" ] && [ "$(is_openai_error "$dir/body")" = 1 ] && echo 1 || echo 0)" \
+        "malformed head $bytes: '$out' $(head -c 200 "$dir/body") (want 400 in the JSON shape, closed)"
+    n400=$((n400 + 1))
+done
+out=$(raw 'GET /health HTTP/2.0\r\n\r\n' 5)
+check "$([ "$out" = "505 1" ] && [ "$(is_openai_error "$dir/body")" = 1 ] && echo 1 || echo 0)" \
+    "HTTP/2.0 request line: '$out' (want 505, JSON, closed)"
+big=$(python3 -c 'print("GET /health HTTP/1.1\\r\\nX-Big: " + "a" * 20000 + "\\r\\n\\r\\n")')
+out=$(raw "$big" 5)
+check "$([ "$out" = "431 1" ] && [ "$(is_openai_error "$dir/body")" = 1 ] && echo 1 || echo 0)" \
+    "20 KB of headers: '$out' $(head -c 200 "$dir/body") (want 431, JSON, closed)"
+
 # still serving after all that
 code=$(post /v1/completions '{"prompt":"still there?","max_tokens":3}')
 check "$([ "$code" = 200 ] && echo 1 || echo 0)" "serving after bad requests: $code"
+
+wait $idle_pid
+check "$([ "$(cat "$dir/idle.out")" = "408 1" ] && [ "$(is_openai_error "$dir/idle.body")" = 1 ] && echo 1 || echo 0)" \
+    "a connection that sends nothing: '$(cat "$dir/idle.out")' (want 408, closed)"
 
 # ---- metrics ---------------------------------------------------------------------------------
 code=$(get /metrics -D "$dir/headers")

@@ -44,6 +44,7 @@
 #include "base/log.h"
 #include "base/timer.h"
 #include "serve/api.h"
+#include "serve/http_gate.h"
 
 #define HTTP_WAIT_S 0.1 /* wake-up period of a waiting thread */
 #ifndef HTTP_IDLE_TIMEOUT_S
@@ -85,6 +86,7 @@ typedef struct http_req http_req_t;
 
 struct tpm_http {
     struct MHD_Daemon     *daemon;
+    tpm_http_gate_t       *gate; /* the listening socket: hands well-formed connections over */
     tpm_serve_queue_t     *q;
     tpm_serve_stats_t     *stats;
     const tpm_tokenizer_t *tok;
@@ -1137,17 +1139,27 @@ static void http_mhd_log(void *cls, const char *fmt, va_list ap)
 
 /* ---- start / stop -------------------------------------------------------------------------- */
 
+/* the gate answered a malformed or late request head itself (gate thread) */
+static void http_gate_count(void *arg, int http_status)
+{
+    tpm_http_t *h = arg;
+
+    pthread_mutex_lock(&h->mu);
+    tpm_api_metrics_count(&h->metrics, http_status);
+    pthread_mutex_unlock(&h->mu);
+}
+
 tpm_status_t tpm_http_start(const tpm_config_t *cfg, tpm_serve_queue_t *q, tpm_serve_stats_t *stats,
                             const tpm_tokenizer_t *tok, const tpm_http_model_info_t *info,
                             tpm_http_t **h_p)
 {
-    struct addrinfo             hints, *ai = NULL;
-    char                        port[16];
-    tpm_http_t                 *h;
-    unsigned                    flags, limit;
-    const union MHD_DaemonInfo *di;
-    int                         ret;
-    long                        conn_limit;
+    struct addrinfo hints, *ai = NULL;
+    char            port[16];
+    tpm_http_t     *h;
+    unsigned        flags, limit;
+    int             ret;
+    unsigned        port_bound = 0;
+    long            conn_limit;
 
     if (cfg == NULL || q == NULL || stats == NULL || tok == NULL || info == NULL ||
         info->name == NULL || info->n_ctx < 2 || info->vocab < 1 || h_p == NULL) {
@@ -1190,7 +1202,7 @@ tpm_status_t tpm_http_start(const tpm_config_t *cfg, tpm_serve_queue_t *q, tpm_s
     }
     /* one thread per connection: waiting and streaming handlers may block on the engine */
     flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION | MHD_USE_POLL |
-            MHD_USE_ITC | MHD_USE_ERROR_LOG;
+            MHD_USE_ITC | MHD_USE_ERROR_LOG | MHD_USE_NO_LISTEN_SOCKET;
     if (ai->ai_family == AF_INET6) {
         flags |= MHD_USE_IPv6;
     }
@@ -1199,32 +1211,35 @@ tpm_status_t tpm_http_start(const tpm_config_t *cfg, tpm_serve_queue_t *q, tpm_s
     conn_limit = (long)cfg->parallel + (long)cfg->max_queue + 64;
     limit      = (unsigned)(conn_limit < HTTP_MAX_CONN ? conn_limit : HTTP_MAX_CONN);
     /* the logger first, so that messages about the other options reach it */
-    h->daemon = MHD_start_daemon(flags, (uint16_t)cfg->port, NULL, NULL, http_handler, h,
-                                 MHD_OPTION_EXTERNAL_LOGGER, http_mhd_log, h, MHD_OPTION_SOCK_ADDR,
-                                 ai->ai_addr, MHD_OPTION_CONNECTION_LIMIT, limit,
-                                 MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)HTTP_IDLE_TIMEOUT_S,
-                                 MHD_OPTION_NOTIFY_COMPLETED, http_completed, h, MHD_OPTION_END);
-    freeaddrinfo(ai);
+    h->daemon =
+        MHD_start_daemon(flags, (uint16_t)cfg->port, NULL, NULL, http_handler, h,
+                         MHD_OPTION_EXTERNAL_LOGGER, http_mhd_log, h, MHD_OPTION_CONNECTION_LIMIT,
+                         limit, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)HTTP_IDLE_TIMEOUT_S,
+                         MHD_OPTION_NOTIFY_COMPLETED, http_completed, h, MHD_OPTION_END);
     if (h->daemon == NULL) {
-        tpm_log_error("http: cannot listen on %s:%d (address in use, or not an address of this "
-                      "host?): %s",
-                      cfg->host, cfg->port, strerror(errno));
+        tpm_log_error("http: cannot start libmicrohttpd: %s", strerror(errno));
+        freeaddrinfo(ai);
         http_free_server(h);
         return TPM_ERR_IO;
     }
-    di = MHD_get_daemon_info(h->daemon, MHD_DAEMON_INFO_BIND_PORT);
+    if (tpm_http_gate_start(ai, h->daemon, http_gate_count, h, &port_bound, &h->gate) != TPM_OK) {
+        tpm_log_error("http: cannot listen on %s:%d", cfg->host, cfg->port);
+        freeaddrinfo(ai);
+        MHD_stop_daemon(h->daemon);
+        http_free_server(h);
+        return TPM_ERR_IO;
+    }
+    freeaddrinfo(ai);
     tpm_log_info("http: listening on %s:%u: model '%s', context %d tokens, %d slots, queue %d, "
                  "max_tokens %d, body limit %zu bytes, API key %s",
-                 cfg->host, di != NULL ? (unsigned)di->port : (unsigned)cfg->port, h->model,
-                 h->lim.n_ctx, h->slots, cfg->max_queue, h->lim.max_tokens, h->max_body,
-                 h->api_key_len > 0 ? "required" : "not required");
+                 cfg->host, port_bound, h->model, h->lim.n_ctx, h->slots, cfg->max_queue,
+                 h->lim.max_tokens, h->max_body, h->api_key_len > 0 ? "required" : "not required");
     *h_p = h;
     return TPM_OK;
 }
 
 void tpm_http_stop(tpm_http_t *h)
 {
-    MHD_socket       lsock;
     tpm_serve_job_t *job;
     int              n_drained = 0, n_held = 0, n_open = 0;
     double           t0 = tpm_time_now();
@@ -1233,7 +1248,8 @@ void tpm_http_stop(tpm_http_t *h)
         return;
     }
     /* stop accepting first, so nothing new starts while the open requests are ended */
-    lsock = MHD_quiesce_daemon(h->daemon);
+    tpm_http_gate_stop(h->gate);
+    h->gate = NULL;
     __atomic_store_n(&h->stopping, 1, __ATOMIC_RELEASE);
     pthread_mutex_lock(&h->mu);
     for (http_req_t *r = h->active; r != NULL; r = r->next) {
@@ -1259,9 +1275,6 @@ void tpm_http_stop(tpm_http_t *h)
     }
     MHD_stop_daemon(h->daemon);
     h->daemon = NULL;
-    if (lsock != MHD_INVALID_SOCKET) {
-        close(lsock);
-    }
     /* jobs the engine never took: finish them here; a job the engine holds finishes with
      * its on_done, which drops the last references (the request's, then the server's) */
     while ((job = tpm_serve_queue_pop(h->q)) != NULL) {

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "serve/api.h"
+#include "serve/http_gate.h"
 
 static tpm_tokenizer_t *tok;
 
@@ -513,4 +514,86 @@ Test(api, models_json_lists_the_model)
         "gpt");
     json_decref(root);
     free(json);
+}
+
+/* ---- the request-head check of the listening gate (src/serve/http_gate.c) ---------------- */
+
+static int head(const char *s, size_t n, int *status_p)
+{
+    char msg[256];
+
+    *status_p = 0;
+    return tpm_http_head_check(s, n, status_p, msg, sizeof(msg));
+}
+
+Test(api, the_gate_accepts_well_formed_heads_and_waits_for_incomplete_ones)
+{
+    static const char *ok[] = {
+        "GET /health HTTP/1.1\r\n\r\n",
+        "\r\nPOST /v1/completions HTTP/1.0\r\nHost: a\r\nContent-Length: 12\r\n\r\n{}",
+        "GET /x HTTP/1.1\nHost: a\n\n",
+        "GET / HTTP/1.1\r\nX-A:\r\nX-B: tab\there \xc3\xa9\r\nContent-Length:  7 \r\n"
+        "content-length: 7\r\n\r\n",
+    };
+    int status;
+
+    for (size_t k = 0; k < sizeof(ok) / sizeof(ok[0]); k++) {
+        size_t n = strlen(ok[k]);
+
+        cr_assert_eq(head(ok[k], n, &status), 1, "%s", ok[k]);
+        /* every proper prefix (up to the head's end) is "wait for more" */
+        for (size_t m = 0; m + 1 < n && strncmp(ok[k] + m, "\r\n\r\n", 4) != 0 &&
+                           strncmp(ok[k] + m, "\n\n", 2) != 0;
+             m++) {
+            cr_assert_eq(head(ok[k], m, &status), 0, "prefix %zu of %s", m, ok[k]);
+        }
+    }
+}
+
+Test(api, the_gate_refuses_malformed_heads_at_once)
+{
+    static const struct {
+        const char *s;
+        size_t      n;
+        int         status;
+    } bad[] = {
+        {"\x00\x01\x02 garbage", 12, 400},
+        {"\x00", 1, 400},
+        {"GARBAGE\r\n\r\n", 11, 400},
+        {"GET / HTTP/1.1 extra\r\n\r\n", 24, 400},
+        {"GET  / HTTP/1.1\r\n\r\n", 19, 400},
+        {"GET /\x01 HTTP/1.1\r\n\r\n", 19, 400},
+        {"GET / HTTP/2.0\r\n\r\n", 18, 505},
+        {"GET / HTTP/1.2\r\n\r\n", 18, 505},
+        {"GET / FTP/1.1\r\n\r\n", 17, 400},
+        {"GET / HTTP/1.1\r\n folded\r\n\r\n", 27, 400},
+        {"GET / HTTP/1.1\r\nNo Colon\r\n\r\n", 28, 400},
+        {"GET / HTTP/1.1\r\nA: b\x01\r\n\r\n", 24, 400},
+        {"GET / HTTP/1.1\r\nContent-Length: 12x\r\n\r\n", 39, 400},
+        {"GET / HTTP/1.1\r\nContent-Length: -1\r\n\r\n", 38, 400},
+        {"GET / HTTP/1.1\r\nContent-Length:\r\n\r\n", 35, 400},
+        {"GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", 56, 400},
+        {"GET / HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n", 56, 400},
+    };
+    int status;
+
+    for (size_t k = 0; k < sizeof(bad) / sizeof(bad[0]); k++) {
+        cr_assert_eq(head(bad[k].s, bad[k].n, &status), -1, "case %zu", k);
+        cr_assert_eq(status, bad[k].status, "case %zu: status %d", k, status);
+    }
+}
+
+Test(api, an_oversize_head_is_431)
+{
+    size_t n   = TPM_HTTP_HEAD_MAX + 1;
+    char  *buf = malloc(n);
+    int    status;
+
+    cr_assert_not_null(buf);
+    memset(buf, 'a', n);
+    memcpy(buf, "GET / HTTP/1.1\r\nX-Big: ", 23);
+    cr_assert_eq(head(buf, TPM_HTTP_HEAD_MAX, &status), 0);
+    cr_assert_eq(head(buf, n, &status), -1);
+    cr_assert_eq(status, 431);
+    free(buf);
 }
