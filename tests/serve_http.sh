@@ -105,6 +105,36 @@ check "$(python3 -c 'import json,sys; a=json.load(open(sys.argv[1])); b=json.loa
     "streamed text, finish_reason and usage equal the non-streamed answer"
 check "$(jcheck "$dir/sse.json" 'd["timings"]')" "stream final chunk has timings"
 
+# chat completions: the same greedy answer streamed and not; the template's prompt tokens
+chat='{"messages":[{"role":"user","content":"The quick"}],"max_tokens":6,"temperature":0'
+code=$(post /v1/chat/completions "$chat}")
+cp "$dir/body" "$dir/chat.json"
+check "$([ "$code" = 200 ] && echo 1 || echo 0)" "chat completion: $code"
+check "$(jcheck "$dir/chat.json" 'd["object"] == "chat.completion" and d["id"].startswith("chatcmpl-") and d["choices"][0]["message"]["role"] == "assistant" and isinstance(d["choices"][0]["message"]["content"], str)')" \
+    "chat completion shape"
+post /tokenize '{"content":"<|im_start|>user\nThe quick<|im_end|>\n<|im_start|>assistant\n"}' >/dev/null
+check "$(python3 -c 'import json,sys; a=json.load(open(sys.argv[1])); b=json.load(open(sys.argv[2])); print(int(a["usage"]["prompt_tokens"] == len(b["tokens"])))' "$dir/chat.json" "$dir/body")" \
+    "chat prompt = the ChatML rendering of the messages"
+post /v1/chat/completions "$chat,\"stream\":true,\"stream_options\":{\"include_usage\":true}}" -N >/dev/null
+python3 - "$dir/body" "$dir/chat.json" >"$dir/chat_sse.txt" <<'PYEOF'
+import json, sys
+events = [l[6:] for l in open(sys.argv[1]).read().split("\n") if l.startswith("data: ")]
+full = json.load(open(sys.argv[2]))
+ok = events[-1] == "[DONE]"
+chunks = [json.loads(e) for e in events[:-1]]
+ok = ok and all(c["object"] == "chat.completion.chunk" for c in chunks)
+deltas = [c["choices"][0]["delta"] for c in chunks if c["choices"]]
+text = "".join(d.get("content", "") for d in deltas)
+ok = ok and deltas[0].get("role") == "assistant" and all("role" not in d for d in deltas[1:])
+ok = ok and text == full["choices"][0]["message"]["content"]
+ok = ok and chunks[-1]["choices"] == [] and chunks[-1]["usage"] == full["usage"]
+print(1 if ok else 0)
+PYEOF
+check "$(cat "$dir/chat_sse.txt")" "chat stream: role first, same text and usage as without streaming"
+code=$(post /v1/chat/completions '{"messages":[{"role":"robot","content":"x"}]}')
+check "$([ "$code" = 400 ] && [ "$(is_openai_error "$dir/body")" = 1 ] && echo 1 || echo 0)" \
+    "chat with an unknown role: $code (want 400)"
+
 # prompt forms: token ids, [[ids]], ["text"]
 code=$(post /v1/completions '{"prompt":[84,104,101],"max_tokens":2}')
 check "$([ "$code" = 200 ] && echo 1 || echo 0)" "token-id prompt: $code"

@@ -57,6 +57,7 @@
 typedef enum {
     ROUTE_NONE = 0,
     ROUTE_COMPLETIONS,
+    ROUTE_CHAT,
     ROUTE_MODELS,
     ROUTE_MODEL, /* /v1/models/{id} */
     ROUTE_HEALTH,
@@ -70,13 +71,10 @@ static const struct {
     http_route_t route;
     int          post; /* 1: POST with a JSON body; 0: GET (and HEAD) */
 } http_routes[] = {
-    {"/v1/completions", ROUTE_COMPLETIONS, 1},
-    {"/v1/models", ROUTE_MODELS, 0},
-    {"/health", ROUTE_HEALTH, 0},
-    {"/v1/health", ROUTE_HEALTH, 0},
-    {"/metrics", ROUTE_METRICS, 0},
-    {"/tokenize", ROUTE_TOKENIZE, 1},
-    {"/detokenize", ROUTE_DETOKENIZE, 1},
+    {"/v1/completions", ROUTE_COMPLETIONS, 1}, {"/v1/chat/completions", ROUTE_CHAT, 1},
+    {"/v1/models", ROUTE_MODELS, 0},           {"/health", ROUTE_HEALTH, 0},
+    {"/v1/health", ROUTE_HEALTH, 0},           {"/metrics", ROUTE_METRICS, 0},
+    {"/tokenize", ROUTE_TOKENIZE, 1},          {"/detokenize", ROUTE_DETOKENIZE, 1},
 };
 
 #define N_ROUTES      (sizeof(http_routes) / sizeof(http_routes[0]))
@@ -124,7 +122,7 @@ struct http_req {
 
     /* completion state, set by the MHD thread before submit */
     tpm_serve_job_t *job;
-    int              stream, include_usage;
+    int              stream, include_usage, chat;
     char             id[48];
     int64_t          created;
     double           t_submit;
@@ -144,8 +142,9 @@ struct http_req {
     double          t_first, t_last;
 
     /* stream writer state (the connection's thread only) */
-    size_t sent; /* bytes of gen already sent */
-    char  *out;  /* pending SSE bytes */
+    size_t sent;      /* bytes of gen already sent */
+    int    role_sent; /* chat: the first delta (with the role) went out */
+    char  *out;       /* pending SSE bytes */
     size_t n_out, off_out, cap_out;
     int    end;
     double t_write;
@@ -535,6 +534,7 @@ static void http_result(http_req_t *r, tpm_api_result_t *res, const char *text, 
     res->ttft_ms           = r->n_tokens > 0 ? (t_first - r->t_arrival) * 1e3 : 0.0;
     res->prompt_ms         = r->n_tokens > 0 ? (t_first - r->t_submit) * 1e3 : 0.0;
     res->predicted_ms      = (t_last - t_first) * 1e3;
+    res->chat              = r->chat;
 }
 
 /* how a finished job ends: a finish_reason, or an error (status > 0) */
@@ -707,13 +707,17 @@ static int http_sse_fill(http_req_t *r)
     pthread_mutex_unlock(&r->mu);
 
     if (n_text > 0) {
-        ok = tpm_api_completion_json(&res, TPM_API_JSON_CHUNK, &json, &n) == TPM_OK &&
+        res.first    = !r->role_sent;
+        r->role_sent = 1;
+        ok           = tpm_api_completion_json(&res, TPM_API_JSON_CHUNK, &json, &n) == TPM_OK &&
              http_out_event(r, json, n);
     }
     free(text);
     res.text     = "";
     res.text_len = 0;
     if (ok && finished && reason != NULL) {
+        res.first         = !r->role_sent;
+        r->role_sent      = 1;
         res.finish_reason = reason;
         ok = tpm_api_completion_json(&res, TPM_API_JSON_CHUNK, &json, &n) == TPM_OK &&
              http_out_event(r, json, n);
@@ -809,17 +813,24 @@ static enum MHD_Result http_completions(http_req_t *r)
     pthread_mutex_lock(&h->mu);
     seq = h->n_requests;
     pthread_mutex_unlock(&h->mu);
-    seq    = http_mix(seq ^ ((uint64_t)(r->t_arrival * 1e9) << 20));
-    status = tpm_api_completion_parse(r->body != NULL ? r->body : "", r->n_body, &h->lim, h->tok,
-                                      seq, &c, &err);
+    seq = http_mix(seq ^ ((uint64_t)(r->t_arrival * 1e9) << 20));
+    if (r->route == ROUTE_CHAT) {
+        status = tpm_api_chat_parse(r->body != NULL ? r->body : "", r->n_body, &h->lim, h->tok, seq,
+                                    &c, &err);
+    } else {
+        status = tpm_api_completion_parse(r->body != NULL ? r->body : "", r->n_body, &h->lim,
+                                          h->tok, seq, &c, &err);
+    }
     if (status != TPM_OK) {
         return http_error(r, &err, NULL);
     }
     r->job           = c.job;
     r->stream        = c.stream;
     r->include_usage = c.include_usage;
+    r->chat          = c.chat;
     r->created       = (int64_t)time(NULL);
-    snprintf(r->id, sizeof(r->id), "cmpl-%016" PRIx64 "%08" PRIx32, http_mix(seq), (uint32_t)seq);
+    snprintf(r->id, sizeof(r->id), "%s-%016" PRIx64 "%08" PRIx32, r->chat ? "chatcmpl" : "cmpl",
+             http_mix(seq), (uint32_t)seq);
     r->job->user     = r;
     r->job->on_token = http_on_token;
     r->job->on_done  = http_on_done;
@@ -1079,7 +1090,8 @@ static enum MHD_Result http_handler(void *cls, struct MHD_Connection *conn, cons
                          h->max_body);
     }
     switch (r->route) {
-    case ROUTE_COMPLETIONS: return http_completions(r);
+    case ROUTE_COMPLETIONS:
+    case ROUTE_CHAT: return http_completions(r);
     case ROUTE_TOKENIZE:
     case ROUTE_DETOKENIZE: return http_tokens(r);
     case ROUTE_MODELS: return http_models(r, NULL);
@@ -1187,6 +1199,9 @@ tpm_status_t tpm_http_start(const tpm_config_t *cfg, tpm_serve_queue_t *q, tpm_s
     h->lim.n_ctx      = info->n_ctx;
     h->lim.vocab      = info->vocab;
     h->lim.max_tokens = cfg->max_tokens > 0 ? cfg->max_tokens : 1024;
+    if (!tpm_api_chat_template_parse(cfg->chat_template, &h->lim.chat_template)) {
+        h->lim.chat_template = TPM_CHAT_CHATML; /* the option table allows only known names */
+    }
     tpm_api_metrics_init(&h->metrics);
 
     memset(&hints, 0, sizeof(hints));

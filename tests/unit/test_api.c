@@ -597,3 +597,156 @@ Test(api, an_oversize_head_is_431)
     cr_assert_eq(status, 431);
     free(buf);
 }
+
+/* ---- chat completions ------------------------------------------------------------------- */
+
+static tpm_serve_job_t *chat(const char *body, tpm_chat_template_t t, tpm_api_completion_t *c,
+                             tpm_api_error_t *err)
+{
+    tpm_api_limits_t l = lim;
+
+    l.n_ctx         = 512;
+    l.chat_template = t;
+    return tpm_api_chat_parse(body, strlen(body), &l, tok, 5, c, err) == TPM_OK ? c->job : NULL;
+}
+
+/* the job's prompt must be the encoding of @p text */
+static void expect_prompt(const tpm_serve_job_t *job, const char *text)
+{
+    int32_t ids[512];
+    size_t  n = 0;
+
+    cr_assert_eq(tpm_tokenizer_encode(tok, text, strlen(text), ids, 512, &n), TPM_OK);
+    cr_assert_eq((size_t)job->n_prompt, n, "%d tokens, want %zu for %s", job->n_prompt, n, text);
+    cr_assert_eq(memcmp(job->prompt, ids, n * sizeof(int32_t)), 0, "prompt is not %s", text);
+}
+
+Test(api, chat_messages_are_rendered_with_chatml)
+{
+    tpm_api_completion_t c;
+    tpm_api_error_t      err;
+    tpm_serve_job_t     *job;
+
+    job = chat("{\"messages\":[{\"role\":\"system\",\"content\":\"Be brief.\"},"
+               "{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"Hi \"},"
+               "{\"type\":\"text\",\"text\":\"there\"}]},"
+               "{\"role\":\"assistant\",\"content\":\"Hello.\"},"
+               "{\"role\":\"developer\",\"content\":\"x\"}],"
+               "\"max_completion_tokens\":7,\"stop\":\"!\",\"stream\":true}",
+               TPM_CHAT_CHATML, &c, &err);
+    cr_assert_not_null(job, "%s", err.message);
+    expect_prompt(job, "<|im_start|>system\nBe brief.<|im_end|>\n"
+                       "<|im_start|>user\nHi there<|im_end|>\n"
+                       "<|im_start|>assistant\nHello.<|im_end|>\n"
+                       "<|im_start|>system\nx<|im_end|>\n"
+                       "<|im_start|>assistant\n");
+    cr_assert_eq(c.chat, 1);
+    cr_assert_eq(c.stream, 1);
+    cr_assert_eq(job->max_tokens, 7);
+    cr_assert_str_eq(job->stop[0], "!");
+    cr_assert_str_eq(job->stop[1], "<|im_end|>");
+    cr_assert_null(job->stop[2]);
+    tpm_api_job_free(job);
+}
+
+Test(api, chat_messages_are_rendered_with_llama3_and_trimmed)
+{
+    tpm_api_completion_t c;
+    tpm_api_error_t      err;
+    tpm_serve_job_t     *job;
+
+    job = chat("{\"messages\":[{\"role\":\"user\",\"content\":\"  Hi\\n\"}],\"max_tokens\":3}",
+               TPM_CHAT_LLAMA3, &c, &err);
+    cr_assert_not_null(job, "%s", err.message);
+    expect_prompt(job, "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"
+                       "<|start_header_id|>assistant<|end_header_id|>\n\n");
+    cr_assert_eq(job->max_tokens, 3);
+    cr_assert_str_eq(job->stop[0], "<|eot_id|>");
+    tpm_api_job_free(job);
+    cr_assert_str_eq(tpm_api_chat_template_name(TPM_CHAT_LLAMA3), "llama3");
+    cr_assert_str_eq(tpm_api_chat_template_name(TPM_CHAT_CHATML), "chatml");
+}
+
+Test(api, bad_chat_requests_are_refused_with_400)
+{
+    static const struct {
+        const char *body, *param;
+    } bad[] = {
+        {"{}", "messages"},
+        {"{\"messages\":[]}", "messages"},
+        {"{\"messages\":\"hi\"}", "messages"},
+        {"{\"messages\":[{\"content\":\"x\"}]}", "messages"},
+        {"{\"messages\":[{\"role\":\"tool\",\"content\":\"x\"}]}", "messages"},
+        {"{\"messages\":[{\"role\":\"user\"}]}", "messages"},
+        {"{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\"}]}]}", "messages"},
+        {"{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"n\":2}", "n"},
+        {"{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"logprobs\":true}", "logprobs"},
+        {"{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":[]}", "tools"},
+        {"{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"max_completion_tokens\":0}",
+         "max_completion_tokens"},
+        {"{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"stop\":[\"a\",\"b\",\"c\",\"d\"]}",
+         "stop"},
+        {"{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],"
+         "\"response_format\":{\"type\":\"json_object\"}}",
+         "response_format"},
+    };
+    tpm_api_completion_t c;
+    tpm_api_error_t      err;
+
+    for (size_t k = 0; k < sizeof(bad) / sizeof(bad[0]); k++) {
+        cr_assert_null(chat(bad[k].body, TPM_CHAT_CHATML, &c, &err), "accepted %s", bad[k].body);
+        cr_assert_eq(err.http_status, 400, "%s", bad[k].body);
+        cr_assert_str_eq(err.param, bad[k].param, "%s: param %s", bad[k].body, err.param);
+    }
+    /* accepted as defaults: logprobs false, text response_format, an assistant without content */
+    cr_assert_not_null(chat("{\"messages\":[{\"role\":\"user\",\"content\":\"x\"},{\"role\":"
+                            "\"assistant\",\"content\":null}],\"logprobs\":false,"
+                            "\"response_format\":{\"type\":\"text\"}}",
+                            TPM_CHAT_CHATML, &c, &err),
+                       "%s", err.message);
+    tpm_api_job_free(c.job);
+}
+
+Test(api, chat_json_has_a_message_and_stream_deltas)
+{
+    tpm_api_result_t r = {.id = "chatcmpl-1", .model = "m", .created = 1, .text = "Hi",
+                          .text_len = 2, .finish_reason = "stop", .prompt_tokens = 3,
+                          .completion_tokens = 2, .chat = 1};
+    char            *json = NULL;
+    size_t           n;
+    json_t          *d, *ch;
+
+    cr_assert_eq(tpm_api_completion_json(&r, TPM_API_JSON_FULL, &json, &n), TPM_OK);
+    d = json_loads(json, 0, NULL);
+    free(json);
+    cr_assert_str_eq(json_string_value(json_object_get(d, "object")), "chat.completion");
+    ch = json_array_get(json_object_get(d, "choices"), 0);
+    cr_assert_str_eq(
+        json_string_value(json_object_get(json_object_get(ch, "message"), "role")), "assistant");
+    cr_assert_str_eq(
+        json_string_value(json_object_get(json_object_get(ch, "message"), "content")), "Hi");
+    cr_assert_null(json_object_get(ch, "text"));
+    json_decref(d);
+
+    r.finish_reason = NULL;
+    r.first         = 1;
+    cr_assert_eq(tpm_api_completion_json(&r, TPM_API_JSON_CHUNK, &json, &n), TPM_OK);
+    d = json_loads(json, 0, NULL);
+    free(json);
+    cr_assert_str_eq(json_string_value(json_object_get(d, "object")), "chat.completion.chunk");
+    ch = json_object_get(json_array_get(json_object_get(d, "choices"), 0), "delta");
+    cr_assert_str_eq(json_string_value(json_object_get(ch, "role")), "assistant");
+    cr_assert_str_eq(json_string_value(json_object_get(ch, "content")), "Hi");
+    json_decref(d);
+
+    r.first         = 0;
+    r.text_len      = 0;
+    r.finish_reason = "length";
+    cr_assert_eq(tpm_api_completion_json(&r, TPM_API_JSON_CHUNK, &json, &n), TPM_OK);
+    d = json_loads(json, 0, NULL);
+    free(json);
+    ch = json_array_get(json_object_get(d, "choices"), 0);
+    cr_assert_eq(json_object_size(json_object_get(ch, "delta")), 0, "the last delta is empty");
+    cr_assert_str_eq(json_string_value(json_object_get(ch, "finish_reason")), "length");
+    json_decref(d);
+}
