@@ -97,7 +97,7 @@ tpm_status_t tpm_serve_run(const tpm_config_t *cfg, tpm_comm_t *comm)
     memset(&stats, 0, sizeof(stats));
     memset(path, 0, sizeof(path));
     if (cfg->ckpt[0] == '\0') {
-        tpm_info0("error: --mode=serve needs --ckpt=FILE.h5 or --ckpt=DIR (its latest checkpoint)");
+        tpm_error0("--mode=serve needs --ckpt=FILE.h5 or --ckpt=DIR (its latest checkpoint)");
         return TPM_ERR_INVALID_ARG; /* the same configuration on every rank */
     }
     /* rank 0 resolves DIR/latest once: a checkpoint landing meanwhile cannot split the ranks */
