@@ -62,10 +62,12 @@ struct tpm_engine {
     slot_t                *slots; /* (n_slots) */
     int                   *fifo;  /* (n_slots) slots in prefill, oldest admission first */
     int                    n_fifo;
-    int                   *row_slot; /* (n_slots) logit row -> slot */
-    char                  *hold_mem; /* n_slots * hold_cap */
-    size_t                 hold_cap;
-    tpm_sampler_t         *sampler;
+    int                   *row_slot; /* (n_batch) logit row -> slot */
+    int                   *row_echo; /* (n_batch) logit row -> position it scores the next
+                                        prompt token of (echo), or -1: a row to sample from */
+    char          *hold_mem;         /* n_slots * hold_cap */
+    size_t         hold_cap;
+    tpm_sampler_t *sampler;
 };
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -104,10 +106,11 @@ tpm_status_t tpm_engine_create(tpm_backend_t *be, tpm_comm_t *comm, const tpm_mo
     if (e->o.n_batch == 0) {
         e->o.n_batch = S + TPM_ENGINE_PREFILL_CHUNK;
     }
-    TPM_CHECK_GOTO(tpm_tp_create(be, comm, cfg, S, e->o.ctx, e->o.n_batch, S, &e->m), status, err);
-    TPM_CHECK_GOTO(
-        tpm_calloc(3 * (size_t)e->o.n_batch + (size_t)S, sizeof(int32_t), (void **)&e->desc),
-        status, err);
+    /* a logit row per token at most: echo requests score every prompt token */
+    TPM_CHECK_GOTO(tpm_tp_create(be, comm, cfg, S, e->o.ctx, e->o.n_batch, e->o.n_batch, &e->m),
+                   status, err);
+    TPM_CHECK_GOTO(tpm_calloc(4 * (size_t)e->o.n_batch, sizeof(int32_t), (void **)&e->desc), status,
+                   err);
     TPM_CHECK_GOTO(tpm_calloc((size_t)comm->size * HDR_LEN, sizeof(int32_t), (void **)&e->hdr_all),
                    status, err);
     if (comm->rank != 0) {
@@ -134,7 +137,10 @@ tpm_status_t tpm_engine_create(tpm_backend_t *be, tpm_comm_t *comm, const tpm_mo
     e->hold_cap = TPM_ENGINE_MAX_STOP_BYTES + 4 + max_tok_bytes;
     TPM_CHECK_GOTO(tpm_calloc((size_t)S, sizeof(*e->slots), (void **)&e->slots), status, err);
     TPM_CHECK_GOTO(tpm_calloc((size_t)S, sizeof(int), (void **)&e->fifo), status, err);
-    TPM_CHECK_GOTO(tpm_calloc((size_t)S, sizeof(int), (void **)&e->row_slot), status, err);
+    TPM_CHECK_GOTO(tpm_calloc((size_t)e->o.n_batch, sizeof(int), (void **)&e->row_slot), status,
+                   err);
+    TPM_CHECK_GOTO(tpm_calloc((size_t)e->o.n_batch, sizeof(int), (void **)&e->row_echo), status,
+                   err);
     TPM_CHECK_GOTO(tpm_calloc((size_t)S, e->hold_cap, (void **)&e->hold_mem), status, err);
     for (int s = 0; s < S; s++) {
         e->slots[s].hold = e->hold_mem + (size_t)s * e->hold_cap;
@@ -156,6 +162,7 @@ void tpm_engine_destroy(tpm_engine_t *e)
     tpm_sampler_destroy(e->sampler);
     tpm_free(e->hold_mem);
     tpm_free(e->row_slot);
+    tpm_free(e->row_echo);
     tpm_free(e->fifo);
     tpm_free(e->slots);
     tpm_free(e->hdr_all);
@@ -288,7 +295,8 @@ static int job_valid(const tpm_engine_t *e, const tpm_serve_job_t *job)
             return 0;
         }
     }
-    if (job->on_token == NULL || job->on_done == NULL) {
+    if (job->on_token == NULL || job->on_done == NULL ||
+        (job->logprobs && job->on_logprob == NULL)) {
         tpm_log_warn("serve: rejected a job without callbacks");
         return 0;
     }
@@ -355,6 +363,7 @@ static void plan(tpm_engine_t *e, int *n_p, int *nl_p)
             slot[n]                = s;
             pos[n]                 = sl->n_past++;
             e->row_slot[nl]        = s;
+            e->row_echo[nl]        = -1;
             e->desc[3 * nb + nl++] = n++;
         }
     }
@@ -367,9 +376,15 @@ static void plan(tpm_engine_t *e, int *n_p, int *nl_p)
             tok[n]  = sl->prompt[sl->n_past];
             slot[n] = e->fifo[i];
             pos[n]  = sl->n_past++;
+            if (sl->job->logprobs && sl->job->echo && pos[n] + 1 < sl->n_prompt) {
+                e->row_slot[nl]        = e->fifo[i];
+                e->row_echo[nl]        = pos[n]; /* scores prompt[pos + 1] */
+                e->desc[3 * nb + nl++] = n;
+            }
         }
         if (sl->n_past == sl->n_prompt) {
             e->row_slot[nl]        = e->fifo[i];
+            e->row_echo[nl]        = -1;
             e->desc[3 * nb + nl++] = n - 1;
             done++; /* a prefix of the FIFO: it is served in order */
         }
@@ -501,16 +516,37 @@ static void emit(tpm_engine_t *e, int s, int32_t t, tpm_serve_stats_t *st)
     }
 }
 
+/* the log-probability of @p t under row @p row and its top alternatives, to the job */
+static void report_logprob(tpm_engine_t *e, tpm_serve_job_t *job, const float *row, int index,
+                           int32_t t)
+{
+    int32_t top_ids[TPM_LOGPROBS_MAX_TOP];
+    float   top_lp[TPM_LOGPROBS_MAX_TOP], lp;
+    int     k = job->top_logprobs;
+
+    k = k < 0 ? 0 : (k > TPM_LOGPROBS_MAX_TOP ? TPM_LOGPROBS_MAX_TOP : k);
+    tpm_logprobs(row, e->cfg.V, t, k, &lp, top_ids, top_lp);
+    job->on_logprob(job, index, t, lp, k < e->cfg.V ? k : e->cfg.V, top_ids, top_lp);
+}
+
 static void sample_all(tpm_engine_t *e, const float *logits, int nl, tpm_serve_stats_t *st)
 {
     for (int j = 0; j < nl; j++) {
         const int            s   = e->row_slot[j];
-        tpm_serve_job_t     *job = e->slots[s].job;
+        slot_t              *sl  = &e->slots[s];
+        tpm_serve_job_t     *job = sl->job;
+        const float         *row = logits + (size_t)j * (size_t)e->cfg.Vp;
         tpm_sampler_params_t p   = {job->temperature, job->top_k, job->top_p, job->seed};
         int32_t              t;
 
-        t = tpm_sampler_sample(e->sampler, logits + (size_t)j * (size_t)e->cfg.Vp, &p,
-                               (uint64_t)job->n_generated);
+        if (e->row_echo[j] >= 0) {
+            report_logprob(e, job, row, e->row_echo[j] + 1, sl->prompt[e->row_echo[j] + 1]);
+            continue;
+        }
+        t = tpm_sampler_sample(e->sampler, row, &p, (uint64_t)job->n_generated);
+        if (job->logprobs) {
+            report_logprob(e, job, row, sl->n_prompt + job->n_generated, t);
+        }
         emit(e, s, t, st);
     }
 }
