@@ -4,7 +4,7 @@
 # (installed into a venv under the build directory, reused by later runs) lists the models,
 # runs a non-streaming and a streaming completion (same greedy text, same usage), passes
 # top_k through extra_body, runs a chat completion with and without streaming (same text,
-# the role in the first delta, usage), and gets the right exception classes for a bad request (400),
+# the role in the first delta, usage), asks for log-probabilities (echo, chat), and gets the right exception classes for a bad request (400),
 # an unknown model (404) and a wrong API key (401). SKIP (77) when PyPI cannot be reached.
 # SERVE_TARGET=fake (default): tests/serve/fake_server; SERVE_TARGET=real with SERVE_CKPT:
 # `mpirun tpmpi --mode=serve` (see tests/serve_http_real.sh).
@@ -169,6 +169,25 @@ try:
     check(False, "tools accepted")
 except openai.BadRequestError as e:
     check(e.status_code == 400, "chat tools -> BadRequestError")
+
+# log-probabilities, as loglikelihood evaluation asks for them
+r3 = client.completions.create(model=model, prompt="The quick", max_tokens=1, temperature=0,
+                               logprobs=2, echo=True)
+lp = r3.choices[0].logprobs
+check(r3.choices[0].text.startswith("The quick") and lp.token_logprobs[0] is None,
+      "echo + logprobs: the prompt's text, the first token null")
+check(len(lp.tokens) == len(lp.token_logprobs) == len(lp.text_offset), "logprobs lists")
+if target == "real":
+    check(len(lp.tokens) == r3.usage.prompt_tokens + r3.usage.completion_tokens and
+          all(v is not None and v <= 0 for v in lp.token_logprobs[1:]), "one value per token")
+c3 = client.chat.completions.create(model=model, messages=msgs, max_tokens=2, temperature=0,
+                                    logprobs=True, top_logprobs=2)
+if target == "real":
+    check(len(c3.choices[0].logprobs.content) == c3.usage.completion_tokens and
+          all(len(e.top_logprobs) == 2 for e in c3.choices[0].logprobs.content),
+          "chat logprobs through the client")
+else:
+    check(c3.choices[0].logprobs is not None, "chat logprobs object (fake engine: empty)")
 
 try:
     client.completions.create(model=model, prompt="x", n=2)

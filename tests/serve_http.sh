@@ -135,6 +135,25 @@ code=$(post /v1/chat/completions '{"messages":[{"role":"robot","content":"x"}]}'
 check "$([ "$code" = 400 ] && [ "$(is_openai_error "$dir/body")" = 1 ] && echo 1 || echo 0)" \
     "chat with an unknown role: $code (want 400)"
 
+# log-probabilities with echo (what loglikelihood evaluation sends), and in chat
+code=$(post /v1/completions '{"prompt":"The quick brown","max_tokens":3,"temperature":0,"logprobs":3,"echo":true}')
+cp "$dir/body" "$dir/lp.json"
+check "$([ "$code" = 200 ] && echo 1 || echo 0)" "echo + logprobs: $code"
+check "$(jcheck "$dir/lp.json" '(lambda c, l: c["text"].startswith("The quick brown") and l["token_logprobs"][0] is None and l["top_logprobs"][0] is None and len(l["tokens"]) == len(l["token_logprobs"]) == len(l["top_logprobs"]) == len(l["text_offset"]))(d["choices"][0], d["choices"][0]["logprobs"])')" \
+    "echo + logprobs: the text starts with the prompt, the first token is null"
+if [ $fake = 0 ]; then
+    # the real engine: one entry per prompt and generated token; the text is their
+    # concatenation; every value <= 0 and at most the top-1; greedy tokens are the top-1
+    check "$(jcheck "$dir/lp.json" '(lambda c, l, u: len(l["tokens"]) == u["prompt_tokens"] + u["completion_tokens"] and "".join(l["tokens"]) == c["text"] and all(v <= 0 and len(t) == 3 and max(t.values()) >= v - 1e-6 for v, t in zip(l["token_logprobs"][1:], l["top_logprobs"][1:])) and all(abs(max(t.values()) - v) < 1e-6 for v, t in zip(l["token_logprobs"][u["prompt_tokens"]:], l["top_logprobs"][u["prompt_tokens"]:])))(d["choices"][0], d["choices"][0]["logprobs"], d["usage"])')" \
+        "echo + logprobs (real engine): one entry per token, greedy = top 1: $(head -c 400 "$dir/lp.json")"
+    code=$(post /v1/completions '{"prompt":"The quick brown","max_tokens":3,"temperature":0,"logprobs":0}')
+    check "$(python3 -c 'import json,sys; a=json.load(open(sys.argv[1]))["choices"][0]; b=json.load(open(sys.argv[2]))["choices"][0]; n=len(b["logprobs"]["tokens"]); print(int(a["logprobs"]["token_logprobs"] == b["logprobs"]["token_logprobs"][n - len(a["logprobs"]["tokens"]):] and b["text"].endswith(a["text"]) and all(t == {} for t in a["logprobs"]["top_logprobs"])))' "$dir/body" "$dir/lp.json")" \
+        "logprobs without echo: the generated tokens' values, the same as with echo"
+    code=$(post /v1/chat/completions '{"messages":[{"role":"user","content":"Hi"}],"max_tokens":3,"temperature":0,"logprobs":true,"top_logprobs":2}')
+    check "$(jcheck "$dir/body" '(lambda c: len(c["logprobs"]["content"]) == d["usage"]["completion_tokens"] and "".join(e["token"] for e in c["logprobs"]["content"]) == c["message"]["content"] and all(len(e["top_logprobs"]) == 2 and e["bytes"] == list(e["token"].encode()) for e in c["logprobs"]["content"]))(d["choices"][0])')" \
+        "chat logprobs: one entry per generated token, with bytes and top_logprobs"
+fi
+
 # prompt forms: token ids, [[ids]], ["text"]
 code=$(post /v1/completions '{"prompt":[84,104,101],"max_tokens":2}')
 check "$([ "$code" = 200 ] && echo 1 || echo 0)" "token-id prompt: $code"
@@ -205,8 +224,9 @@ bad 400 prompt '{"prompt": [1, "a"]}'
 bad 400 prompt '{"prompt": [1, 99999999]}'
 bad 400 prompt '{"prompt": [-1]}'
 bad 400 n '{"prompt": "x", "n": 2}'
-bad 400 echo '{"prompt": "x", "echo": true}'
-bad 400 logprobs '{"prompt": "x", "logprobs": 1}'
+bad 400 echo '{"prompt": "x", "echo": true, "stream": true}'
+bad 400 logprobs '{"prompt": "x", "logprobs": 21}'
+bad 400 logprobs '{"prompt": "x", "logprobs": 2, "stream": true}'
 bad 400 suffix '{"prompt": "x", "suffix": "y"}'
 bad 400 best_of '{"prompt": "x", "best_of": 3}'
 bad 400 max_tokens '{"prompt": "x", "max_tokens": 0}'

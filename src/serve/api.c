@@ -252,12 +252,7 @@ static int api_check_unsupported(json_t *root, tpm_api_error_t *err)
     if (!api_get_bool(root, "echo", &echo, err)) {
         return 0;
     }
-    if (echo) {
-        api_bad(err, "echo", "'echo' is not supported");
-        return 0;
-    }
-    if (api_field(root, "logprobs") != NULL) {
-        api_bad(err, "logprobs", "'logprobs' is not supported");
+    if (!api_get_int(root, "logprobs", 0, 20, &k, NULL, err)) {
         return 0;
     }
     v = api_field(root, "suffix");
@@ -582,7 +577,8 @@ tpm_status_t tpm_api_completion_parse(const char *body, size_t n, const tpm_api_
     tpm_serve_job_t *job    = NULL;
     int              stream = 0, include_usage = 0;
 
-    root = api_load_object(body, n, err);
+    req_p->echo = 0;
+    root        = api_load_object(body, n, err);
     if (root == NULL) {
         return err->http_status == 500 ? TPM_ERR_NO_MEMORY : TPM_ERR_INVALID_ARG;
     }
@@ -607,7 +603,19 @@ tpm_status_t tpm_api_completion_parse(const char *body, size_t n, const tpm_api_
     if (!api_prompt(root, lim, tok, job, err) ||
         !api_max_tokens(root, "max_tokens", lim, job, err) ||
         !api_sampling(root, lim, default_seed, job, err) || !api_stop(root, job, err) ||
-        !api_get_bool(root, "stream", &stream, err)) {
+        !api_get_bool(root, "stream", &stream, err) ||
+        !api_get_bool(root, "echo", &req_p->echo, err)) {
+        goto err_bad;
+    }
+    v = api_field(root, "logprobs");
+    if (v != NULL) {
+        job->logprobs     = 1;
+        job->top_logprobs = (int)json_integer_value(v); /* 0..20: api_check_unsupported */
+        job->echo         = req_p->echo;
+    }
+    if (stream && (job->logprobs || req_p->echo)) {
+        api_bad(err, job->logprobs ? "logprobs" : "echo", "'%s' is not supported with 'stream' yet",
+                job->logprobs ? "logprobs" : "echo");
         goto err_bad;
     }
     v = api_field(root, "stream_options");
@@ -796,9 +804,9 @@ static int api_chat_check_unsupported(json_t *root, tpm_api_error_t *err)
 {
     static const char *refused[] = {"tools", "tool_choice", "functions", "function_call",
                                     "audio", "modalities",  "prediction"};
-    json_int_t         k         = 1;
-    int                lp        = 0;
-    double             pen       = 0.0;
+    json_int_t         k = 1, top = 0;
+    int                lp  = 0;
+    double             pen = 0.0;
     json_t            *v;
     const char        *pens[] = {"presence_penalty", "frequency_penalty"};
 
@@ -806,11 +814,12 @@ static int api_chat_check_unsupported(json_t *root, tpm_api_error_t *err)
         api_bad(err, "n", "'n' must be 1: this server returns one choice per request");
         return 0;
     }
-    if (!api_get_bool(root, "logprobs", &lp, err)) {
+    if (!api_get_bool(root, "logprobs", &lp, err) ||
+        !api_get_int(root, "top_logprobs", 0, 20, &top, NULL, err)) {
         return 0;
     }
-    if (lp || api_field(root, "top_logprobs") != NULL) {
-        api_bad(err, lp ? "logprobs" : "top_logprobs", "'logprobs' is not supported");
+    if (!lp && api_field(root, "top_logprobs") != NULL) {
+        api_bad(err, "top_logprobs", "'top_logprobs' needs 'logprobs': true");
         return 0;
     }
     for (size_t i = 0; i < sizeof(pens) / sizeof(pens[0]); i++) {
@@ -900,6 +909,12 @@ tpm_status_t tpm_api_chat_parse(const char *body, size_t n, const tpm_api_limits
         goto err_bad;
     }
     job->n_prompt = (int)n_ids;
+    v             = api_field(root, "logprobs");
+    if (v != NULL && json_is_true(v)) {
+        job->logprobs     = 1;
+        v                 = api_field(root, "top_logprobs");
+        job->top_logprobs = v != NULL ? (int)json_integer_value(v) : 0;
+    }
     /* max_completion_tokens is the current name; max_tokens the deprecated one */
     if (!api_max_tokens(root,
                         api_field(root, "max_completion_tokens") != NULL ? "max_completion_tokens"
@@ -926,6 +941,10 @@ tpm_status_t tpm_api_chat_parse(const char *body, size_t n, const tpm_api_limits
         goto err_bad;
     }
     memcpy(job->stop[slot], close, strlen(close) + 1);
+    if (stream && job->logprobs) {
+        api_bad(err, "logprobs", "'logprobs' is not supported with 'stream' yet");
+        goto err_bad;
+    }
     v = api_field(root, "stream_options");
     if (v != NULL) {
         if (!json_is_object(v)) {
@@ -944,6 +963,7 @@ tpm_status_t tpm_api_chat_parse(const char *body, size_t n, const tpm_api_limits
     req_p->stream        = stream;
     req_p->include_usage = stream && include_usage;
     req_p->chat          = 1;
+    req_p->echo          = 0;
     return TPM_OK;
 
 err_bad:
@@ -1004,6 +1024,121 @@ static json_t *api_timings(const tpm_api_result_t *r, int *ok)
     return t;
 }
 
+/* a token's text for logprobs (repaired to UTF-8), and its byte length */
+static json_t *api_token_string(const tpm_tokenizer_t *tok, int32_t id, size_t *len_p)
+{
+    size_t      len = 0;
+    const char *b   = tpm_tokenizer_token_bytes(tok, id, &len);
+
+    *len_p = b != NULL ? len : 0;
+    return api_json_string(b != NULL ? b : "", b != NULL ? len : 0);
+}
+
+static json_t *api_token_bytes(const tpm_tokenizer_t *tok, int32_t id, int *ok)
+{
+    size_t               len = 0;
+    const unsigned char *b   = (const unsigned char *)tpm_tokenizer_token_bytes(tok, id, &len);
+    json_t              *a   = json_array();
+
+    if (a == NULL) {
+        *ok = 0;
+        return NULL;
+    }
+    for (size_t i = 0; b != NULL && i < len; i++) {
+        if (json_array_append_new(a, json_integer(b[i])) != 0) {
+            *ok = 0;
+        }
+    }
+    return a;
+}
+
+/* completions: {"tokens", "token_logprobs", "top_logprobs", "text_offset"} */
+static json_t *api_logprobs_completion(const tpm_api_result_t *r, int *ok)
+{
+    json_t *o = json_object(), *toks = json_array(), *lps = json_array(), *tops = json_array(),
+           *offs = json_array();
+    size_t off   = 0;
+
+    if (o == NULL || toks == NULL || lps == NULL || tops == NULL || offs == NULL) {
+        *ok = 0;
+    }
+    for (int i = 0; *ok && i < r->n_lp; i++) {
+        const tpm_api_logprob_t *e = &r->lp[i];
+        size_t                   len;
+        json_t                  *top;
+
+        json_array_append_new(toks, api_token_string(r->tok, e->token, &len));
+        json_array_append_new(lps, e->has ? json_real(e->logprob) : json_null());
+        json_array_append_new(offs, json_integer((json_int_t)off));
+        off += len;
+        if (!e->has) {
+            json_array_append_new(tops, json_null());
+            continue;
+        }
+        top = json_object();
+        for (int k = 0; top != NULL && k < e->n_top; k++) {
+            size_t  l2;
+            json_t *key = api_token_string(r->tok, e->top_ids[k], &l2);
+
+            if (key == NULL ||
+                json_object_set_new(top, json_string_value(key), json_real(e->top_lp[k])) != 0) {
+                *ok = 0;
+            }
+            json_decref(key);
+        }
+        if (top == NULL || json_array_append_new(tops, top) != 0) {
+            *ok = 0;
+        }
+    }
+    api_set(o, "tokens", toks, ok);
+    api_set(o, "token_logprobs", lps, ok);
+    api_set(o, "top_logprobs", tops, ok);
+    api_set(o, "text_offset", offs, ok);
+    return o;
+}
+
+/* chat: {"content": [{"token", "logprob", "bytes", "top_logprobs": [...]}], "refusal": null} */
+static json_t *api_logprobs_chat(const tpm_api_result_t *r, int *ok)
+{
+    json_t *o = json_object(), *content = json_array();
+
+    if (o == NULL || content == NULL) {
+        *ok = 0;
+    }
+    for (int i = 0; *ok && i < r->n_lp; i++) {
+        const tpm_api_logprob_t *e = &r->lp[i];
+        json_t                  *c = json_object(), *tops = json_array();
+        size_t                   len;
+
+        if (c == NULL || tops == NULL) {
+            *ok = 0;
+            json_decref(c);
+            json_decref(tops);
+            break;
+        }
+        api_set(c, "token", api_token_string(r->tok, e->token, &len), ok);
+        api_set(c, "logprob", json_real(e->logprob), ok);
+        api_set(c, "bytes", api_token_bytes(r->tok, e->token, ok), ok);
+        for (int k = 0; k < e->n_top; k++) {
+            json_t *t = json_object();
+
+            api_set(t, "token", api_token_string(r->tok, e->top_ids[k], &len), ok);
+            api_set(t, "logprob", json_real(e->top_lp[k]), ok);
+            api_set(t, "bytes", api_token_bytes(r->tok, e->top_ids[k], ok), ok);
+            if (t == NULL || json_array_append_new(tops, t) != 0) {
+                *ok = 0;
+            }
+        }
+        api_set(c, "top_logprobs", tops, ok);
+        if (json_array_append_new(content, c) != 0) {
+            *ok = 0;
+        }
+    }
+    api_set(o, "content", content, ok);
+    api_set(o, "refusal", json_null(), ok);
+    return o;
+}
+
 tpm_status_t tpm_api_completion_json(const tpm_api_result_t *r, tpm_api_json_kind_t kind,
                                      char **json_p, size_t *n_p)
 {
@@ -1055,7 +1190,12 @@ tpm_status_t tpm_api_completion_json(const tpm_api_result_t *r, tpm_api_json_kin
                 }
             }
             api_set(c, "index", json_integer(0), &ok);
-            api_set(c, "logprobs", json_null(), &ok);
+            if (r->lp != NULL && r->tok != NULL) {
+                api_set(c, "logprobs",
+                        r->chat ? api_logprobs_chat(r, &ok) : api_logprobs_completion(r, &ok), &ok);
+            } else {
+                api_set(c, "logprobs", json_null(), &ok);
+            }
             api_set(c, "finish_reason",
                     r->finish_reason != NULL ? json_string(r->finish_reason) : json_null(), &ok);
         }

@@ -68,6 +68,7 @@ typedef struct tpm_api_completion {
     int              stream;        /* "stream": true */
     int              include_usage; /* "stream_options": {"include_usage": true} */
     int              chat;          /* 1: a chat completion (answered as chat.completion) */
+    int              echo;          /* "echo": true: the answer's text starts with the prompt */
 } tpm_api_completion_t;
 
 /**
@@ -100,6 +101,16 @@ tpm_status_t tpm_api_chat_parse(const char *body, size_t n, const tpm_api_limits
 /** Free a job made by tpm_api_completion_parse (prompt, stop strings, the job). NULL ok. */
 void tpm_api_job_free(tpm_serve_job_t *job);
 
+/** One token's log-probability for the answer (has = 0: JSON null, the echoed first token). */
+typedef struct tpm_api_logprob {
+    int32_t token;
+    float   logprob;
+    int     has;
+    int     n_top;
+    int32_t top_ids[20];
+    float   top_lp[20];
+} tpm_api_logprob_t;
+
 /** Timings and counts of one finished (or finishing) completion, for the response JSON. */
 typedef struct tpm_api_result {
     const char *id;      /* "cmpl-..." */
@@ -115,6 +126,10 @@ typedef struct tpm_api_result {
     double      predicted_ms; /* first token -> last token */
     int         chat;         /* a chat completion: "message" / "delta" instead of "text" */
     int         first;        /* chat stream: the first chunk (carries the role) */
+    /* log-probabilities (optional: lp NULL means "logprobs": null) */
+    const tpm_api_logprob_t *lp;
+    int                      n_lp;
+    const tpm_tokenizer_t   *tok; /* token strings; needed with lp */
 } tpm_api_result_t;
 
 /**

@@ -259,9 +259,12 @@ Test(api, unsupported_and_malformed_parameters_are_refused)
     expect_bad("{\"prompt\":\"x\",\"n\":2}", 400, "n");
     expect_bad("{\"prompt\":\"x\",\"n\":\"1\"}", 400, "n");
     expect_bad("{\"prompt\":\"x\",\"best_of\":2}", 400, "best_of");
-    expect_bad("{\"prompt\":\"x\",\"echo\":true}", 400, "echo");
+    expect_bad("{\"prompt\":\"x\",\"echo\":true,\"stream\":true}", 400, "echo");
     expect_bad("{\"prompt\":\"x\",\"echo\":1}", 400, "echo");
-    expect_bad("{\"prompt\":\"x\",\"logprobs\":0}", 400, "logprobs");
+    expect_bad("{\"prompt\":\"x\",\"logprobs\":21}", 400, "logprobs");
+    expect_bad("{\"prompt\":\"x\",\"logprobs\":-1}", 400, "logprobs");
+    expect_bad("{\"prompt\":\"x\",\"logprobs\":true}", 400, "logprobs");
+    expect_bad("{\"prompt\":\"x\",\"logprobs\":2,\"stream\":true}", 400, "logprobs");
     expect_bad("{\"prompt\":\"x\",\"suffix\":\"s\"}", 400, "suffix");
     expect_bad("{\"prompt\":\"x\",\"frequency_penalty\":0.5}", 400, "frequency_penalty");
     expect_bad("{\"prompt\":\"x\",\"logit_bias\":{\"1\":5}}", 400, "logit_bias");
@@ -680,11 +683,19 @@ Test(api, bad_chat_requests_are_refused_with_400)
         {"{\"messages\":[{\"role\":\"user\"}]}", "messages"},
         {"{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\"}]}]}", "messages"},
         {"{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"n\":2}", "n"},
-        {"{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"logprobs\":true}", "logprobs"},
+        {"{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"logprobs\":true,"
+         "\"stream\":true}",
+         "logprobs"},
+        {"{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"top_logprobs\":2}",
+         "top_logprobs"},
+        {"{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"logprobs\":true,"
+         "\"top_logprobs\":21}",
+         "top_logprobs"},
         {"{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":[]}", "tools"},
         {"{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"max_completion_tokens\":0}",
          "max_completion_tokens"},
-        {"{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"stop\":[\"a\",\"b\",\"c\",\"d\"]}",
+        {"{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"stop\":[\"a\",\"b\",\"c\",\"d\"]"
+         "}",
          "stop"},
         {"{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],"
          "\"response_format\":{\"type\":\"json_object\"}}",
@@ -709,9 +720,15 @@ Test(api, bad_chat_requests_are_refused_with_400)
 
 Test(api, chat_json_has_a_message_and_stream_deltas)
 {
-    tpm_api_result_t r = {.id = "chatcmpl-1", .model = "m", .created = 1, .text = "Hi",
-                          .text_len = 2, .finish_reason = "stop", .prompt_tokens = 3,
-                          .completion_tokens = 2, .chat = 1};
+    tpm_api_result_t r    = {.id                = "chatcmpl-1",
+                             .model             = "m",
+                             .created           = 1,
+                             .text              = "Hi",
+                             .text_len          = 2,
+                             .finish_reason     = "stop",
+                             .prompt_tokens     = 3,
+                             .completion_tokens = 2,
+                             .chat              = 1};
     char            *json = NULL;
     size_t           n;
     json_t          *d, *ch;
@@ -721,10 +738,10 @@ Test(api, chat_json_has_a_message_and_stream_deltas)
     free(json);
     cr_assert_str_eq(json_string_value(json_object_get(d, "object")), "chat.completion");
     ch = json_array_get(json_object_get(d, "choices"), 0);
-    cr_assert_str_eq(
-        json_string_value(json_object_get(json_object_get(ch, "message"), "role")), "assistant");
-    cr_assert_str_eq(
-        json_string_value(json_object_get(json_object_get(ch, "message"), "content")), "Hi");
+    cr_assert_str_eq(json_string_value(json_object_get(json_object_get(ch, "message"), "role")),
+                     "assistant");
+    cr_assert_str_eq(json_string_value(json_object_get(json_object_get(ch, "message"), "content")),
+                     "Hi");
     cr_assert_null(json_object_get(ch, "text"));
     json_decref(d);
 
@@ -748,5 +765,80 @@ Test(api, chat_json_has_a_message_and_stream_deltas)
     ch = json_array_get(json_object_get(d, "choices"), 0);
     cr_assert_eq(json_object_size(json_object_get(ch, "delta")), 0, "the last delta is empty");
     cr_assert_str_eq(json_string_value(json_object_get(ch, "finish_reason")), "length");
+    json_decref(d);
+}
+
+Test(api, logprobs_and_echo_reach_the_job)
+{
+    tpm_api_completion_t c;
+    tpm_api_error_t      err;
+    tpm_serve_job_t     *job;
+
+    job = parse("{\"prompt\":\"x\",\"logprobs\":3,\"echo\":true,\"max_tokens\":1}", &c, &err);
+    cr_assert_not_null(job, "%s", err.message);
+    cr_assert_eq(job->logprobs, 1);
+    cr_assert_eq(job->top_logprobs, 3);
+    cr_assert_eq(job->echo, 1);
+    cr_assert_eq(c.echo, 1);
+    tpm_api_job_free(job);
+    job = parse("{\"prompt\":\"x\",\"echo\":true}", &c, &err); /* echo alone: text only */
+    cr_assert_not_null(job, "%s", err.message);
+    cr_assert_eq(job->logprobs, 0);
+    cr_assert_eq(c.echo, 1);
+    tpm_api_job_free(job);
+    job = chat("{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"logprobs\":true,"
+               "\"top_logprobs\":4}",
+               TPM_CHAT_CHATML, &c, &err);
+    cr_assert_not_null(job, "%s", err.message);
+    cr_assert_eq(job->logprobs, 1);
+    cr_assert_eq(job->top_logprobs, 4);
+    cr_assert_eq(job->echo, 0);
+    tpm_api_job_free(job);
+}
+
+Test(api, logprobs_json_in_both_shapes)
+{
+    tpm_api_logprob_t lp[2] = {{.token = 'a', .has = 0},
+                               {.token   = 'b',
+                                .logprob = -0.5f,
+                                .has     = 1,
+                                .n_top   = 2,
+                                .top_ids = {'b', 'c'},
+                                .top_lp  = {-0.5f, -1.5f}}};
+    tpm_api_result_t  r     = {.id            = "x",
+                               .model         = "m",
+                               .text          = "ab",
+                               .text_len      = 2,
+                               .finish_reason = "length",
+                               .lp            = lp,
+                               .n_lp          = 2,
+                               .tok           = tok};
+    char             *json  = NULL;
+    size_t            n;
+    json_t           *d, *l;
+
+    cr_assert_eq(tpm_api_completion_json(&r, TPM_API_JSON_FULL, &json, &n), TPM_OK);
+    d = json_loads(json, 0, NULL);
+    free(json);
+    l = json_object_get(json_array_get(json_object_get(d, "choices"), 0), "logprobs");
+    cr_assert_eq(json_array_size(json_object_get(l, "tokens")), 2);
+    cr_assert(json_is_null(json_array_get(json_object_get(l, "token_logprobs"), 0)));
+    cr_assert(json_real_value(json_array_get(json_object_get(l, "token_logprobs"), 1)) == -0.5);
+    cr_assert(json_is_null(json_array_get(json_object_get(l, "top_logprobs"), 0)));
+    cr_assert_eq(json_object_size(json_array_get(json_object_get(l, "top_logprobs"), 1)), 2);
+    cr_assert_eq(json_integer_value(json_array_get(json_object_get(l, "text_offset"), 1)), 1);
+    json_decref(d);
+
+    r.chat = 1;
+    r.lp   = lp + 1;
+    r.n_lp = 1;
+    cr_assert_eq(tpm_api_completion_json(&r, TPM_API_JSON_FULL, &json, &n), TPM_OK);
+    d = json_loads(json, 0, NULL);
+    free(json);
+    l = json_object_get(json_array_get(json_object_get(d, "choices"), 0), "logprobs");
+    l = json_array_get(json_object_get(l, "content"), 0);
+    cr_assert_str_eq(json_string_value(json_object_get(l, "token")), "b");
+    cr_assert_eq(json_integer_value(json_array_get(json_object_get(l, "bytes"), 0)), 'b');
+    cr_assert_eq(json_array_size(json_object_get(l, "top_logprobs")), 2);
     json_decref(d);
 }
