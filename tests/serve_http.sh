@@ -154,6 +154,27 @@ if [ $fake = 0 ]; then
         "chat logprobs: one entry per generated token, with bytes and top_logprobs"
 fi
 
+# logit_bias and penalties: a +100 bias makes greedy decoding emit that token only (real
+# engine: the fake one ignores sampling parameters)
+if [ $fake = 0 ]; then
+    post /detokenize '{"tokens":[88,88,88,88]}' >/dev/null
+    cp "$dir/body" "$dir/x4.json"
+    code=$(post /v1/completions '{"prompt":[84,104,101],"max_tokens":4,"temperature":0,"logit_bias":{"88":100},"logprobs":0}')
+    check "$(python3 -c 'import json,sys; a=json.load(open(sys.argv[1])); b=json.load(open(sys.argv[2])); print(int(a["choices"][0]["text"] == b["content"] and a["choices"][0]["logprobs"]["tokens"] != []))' "$dir/body" "$dir/x4.json")" \
+        "logit_bias +100 on token 88: greedy emits it 4 times: $(head -c 300 "$dir/body")"
+    code=$(post /v1/completions '{"prompt":[84,104,101],"max_tokens":6,"temperature":0}')
+    cp "$dir/body" "$dir/nopen.json"
+    code=$(post /v1/completions '{"prompt":[84,104,101],"max_tokens":6,"temperature":0,"frequency_penalty":2,"presence_penalty":2}')
+    check "$([ "$code" = 200 ] && echo 1 || echo 0)" "penalties accepted: $code"
+    python3 - "$dir/nopen.json" "$dir/body" >"$dir/pen.txt" <<'PYEOF'
+import json, sys
+a = json.load(open(sys.argv[1]))["choices"][0]["text"]
+b = json.load(open(sys.argv[2]))["choices"][0]["text"]
+print(a != b, repr(a), repr(b))
+PYEOF
+    echo "penalties: $(cat "$dir/pen.txt")"
+fi
+
 # prompt forms: token ids, [[ids]], ["text"]
 code=$(post /v1/completions '{"prompt":[84,104,101],"max_tokens":2}')
 check "$([ "$code" = 200 ] && echo 1 || echo 0)" "token-id prompt: $code"
@@ -227,6 +248,8 @@ bad 400 n '{"prompt": "x", "n": 2}'
 bad 400 echo '{"prompt": "x", "echo": true, "stream": true}'
 bad 400 logprobs '{"prompt": "x", "logprobs": 21}'
 bad 400 logprobs '{"prompt": "x", "logprobs": 2, "stream": true}'
+bad 400 logit_bias '{"prompt": "x", "logit_bias": {"abc": 1}}'
+bad 400 presence_penalty '{"prompt": "x", "presence_penalty": 3}'
 bad 400 suffix '{"prompt": "x", "suffix": "y"}'
 bad 400 best_of '{"prompt": "x", "best_of": 3}'
 bad 400 max_tokens '{"prompt": "x", "max_tokens": 0}'

@@ -321,3 +321,31 @@ void tpm_logprobs(const float *logits, int V, int32_t token, int k, float *lp_p,
         top_lp[j] = (float)((double)top_lp[j] - lse);
     }
 }
+
+void tpm_sampler_adjust(float *logits, int V, const int32_t *bias_ids, const float *bias_val,
+                        int n_bias, const int32_t *gen, int n_gen, float presence, float frequency,
+                        int32_t *counts)
+{
+    for (int i = 0; i < n_bias; i++) {
+        if (bias_ids[i] >= 0 && bias_ids[i] < V) {
+            logits[bias_ids[i]] += bias_val[i];
+        }
+    }
+    if (presence == 0.0f && frequency == 0.0f) {
+        return;
+    }
+    for (int i = 0; i < n_gen; i++) {
+        if (gen[i] >= 0 && gen[i] < V) {
+            counts[gen[i]]++;
+        }
+    }
+    /* each distinct token once (its count is reset the first time it is seen) */
+    for (int i = 0; i < n_gen; i++) {
+        int32_t t = gen[i];
+
+        if (t >= 0 && t < V && counts[t] > 0) {
+            logits[t] -= (float)counts[t] * frequency + presence;
+            counts[t] = 0;
+        }
+    }
+}

@@ -13,6 +13,7 @@
 #include "serve/api.h"
 
 #include <ctype.h>
+#include <errno.h>
 #include <jansson.h>
 #include <limits.h>
 #include <math.h>
@@ -233,11 +234,9 @@ static int api_get_bool(json_t *root, const char *key, int *v_p, tpm_api_error_t
 /* OpenAI parameters we do not implement: refuse them rather than silently ignoring them */
 static int api_check_unsupported(json_t *root, tpm_api_error_t *err)
 {
-    json_int_t  k    = 1;
-    int         echo = 0;
-    double      pen  = 0.0;
-    json_t     *v;
-    const char *pens[] = {"presence_penalty", "frequency_penalty"};
+    json_int_t k    = 1;
+    int        echo = 0;
+    json_t    *v;
 
     if (!api_get_int(root, "n", 1, 1, &k, NULL, err)) {
         api_bad(err, "n", "'n' must be 1: this server returns one completion per request");
@@ -258,20 +257,6 @@ static int api_check_unsupported(json_t *root, tpm_api_error_t *err)
     v = api_field(root, "suffix");
     if (v != NULL && !(json_is_string(v) && json_string_length(v) == 0)) {
         api_bad(err, "suffix", "'suffix' is not supported");
-        return 0;
-    }
-    for (size_t i = 0; i < sizeof(pens) / sizeof(pens[0]); i++) {
-        if (!api_get_number(root, pens[i], -2.0, 2.0, &pen, err)) {
-            return 0;
-        }
-        if (pen != 0.0) {
-            api_bad(err, pens[i], "'%s' is not supported (only 0)", pens[i]);
-            return 0;
-        }
-    }
-    v = api_field(root, "logit_bias");
-    if (v != NULL && !(json_is_object(v) && json_object_size(v) == 0)) {
-        api_bad(err, "logit_bias", "'logit_bias' is not supported");
         return 0;
     }
     return 1;
@@ -532,6 +517,62 @@ static int api_stop(json_t *root, tpm_serve_job_t *job, tpm_api_error_t *err)
     return 1;
 }
 
+/* presence_penalty, frequency_penalty in [-2, 2]; logit_bias {"token id": bias in [-100, 100]} */
+static int api_penalties(json_t *root, const tpm_api_limits_t *lim, tpm_serve_job_t *job,
+                         tpm_api_error_t *err)
+{
+    double      pres = 0.0, freq = 0.0;
+    json_t     *v = api_field(root, "logit_bias"), *val;
+    const char *key;
+    int         i = 0;
+
+    if (!api_get_number(root, "presence_penalty", -2.0, 2.0, &pres, err) ||
+        !api_get_number(root, "frequency_penalty", -2.0, 2.0, &freq, err)) {
+        return 0;
+    }
+    job->presence_penalty  = (float)pres;
+    job->frequency_penalty = (float)freq;
+    if (v == NULL) {
+        return 1;
+    }
+    if (!json_is_object(v) || json_object_size(v) > TPM_API_MAX_LOGIT_BIAS) {
+        api_bad(err, "logit_bias", "'logit_bias' must be an object of at most %d token ids",
+                TPM_API_MAX_LOGIT_BIAS);
+        return 0;
+    }
+    if (json_object_size(v) == 0) {
+        return 1;
+    }
+    if (tpm_malloc(json_object_size(v) * sizeof(int32_t), (void **)&job->bias_ids) != TPM_OK ||
+        tpm_malloc(json_object_size(v) * sizeof(float), (void **)&job->bias_val) != TPM_OK) {
+        api_oom(err);
+        return 0;
+    }
+    json_object_foreach(v, key, val)
+    {
+        char *endp;
+        long  id;
+
+        errno = 0;
+        id    = strtol(key, &endp, 10);
+        if (errno != 0 || endp == key || *endp != '\0' || id < 0 || id >= lim->vocab) {
+            api_bad(err, "logit_bias",
+                    "'logit_bias' keys must be token ids from 0 to %d, got '%.32s'", lim->vocab - 1,
+                    key);
+            return 0;
+        }
+        if (!json_is_number(val) || json_number_value(val) < -100.0 ||
+            json_number_value(val) > 100.0) {
+            api_bad(err, "logit_bias", "'logit_bias' values must be numbers from -100 to 100");
+            return 0;
+        }
+        job->bias_ids[i] = (int32_t)id;
+        job->bias_val[i] = (float)json_number_value(val);
+        job->n_bias      = ++i;
+    }
+    return 1;
+}
+
 static int api_sampling(json_t *root, const tpm_api_limits_t *lim, uint64_t default_seed,
                         tpm_serve_job_t *job, tpm_api_error_t *err)
 {
@@ -554,7 +595,7 @@ static int api_sampling(json_t *root, const tpm_api_limits_t *lim, uint64_t defa
     /* -1 (vLLM) and 0 both mean off; more than V is the same as off */
     job->top_k = (top_k <= 0 || top_k >= lim->vocab) ? 0 : (int)top_k;
     job->seed  = has_seed ? (uint64_t)seed : default_seed;
-    return 1;
+    return api_penalties(root, lim, job, err);
 }
 
 void tpm_api_job_free(tpm_serve_job_t *job)
@@ -563,6 +604,8 @@ void tpm_api_job_free(tpm_serve_job_t *job)
         return;
     }
     tpm_free(job->prompt);
+    tpm_free(job->bias_ids);
+    tpm_free(job->bias_val);
     for (int i = 0; i < TPM_SERVE_MAX_STOP; i++) {
         tpm_free(job->stop[i]);
     }
@@ -805,10 +848,8 @@ static int api_chat_check_unsupported(json_t *root, tpm_api_error_t *err)
     static const char *refused[] = {"tools", "tool_choice", "functions", "function_call",
                                     "audio", "modalities",  "prediction"};
     json_int_t         k = 1, top = 0;
-    int                lp  = 0;
-    double             pen = 0.0;
+    int                lp = 0;
     json_t            *v;
-    const char        *pens[] = {"presence_penalty", "frequency_penalty"};
 
     if (!api_get_int(root, "n", 1, 1, &k, NULL, err)) {
         api_bad(err, "n", "'n' must be 1: this server returns one choice per request");
@@ -820,20 +861,6 @@ static int api_chat_check_unsupported(json_t *root, tpm_api_error_t *err)
     }
     if (!lp && api_field(root, "top_logprobs") != NULL) {
         api_bad(err, "top_logprobs", "'top_logprobs' needs 'logprobs': true");
-        return 0;
-    }
-    for (size_t i = 0; i < sizeof(pens) / sizeof(pens[0]); i++) {
-        if (!api_get_number(root, pens[i], -2.0, 2.0, &pen, err)) {
-            return 0;
-        }
-        if (pen != 0.0) {
-            api_bad(err, pens[i], "'%s' is not supported (only 0)", pens[i]);
-            return 0;
-        }
-    }
-    v = api_field(root, "logit_bias");
-    if (v != NULL && !(json_is_object(v) && json_object_size(v) == 0)) {
-        api_bad(err, "logit_bias", "'logit_bias' is not supported");
         return 0;
     }
     for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); i++) {

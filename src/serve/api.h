@@ -20,6 +20,7 @@
 
 #define TPM_API_DEFAULT_MAX_TOKENS 16   /* OpenAI's default when max_tokens is absent */
 #define TPM_API_MAX_STOP_BYTES     256  /* longest stop string accepted */
+#define TPM_API_MAX_LOGIT_BIAS     1024 /* most logit_bias entries in a request */
 #define TPM_API_SSE_KEEPALIVE_S    15.0 /* comment line sent on an idle stream */
 
 /** Limits a completion request is checked against. */

@@ -42,6 +42,7 @@ typedef struct {
     int              n_past;  /* positions in the KV cache (prompt fed + tokens fed) */
     int              max_gen; /* tokens this job may generate */
     int32_t          last;    /* sampled token to feed next (SLOT_DECODE) */
+    int32_t         *gen;     /* (o.max_tokens) tokens generated so far, for the penalties */
     char            *hold;    /* generated text not passed on yet (hold_cap bytes) */
     size_t           hold_len;
 } slot_t;
@@ -52,7 +53,7 @@ struct tpm_engine {
     tpm_model_config_t cfg;
     tpm_engine_opts_t  o;
     tpm_tp_model_t    *m;
-    int32_t           *desc;    /* (3 n_batch + n_slots) descriptor, every rank */
+    int32_t           *desc;    /* (4 n_batch) descriptor, every rank */
     int32_t           *hdr_all; /* (world * HDR_LEN) all-gathered headers */
     int                busy;    /* the last iteration ran tokens: the next header is near */
 
@@ -68,6 +69,9 @@ struct tpm_engine {
     char          *hold_mem;         /* n_slots * hold_cap */
     size_t         hold_cap;
     tpm_sampler_t *sampler;
+    int32_t       *gen_mem; /* n_slots * o.max_tokens: the slots' gen arrays */
+    int32_t       *counts;  /* (V) zeros: scratch of tpm_sampler_adjust */
+    float         *adj;     /* (V) an adjusted copy of a logit row */
 };
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -142,8 +146,14 @@ tpm_status_t tpm_engine_create(tpm_backend_t *be, tpm_comm_t *comm, const tpm_mo
     TPM_CHECK_GOTO(tpm_calloc((size_t)e->o.n_batch, sizeof(int), (void **)&e->row_echo), status,
                    err);
     TPM_CHECK_GOTO(tpm_calloc((size_t)S, e->hold_cap, (void **)&e->hold_mem), status, err);
+    TPM_CHECK_GOTO(
+        tpm_calloc((size_t)S * (size_t)e->o.max_tokens, sizeof(int32_t), (void **)&e->gen_mem),
+        status, err);
+    TPM_CHECK_GOTO(tpm_calloc((size_t)cfg->V, sizeof(int32_t), (void **)&e->counts), status, err);
+    TPM_CHECK_GOTO(tpm_calloc((size_t)cfg->V, sizeof(float), (void **)&e->adj), status, err);
     for (int s = 0; s < S; s++) {
         e->slots[s].hold = e->hold_mem + (size_t)s * e->hold_cap;
+        e->slots[s].gen  = e->gen_mem + (size_t)s * (size_t)e->o.max_tokens;
     }
     TPM_CHECK_GOTO(tpm_sampler_create(cfg->V, &e->sampler), status, err);
     *e_p = e;
@@ -161,6 +171,9 @@ void tpm_engine_destroy(tpm_engine_t *e)
     }
     tpm_sampler_destroy(e->sampler);
     tpm_free(e->hold_mem);
+    tpm_free(e->gen_mem);
+    tpm_free(e->counts);
+    tpm_free(e->adj);
     tpm_free(e->row_slot);
     tpm_free(e->row_echo);
     tpm_free(e->fifo);
@@ -543,9 +556,21 @@ static void sample_all(tpm_engine_t *e, const float *logits, int nl, tpm_serve_s
             report_logprob(e, job, row, e->row_echo[j] + 1, sl->prompt[e->row_echo[j] + 1]);
             continue;
         }
-        t = tpm_sampler_sample(e->sampler, row, &p, (uint64_t)job->n_generated);
+        if (job->n_bias > 0 || job->presence_penalty != 0.0f || job->frequency_penalty != 0.0f) {
+            /* the log-probabilities stay the model's: they are taken from the row itself */
+            memcpy(e->adj, row, (size_t)e->cfg.V * sizeof(float));
+            tpm_sampler_adjust(e->adj, e->cfg.V, job->bias_ids, job->bias_val, job->n_bias, sl->gen,
+                               job->n_generated, job->presence_penalty, job->frequency_penalty,
+                               e->counts);
+            t = tpm_sampler_sample(e->sampler, e->adj, &p, (uint64_t)job->n_generated);
+        } else {
+            t = tpm_sampler_sample(e->sampler, row, &p, (uint64_t)job->n_generated);
+        }
         if (job->logprobs) {
             report_logprob(e, job, row, sl->n_prompt + job->n_generated, t);
+        }
+        if (job->n_generated < e->o.max_tokens) {
+            sl->gen[job->n_generated] = t;
         }
         emit(e, s, t, st);
     }

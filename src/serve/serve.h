@@ -44,6 +44,10 @@ struct tpm_serve_job {
     int      logprobs;     /* 1: report each generated token's log-probability (on_logprob) */
     int      top_logprobs; /* and this many most likely alternatives (0..20) */
     int      echo;         /* with logprobs: also the prompt's tokens 1..n_prompt-1 */
+    float    presence_penalty, frequency_penalty; /* over the tokens generated so far */
+    int      n_bias;   /* logit_bias entries: bias_val[i] added to token bias_ids[i] */
+    int32_t *bias_ids; /* (n_bias), owned by the job */
+    float   *bias_val; /* (n_bias), owned by the job */
 
     /* called by the engine thread (rank 0); must be quick and must not block */
     void (*on_token)(tpm_serve_job_t *job, int32_t token, const char *text, size_t text_len);

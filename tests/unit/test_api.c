@@ -266,8 +266,14 @@ Test(api, unsupported_and_malformed_parameters_are_refused)
     expect_bad("{\"prompt\":\"x\",\"logprobs\":true}", 400, "logprobs");
     expect_bad("{\"prompt\":\"x\",\"logprobs\":2,\"stream\":true}", 400, "logprobs");
     expect_bad("{\"prompt\":\"x\",\"suffix\":\"s\"}", 400, "suffix");
-    expect_bad("{\"prompt\":\"x\",\"frequency_penalty\":0.5}", 400, "frequency_penalty");
-    expect_bad("{\"prompt\":\"x\",\"logit_bias\":{\"1\":5}}", 400, "logit_bias");
+    expect_bad("{\"prompt\":\"x\",\"frequency_penalty\":2.5}", 400, "frequency_penalty");
+    expect_bad("{\"prompt\":\"x\",\"presence_penalty\":\"1\"}", 400, "presence_penalty");
+    expect_bad("{\"prompt\":\"x\",\"logit_bias\":{\"abc\":5}}", 400, "logit_bias");
+    expect_bad("{\"prompt\":\"x\",\"logit_bias\":{\"-1\":5}}", 400, "logit_bias");
+    expect_bad("{\"prompt\":\"x\",\"logit_bias\":{\"300\":5}}", 400, "logit_bias");
+    expect_bad("{\"prompt\":\"x\",\"logit_bias\":{\"1\":101}}", 400, "logit_bias");
+    expect_bad("{\"prompt\":\"x\",\"logit_bias\":{\"1\":\"5\"}}", 400, "logit_bias");
+    expect_bad("{\"prompt\":\"x\",\"logit_bias\":[1]}", 400, "logit_bias");
     expect_bad("{\"prompt\":\"x\",\"temperature\":2.5}", 400, "temperature");
     expect_bad("{\"prompt\":\"x\",\"temperature\":\"hot\"}", 400, "temperature");
     expect_bad("{\"prompt\":\"x\",\"top_p\":0}", 400, "top_p");
@@ -841,4 +847,29 @@ Test(api, logprobs_json_in_both_shapes)
     cr_assert_eq(json_integer_value(json_array_get(json_object_get(l, "bytes"), 0)), 'b');
     cr_assert_eq(json_array_size(json_object_get(l, "top_logprobs")), 2);
     json_decref(d);
+}
+
+Test(api, penalties_and_logit_bias_reach_the_job)
+{
+    tpm_api_completion_t c;
+    tpm_api_error_t      err;
+    tpm_serve_job_t     *job;
+
+    job = parse("{\"prompt\":\"x\",\"presence_penalty\":0.5,\"frequency_penalty\":-1,"
+                "\"logit_bias\":{\"7\":-100,\"299\":2.5}}",
+                &c, &err);
+    cr_assert_not_null(job, "%s", err.message);
+    cr_assert_eq(job->presence_penalty, 0.5f);
+    cr_assert_eq(job->frequency_penalty, -1.0f);
+    cr_assert_eq(job->n_bias, 2);
+    cr_assert(job->bias_ids[0] + job->bias_ids[1] == 306);
+    cr_assert(job->bias_val[0] + job->bias_val[1] == -97.5f);
+    tpm_api_job_free(job);
+    job = chat("{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],"
+               "\"frequency_penalty\":1,\"logit_bias\":{\"3\":1}}",
+               TPM_CHAT_CHATML, &c, &err);
+    cr_assert_not_null(job, "%s", err.message);
+    cr_assert_eq(job->frequency_penalty, 1.0f);
+    cr_assert_eq(job->n_bias, 1);
+    tpm_api_job_free(job);
 }

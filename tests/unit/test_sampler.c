@@ -264,3 +264,25 @@ Test(sampler, logprobs_ties_keep_the_lowest_id_and_nan_is_minus_infinity)
     cr_assert_eq(top[0], 1);
     cr_assert_eq(top[1], 0);
 }
+
+Test(sampler, adjust_applies_bias_then_presence_and_frequency_per_distinct_token)
+{
+    float   l[8]      = {0, 0, 0, 0, 0, 0, 0, 0};
+    int32_t counts[8] = {0}, gen[6] = {2, 5, 2, 2, 7, 99}, ids[3] = {1, 5, -4};
+    float   val[3] = {100.0f, -1.0f, 3.0f};
+
+    tpm_sampler_adjust(l, 8, ids, val, 3, gen, 6, 0.5f, 0.25f, counts);
+    cr_assert_eq(l[0], 0.0f);
+    cr_assert_eq(l[1], 100.0f);                 /* bias only */
+    cr_assert_eq(l[2], -(3 * 0.25f + 0.5f));    /* 3 times */
+    cr_assert_eq(l[5], -1.0f - (0.25f + 0.5f)); /* bias, then once */
+    cr_assert_eq(l[7], -(0.25f + 0.5f));
+    for (int i = 0; i < 8; i++) {
+        cr_assert_eq(counts[i], 0, "scratch left dirty at %d", i);
+    }
+    /* negative penalties raise, and nothing generated changes nothing */
+    tpm_sampler_adjust(l, 8, NULL, NULL, 0, NULL, 0, -1.0f, -1.0f, counts);
+    cr_assert_eq(l[0], 0.0f);
+    tpm_sampler_adjust(l, 8, NULL, NULL, 0, gen, 1, -1.0f, 0.0f, counts);
+    cr_assert_eq(l[2], -(3 * 0.25f + 0.5f) + 1.0f);
+}
