@@ -175,6 +175,26 @@ PYEOF
     echo "penalties: $(cat "$dir/pen.txt")"
 fi
 
+# embeddings (real engine: the fake one has none): unit length, the model's width, the same
+# vector for the text and for its token ids, and for the same request twice
+if [ $fake = 0 ]; then
+    code=$(post /v1/embeddings '{"input":"The quick brown fox"}')
+    cp "$dir/body" "$dir/emb1.json"
+    check "$([ "$code" = 200 ] && echo 1 || echo 0)" "embeddings: $code"
+    check "$(jcheck "$dir/emb1.json" '(lambda e: d["object"] == "list" and d["data"][0]["object"] == "embedding" and len(e) == 64 and abs(sum(x * x for x in e) - 1) < 1e-4)(d["data"][0]["embedding"])')" \
+        "embedding: 64 floats of unit length"
+    post /tokenize '{"content":"The quick brown fox"}' >/dev/null
+    ids=$(python3 -c 'import json,sys; print(json.dumps(json.load(open(sys.argv[1]))["tokens"]))' "$dir/body")
+    post /v1/embeddings "{\"input\":$ids}" >/dev/null
+    cp "$dir/body" "$dir/emb2.json"
+    post /v1/embeddings '{"input":["The quick brown fox"]}' >/dev/null
+    check "$(python3 -c 'import json,sys; e=[json.load(open(f))["data"][0]["embedding"] for f in sys.argv[1:]]; print(int(max(abs(a - b) for a, b in zip(e[0], e[1])) < 1e-6 and e[0] == e[2]))' "$dir/emb1.json" "$dir/emb2.json" "$dir/body")" \
+        "embedding of the text = of its token ids = of the same request again"
+fi
+code=$(post /v1/embeddings '{"input":"x","encoding_format":"base64"}')
+check "$([ "$code" = 400 ] && [ "$(is_openai_error "$dir/body")" = 1 ] && echo 1 || echo 0)" \
+    "embeddings with base64: $code (want 400)"
+
 # prompt forms: token ids, [[ids]], ["text"]
 code=$(post /v1/completions '{"prompt":[84,104,101],"max_tokens":2}')
 check "$([ "$code" = 200 ] && echo 1 || echo 0)" "token-id prompt: $code"

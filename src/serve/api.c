@@ -1001,6 +1001,100 @@ err_bad:
     return err->http_status == 500 ? TPM_ERR_NO_MEMORY : TPM_ERR_INVALID_ARG;
 }
 
+/* ---- embeddings --------------------------------------------------------------------------- */
+
+tpm_status_t tpm_api_embeddings_parse(const char *body, size_t n, const tpm_api_limits_t *lim,
+                                      const tpm_tokenizer_t *tok, tpm_serve_job_t **job_p,
+                                      tpm_api_error_t *err)
+{
+    json_t          *root, *v;
+    tpm_serve_job_t *job = NULL;
+
+    root = api_load_object(body, n, err);
+    if (root == NULL) {
+        return err->http_status == 500 ? TPM_ERR_NO_MEMORY : TPM_ERR_INVALID_ARG;
+    }
+    v = api_field(root, "model");
+    if (v != NULL && !json_is_string(v)) {
+        api_bad(err, "model", "'model' must be a string");
+        goto err_bad;
+    }
+    if (v != NULL && lim->model != NULL && strcmp(json_string_value(v), lim->model) != 0) {
+        tpm_api_error_set(err, 404, "invalid_request_error", "model_not_found", "model",
+                          "the model '%.128s' does not exist; this server serves '%.128s'",
+                          json_string_value(v), lim->model);
+        goto err_bad;
+    }
+    v = api_field(root, "encoding_format");
+    if (v != NULL && !(json_is_string(v) && strcmp(json_string_value(v), "float") == 0)) {
+        api_bad(err, "encoding_format", "only 'encoding_format': 'float' is supported");
+        goto err_bad;
+    }
+    if (api_field(root, "dimensions") != NULL) {
+        api_bad(err, "dimensions", "'dimensions' is not supported (the model's width is used)");
+        goto err_bad;
+    }
+    v = api_field(root, "input");
+    if (v == NULL) {
+        api_bad(err, "input", "'input' is required");
+        goto err_bad;
+    }
+    if (json_is_array(v) && json_array_size(v) > 1 && !json_is_integer(json_array_get(v, 0))) {
+        api_bad(err, "input", "'input' may hold one text or one list of token ids per request");
+        goto err_bad;
+    }
+    /* the prompt rules of completions (one string or one token list, at most n_ctx) */
+    if (json_object_set(root, "prompt", v) != 0 || tpm_calloc(1, sizeof(*job), (void **)&job)) {
+        api_oom(err);
+        goto err_bad;
+    }
+    if (!api_prompt(root, lim, tok, job, err)) {
+        if (strcmp(err->param, "prompt") == 0) {
+            snprintf(err->param, sizeof(err->param), "input");
+        }
+        goto err_bad;
+    }
+    job->embed      = 1;
+    job->max_tokens = 1;
+    json_decref(root);
+    *job_p = job;
+    return TPM_OK;
+
+err_bad:
+    tpm_api_job_free(job);
+    json_decref(root);
+    return err->http_status == 500 ? TPM_ERR_NO_MEMORY : TPM_ERR_INVALID_ARG;
+}
+
+tpm_status_t tpm_api_embeddings_json(const char *model, const float *vec, int C, int prompt_tokens,
+                                     char **json_p, size_t *n_p)
+{
+    json_t *root = json_object(), *data = json_array(), *item = json_object(), *emb = json_array(),
+           *u = json_object();
+    int ok    = root != NULL && data != NULL && item != NULL && emb != NULL && u != NULL;
+
+    for (int c = 0; ok && c < C; c++) {
+        ok = json_array_append_new(emb, json_real(vec[c])) == 0;
+    }
+    api_set(item, "object", json_string("embedding"), &ok);
+    api_set(item, "index", json_integer(0), &ok);
+    api_set(item, "embedding", emb, &ok);
+    if (ok && json_array_append_new(data, item) != 0) {
+        ok = 0;
+    }
+    api_set(u, "prompt_tokens", json_integer(prompt_tokens), &ok);
+    api_set(u, "total_tokens", json_integer(prompt_tokens), &ok);
+    api_set(root, "object", json_string("list"), &ok);
+    api_set(root, "data", data, &ok);
+    api_set(root, "model", api_json_string(model, strlen(model)), &ok);
+    api_set(root, "usage", u, &ok);
+    if (!ok) {
+        json_decref(root);
+        return TPM_ERR_NO_MEMORY;
+    }
+    return api_dump(root, json_p, n_p);
+}
+
 /* ---- responses --------------------------------------------------------------------------- */
 
 static double api_round3(double x)

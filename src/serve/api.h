@@ -99,6 +99,19 @@ tpm_status_t tpm_api_chat_parse(const char *body, size_t n, const tpm_api_limits
                                 const tpm_tokenizer_t *tok, uint64_t default_seed,
                                 tpm_api_completion_t *req_p, tpm_api_error_t *err);
 
+/**
+ * Parse a POST /v1/embeddings body: "input" (one string or one list of token ids, with the
+ * prompt rules of completions), "model", "encoding_format" ("float" only); "dimensions" is
+ * refused. The job has embed set. Caller owns *job_p (tpm_api_job_free). Pure.
+ */
+tpm_status_t tpm_api_embeddings_parse(const char *body, size_t n, const tpm_api_limits_t *lim,
+                                      const tpm_tokenizer_t *tok, tpm_serve_job_t **job_p,
+                                      tpm_api_error_t *err);
+
+/** {"object": "list", "data": [{"object": "embedding", "index": 0, "embedding"}], ...}. */
+tpm_status_t tpm_api_embeddings_json(const char *model, const float *vec, int C, int prompt_tokens,
+                                     char **json_p, size_t *n_p);
+
 /** Free a job made by tpm_api_completion_parse (prompt, stop strings, the job). NULL ok. */
 void tpm_api_job_free(tpm_serve_job_t *job);
 

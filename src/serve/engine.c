@@ -10,6 +10,7 @@
  */
 #include "serve/engine.h"
 
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -43,6 +44,7 @@ typedef struct {
     int              max_gen; /* tokens this job may generate */
     int32_t          last;    /* sampled token to feed next (SLOT_DECODE) */
     int32_t         *gen;     /* (o.max_tokens) tokens generated so far, for the penalties */
+    double          *emb;     /* (C) embedding jobs: the sum of the final layer norm's rows */
     char            *hold;    /* generated text not passed on yet (hold_cap bytes) */
     size_t           hold_len;
 } slot_t;
@@ -72,6 +74,8 @@ struct tpm_engine {
     int32_t       *gen_mem; /* n_slots * o.max_tokens: the slots' gen arrays */
     int32_t       *counts;  /* (V) zeros: scratch of tpm_sampler_adjust */
     float         *adj;     /* (V) an adjusted copy of a logit row */
+    double        *emb_mem; /* n_slots * C: the slots' emb sums */
+    float         *emb_row; /* (C) one row of the final layer norm, on the host */
 };
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -151,9 +155,13 @@ tpm_status_t tpm_engine_create(tpm_backend_t *be, tpm_comm_t *comm, const tpm_mo
         status, err);
     TPM_CHECK_GOTO(tpm_calloc((size_t)cfg->V, sizeof(int32_t), (void **)&e->counts), status, err);
     TPM_CHECK_GOTO(tpm_calloc((size_t)cfg->V, sizeof(float), (void **)&e->adj), status, err);
+    TPM_CHECK_GOTO(tpm_calloc((size_t)S * (size_t)cfg->C, sizeof(double), (void **)&e->emb_mem),
+                   status, err);
+    TPM_CHECK_GOTO(tpm_calloc((size_t)cfg->C, sizeof(float), (void **)&e->emb_row), status, err);
     for (int s = 0; s < S; s++) {
         e->slots[s].hold = e->hold_mem + (size_t)s * e->hold_cap;
         e->slots[s].gen  = e->gen_mem + (size_t)s * (size_t)e->o.max_tokens;
+        e->slots[s].emb  = e->emb_mem + (size_t)s * (size_t)cfg->C;
     }
     TPM_CHECK_GOTO(tpm_sampler_create(cfg->V, &e->sampler), status, err);
     *e_p = e;
@@ -174,6 +182,8 @@ void tpm_engine_destroy(tpm_engine_t *e)
     tpm_free(e->gen_mem);
     tpm_free(e->counts);
     tpm_free(e->adj);
+    tpm_free(e->emb_mem);
+    tpm_free(e->emb_row);
     tpm_free(e->row_slot);
     tpm_free(e->row_echo);
     tpm_free(e->fifo);
@@ -309,7 +319,7 @@ static int job_valid(const tpm_engine_t *e, const tpm_serve_job_t *job)
         }
     }
     if (job->on_token == NULL || job->on_done == NULL ||
-        (job->logprobs && job->on_logprob == NULL)) {
+        (job->logprobs && job->on_logprob == NULL) || (job->embed && job->on_embedding == NULL)) {
         tpm_log_warn("serve: rejected a job without callbacks");
         return 0;
     }
@@ -389,13 +399,19 @@ static void plan(tpm_engine_t *e, int *n_p, int *nl_p)
             tok[n]  = sl->prompt[sl->n_past];
             slot[n] = e->fifo[i];
             pos[n]  = sl->n_past++;
-            if (sl->job->logprobs && sl->job->echo && pos[n] + 1 < sl->n_prompt) {
+            if (sl->job->embed) {
+                e->row_slot[nl]        = e->fifo[i];
+                e->row_echo[nl]        = -2 - pos[n]; /* an embedding row */
+                e->desc[3 * nb + nl++] = n;
+            } else if (sl->job->logprobs && sl->job->echo && pos[n] + 1 < sl->n_prompt) {
                 e->row_slot[nl]        = e->fifo[i];
                 e->row_echo[nl]        = pos[n]; /* scores prompt[pos + 1] */
                 e->desc[3 * nb + nl++] = n;
             }
         }
-        if (sl->n_past == sl->n_prompt) {
+        if (sl->n_past == sl->n_prompt && sl->job->embed) {
+            done++; /* its last embedding row ends it */
+        } else if (sl->n_past == sl->n_prompt) {
             e->row_slot[nl]        = e->fifo[i];
             e->row_echo[nl]        = -1;
             e->desc[3 * nb + nl++] = n - 1;
@@ -542,6 +558,40 @@ static void report_logprob(tpm_engine_t *e, tpm_serve_job_t *job, const float *r
     job->on_logprob(job, index, t, lp, k < e->cfg.V ? k : e->cfg.V, top_ids, top_lp);
 }
 
+/* an embedding job's row j (prompt position pos): add it up; the last one ends the job */
+static void embed_row(tpm_engine_t *e, int s, int j, int pos)
+{
+    slot_t          *sl   = &e->slots[s];
+    tpm_serve_job_t *job  = sl->job;
+    const int        C    = e->cfg.C;
+    const float     *lnf  = e->m->lnf + (size_t)j * (size_t)C;
+    double           norm = 0.0;
+
+    if (pos == 0) {
+        memset(sl->emb, 0, (size_t)C * sizeof(double));
+    }
+    if (e->be->ops->copy(e->be, e->emb_row, lnf, (size_t)C * sizeof(float), TPM_COPY_D2H) !=
+        TPM_OK) {
+        finish_slot(e, s, TPM_FINISH_ERROR);
+        return;
+    }
+    for (int c = 0; c < C; c++) {
+        sl->emb[c] += e->emb_row[c];
+    }
+    if (pos + 1 < sl->n_prompt) {
+        return;
+    }
+    for (int c = 0; c < C; c++) {
+        norm += sl->emb[c] * sl->emb[c]; /* the mean's norm is the sum's over n */
+    }
+    norm = norm > 0.0 ? 1.0 / sqrt(norm) : 0.0;
+    for (int c = 0; c < C; c++) {
+        e->emb_row[c] = (float)(sl->emb[c] * norm);
+    }
+    job->on_embedding(job, e->emb_row, C);
+    finish_slot(e, s, TPM_FINISH_STOP);
+}
+
 static void sample_all(tpm_engine_t *e, const float *logits, int nl, tpm_serve_stats_t *st)
 {
     for (int j = 0; j < nl; j++) {
@@ -554,6 +604,10 @@ static void sample_all(tpm_engine_t *e, const float *logits, int nl, tpm_serve_s
 
         if (e->row_echo[j] >= 0) {
             report_logprob(e, job, row, e->row_echo[j] + 1, sl->prompt[e->row_echo[j] + 1]);
+            continue;
+        }
+        if (e->row_echo[j] <= -2) {
+            embed_row(e, s, j, -2 - e->row_echo[j]);
             continue;
         }
         if (job->n_bias > 0 || job->presence_penalty != 0.0f || job->frequency_penalty != 0.0f) {

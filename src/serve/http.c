@@ -58,6 +58,7 @@ typedef enum {
     ROUTE_NONE = 0,
     ROUTE_COMPLETIONS,
     ROUTE_CHAT,
+    ROUTE_EMBEDDINGS,
     ROUTE_MODELS,
     ROUTE_MODEL, /* /v1/models/{id} */
     ROUTE_HEALTH,
@@ -71,10 +72,15 @@ static const struct {
     http_route_t route;
     int          post; /* 1: POST with a JSON body; 0: GET (and HEAD) */
 } http_routes[] = {
-    {"/v1/completions", ROUTE_COMPLETIONS, 1}, {"/v1/chat/completions", ROUTE_CHAT, 1},
-    {"/v1/models", ROUTE_MODELS, 0},           {"/health", ROUTE_HEALTH, 0},
-    {"/v1/health", ROUTE_HEALTH, 0},           {"/metrics", ROUTE_METRICS, 0},
-    {"/tokenize", ROUTE_TOKENIZE, 1},          {"/detokenize", ROUTE_DETOKENIZE, 1},
+    {"/v1/completions", ROUTE_COMPLETIONS, 1},
+    {"/v1/chat/completions", ROUTE_CHAT, 1},
+    {"/v1/embeddings", ROUTE_EMBEDDINGS, 1},
+    {"/v1/models", ROUTE_MODELS, 0},
+    {"/health", ROUTE_HEALTH, 0},
+    {"/v1/health", ROUTE_HEALTH, 0},
+    {"/metrics", ROUTE_METRICS, 0},
+    {"/tokenize", ROUTE_TOKENIZE, 1},
+    {"/detokenize", ROUTE_DETOKENIZE, 1},
 };
 
 #define N_ROUTES      (sizeof(http_routes) / sizeof(http_routes[0]))
@@ -141,6 +147,8 @@ struct http_req {
     tpm_finish_t       finish;
     double             t_first, t_last;
     tpm_api_logprob_t *lps; /* log-probabilities, in token order (echoed prompt first) */
+    float             *emb; /* an embedding job's vector (n_emb floats) */
+    int                n_emb;
     int                n_lps, cap_lps;
 
     /* stream writer state (the connection's thread only) */
@@ -266,6 +274,7 @@ static void http_req_unref(http_req_t *r)
     free(r->gen);
     free(r->out);
     free(r->lps);
+    free(r->emb);
     pthread_cond_destroy(&r->cv);
     pthread_mutex_destroy(&r->mu);
     http_unref_server(r->h);
@@ -450,6 +459,19 @@ static void http_on_logprob(tpm_serve_job_t *job, int index, int32_t token, floa
         r->failed   = 1;
         job->cancel = 1;
         pthread_cond_broadcast(&r->cv);
+    }
+    pthread_mutex_unlock(&r->mu);
+}
+
+static void http_on_embedding(tpm_serve_job_t *job, const float *vec, int C)
+{
+    http_req_t *r = job->user;
+
+    pthread_mutex_lock(&r->mu);
+    r->emb = malloc((size_t)C * sizeof(float));
+    if (r->emb != NULL) {
+        memcpy(r->emb, vec, (size_t)C * sizeof(float));
+        r->n_emb = C;
     }
     pthread_mutex_unlock(&r->mu);
 }
@@ -668,6 +690,16 @@ static enum MHD_Result http_completion_wait(http_req_t *r)
     if (reason == NULL) {
         pthread_mutex_unlock(&r->mu);
         return http_error(r, &err, NULL);
+    }
+    if (r->job->embed) {
+        status = r->emb != NULL ? tpm_api_embeddings_json(r->h->model, r->emb, r->n_emb,
+                                                          r->job->n_prompt, &json, &n)
+                                : TPM_ERR_NO_MEMORY;
+        pthread_mutex_unlock(&r->mu);
+        if (status != TPM_OK) {
+            return http_oom(r);
+        }
+        return http_json(r, 200, json, n);
     }
     if (r->echo) {
         /* the answer's text starts with the prompt's */
@@ -904,6 +936,10 @@ static enum MHD_Result http_completions(http_req_t *r)
     if (r->route == ROUTE_CHAT) {
         status = tpm_api_chat_parse(r->body != NULL ? r->body : "", r->n_body, &h->lim, h->tok, seq,
                                     &c, &err);
+    } else if (r->route == ROUTE_EMBEDDINGS) {
+        memset(&c, 0, sizeof(c));
+        status = tpm_api_embeddings_parse(r->body != NULL ? r->body : "", r->n_body, &h->lim,
+                                          h->tok, &c.job, &err);
     } else {
         status = tpm_api_completion_parse(r->body != NULL ? r->body : "", r->n_body, &h->lim,
                                           h->tok, seq, &c, &err);
@@ -917,11 +953,15 @@ static enum MHD_Result http_completions(http_req_t *r)
     r->chat          = c.chat;
     r->echo          = c.echo;
     r->created       = (int64_t)time(NULL);
-    snprintf(r->id, sizeof(r->id), "%s-%016" PRIx64 "%08" PRIx32, r->chat ? "chatcmpl" : "cmpl",
-             http_mix(seq), (uint32_t)seq);
+    snprintf(r->id, sizeof(r->id), "%s-%016" PRIx64 "%08" PRIx32,
+             r->chat ? "chatcmpl" : (r->route == ROUTE_EMBEDDINGS ? "emb" : "cmpl"), http_mix(seq),
+             (uint32_t)seq);
     r->job->user     = r;
     r->job->on_token = http_on_token;
     r->job->on_done  = http_on_done;
+    if (r->job->embed) {
+        r->job->on_embedding = http_on_embedding;
+    }
     if (r->job->logprobs) {
         r->job->on_logprob = http_on_logprob;
         if (r->job->echo) {
@@ -1192,7 +1232,8 @@ static enum MHD_Result http_handler(void *cls, struct MHD_Connection *conn, cons
     }
     switch (r->route) {
     case ROUTE_COMPLETIONS:
-    case ROUTE_CHAT: return http_completions(r);
+    case ROUTE_CHAT:
+    case ROUTE_EMBEDDINGS: return http_completions(r);
     case ROUTE_TOKENIZE:
     case ROUTE_DETOKENIZE: return http_tokens(r);
     case ROUTE_MODELS: return http_models(r, NULL);

@@ -44,6 +44,7 @@ struct tpm_serve_job {
     int      logprobs;     /* 1: report each generated token's log-probability (on_logprob) */
     int      top_logprobs; /* and this many most likely alternatives (0..20) */
     int      echo;         /* with logprobs: also the prompt's tokens 1..n_prompt-1 */
+    int      embed;        /* an embedding job: no generation; on_embedding, then on_done (STOP) */
     float    presence_penalty, frequency_penalty; /* over the tokens generated so far */
     int      n_bias;   /* logit_bias entries: bias_val[i] added to token bias_ids[i] */
     int32_t *bias_ids; /* (n_bias), owned by the job */
@@ -59,6 +60,10 @@ struct tpm_serve_job {
      * The arrays are borrowed for the call. */
     void (*on_logprob)(tpm_serve_job_t *job, int index, int32_t token, float logprob, int n_top,
                        const int32_t *top_ids, const float *top_lp);
+    /* (needed when embed is set) the prompt's embedding: the mean over its tokens of the
+     * final layer norm's output (what the output head reads), L2-normalised; @p vec (C
+     * floats) is borrowed for the call */
+    void (*on_embedding)(tpm_serve_job_t *job, const float *vec, int C);
     void *user; /* front-end state */
 
     /* set by the front-end at any time (e.g. client disconnect): the engine drops the job */

@@ -873,3 +873,45 @@ Test(api, penalties_and_logit_bias_reach_the_job)
     cr_assert_eq(job->n_bias, 1);
     tpm_api_job_free(job);
 }
+
+Test(api, embeddings_requests_are_parsed_and_answered)
+{
+    tpm_api_error_t  err;
+    tpm_serve_job_t *job      = NULL;
+    const char      *ok[]     = {"{\"input\":\"hello\"}", "{\"input\":[\"hello\"]}",
+                                 "{\"input\":[104,101],\"encoding_format\":\"float\",\"model\":\"m\"}",
+                                 "{\"input\":[[104,101]]}"};
+    const char      *bad[][2] = {{"{}", "input"},
+                                 {"{\"input\":[\"a\",\"b\"]}", "input"},
+                                 {"{\"input\":12}", "input"},
+                                 {"{\"input\":[300]}", "input"},
+                                 {"{\"input\":\"a\",\"encoding_format\":\"base64\"}", "encoding_format"},
+                                 {"{\"input\":\"a\",\"dimensions\":8}", "dimensions"}};
+    float            v[3]     = {0.5f, -0.25f, 1.0f};
+    char            *json     = NULL;
+    size_t           n;
+    json_t          *d;
+
+    for (size_t k = 0; k < sizeof(ok) / sizeof(ok[0]); k++) {
+        cr_assert_eq(tpm_api_embeddings_parse(ok[k], strlen(ok[k]), &lim, tok, &job, &err), TPM_OK,
+                     "%s: %s", ok[k], err.message);
+        cr_assert_eq(job->embed, 1);
+        cr_assert_gt(job->n_prompt, 0);
+        tpm_api_job_free(job);
+    }
+    for (size_t k = 0; k < sizeof(bad) / sizeof(bad[0]); k++) {
+        cr_assert_neq(tpm_api_embeddings_parse(bad[k][0], strlen(bad[k][0]), &lim, tok, &job, &err),
+                      TPM_OK, "accepted %s", bad[k][0]);
+        cr_assert_str_eq(err.param, bad[k][1], "%s: param %s", bad[k][0], err.param);
+    }
+    cr_assert_eq(tpm_api_embeddings_json("m", v, 3, 2, &json, &n), TPM_OK);
+    d = json_loads(json, 0, NULL);
+    free(json);
+    cr_assert_str_eq(json_string_value(json_object_get(d, "object")), "list");
+    cr_assert_eq(json_array_size(
+                     json_object_get(json_array_get(json_object_get(d, "data"), 0), "embedding")),
+                 3);
+    cr_assert_eq(json_integer_value(json_object_get(json_object_get(d, "usage"), "prompt_tokens")),
+                 2);
+    json_decref(d);
+}
