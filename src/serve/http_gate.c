@@ -212,7 +212,8 @@ int tpm_http_head_check(const char *buf, size_t n, int *status_p, char *msg, siz
             while (v1 > v0 && (b[v1 - 1] == ' ' || b[v1 - 1] == '\t')) {
                 v1--;
             }
-            for (size_t k = v0; k < v1 && d < 19; k++, d++) {
+            /* at most 18 digits: below 2^63, so v cannot overflow (and no body is that big) */
+            for (size_t k = v0; k < v1 && d < 18; k++, d++) {
                 if (b[k] < '0' || b[k] > '9') {
                     d = 0;
                     break;
@@ -222,7 +223,7 @@ int tpm_http_head_check(const char *buf, size_t n, int *status_p, char *msg, siz
             if (d == 0 || d != v1 - v0) {
                 return head_bad(400, status_p, msg, cap,
                                 "malformed Content-Length '%.*s': it must be a decimal number "
-                                "of bytes",
+                                "of bytes (at most 18 digits)",
                                 (int)(v1 - v0 < 64 ? v1 - v0 : 64), buf + v0);
             }
             if (cl >= 0 && v != cl) {

@@ -583,6 +583,7 @@ Test(api, the_gate_refuses_malformed_heads_at_once)
         {"GET / HTTP/1.1\r\nContent-Length:\r\n\r\n", 35, 400},
         {"GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", 56, 400},
         {"GET / HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n", 56, 400},
+        {"GET / HTTP/1.1\r\nContent-Length: 9999999999999999999\r\n\r\n", 55, 400},
     };
     int status;
 
