@@ -125,14 +125,14 @@ static tpm_status_t run_export(const tpm_config_t *cfg, tpm_comm_t *comm)
     tpm_status_t status = TPM_OK;
 
     if (cfg->ckpt[0] == '\0') {
-        tpm_info0("error: --mode=export needs --ckpt=FILE (a checkpoint, or a checkpoint "
-                  "directory)");
+        tpm_error0("--mode=export needs --ckpt=FILE (a checkpoint, or a checkpoint "
+                   "directory)");
         status = TPM_ERR_INVALID_ARG;
     } else if (cfg->out[0] == '\0') {
-        tpm_info0("error: --mode=export needs --out=FILE for the %s model file", cfg->format);
+        tpm_error0("--mode=export needs --out=FILE for the %s model file", cfg->format);
         status = TPM_ERR_INVALID_ARG;
     } else if (strcmp(cfg->format, "llmc") != 0) {
-        tpm_info0("error: --format=%s cannot be exported (available: llmc)", cfg->format);
+        tpm_error0("--format=%s cannot be exported (available: llmc)", cfg->format);
         status = TPM_ERR_UNSUPPORTED;
     }
     TPM_CHECK(tpm_ckpt_agree(comm, status));
@@ -166,7 +166,7 @@ int main(int argc, char **argv)
     tpm_status_t    status = TPM_OK;
     tpm_log_level_t level;
     int             rank = 0, provided, exit_now = 0, all_ok;
-    FILE           *out  = stdout;
+    FILE           *out = stdout;
 
     MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided);
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
@@ -220,9 +220,9 @@ int main(int argc, char **argv)
     case TPM_MODE_EXPORT: status = run_export(&cfg, comm); break;
     case TPM_MODE_SERVE: status = tpm_serve_run(&cfg, comm); break;
     default:
-        tpm_info0("error: --mode=%s is not implemented yet in this version (available: train, "
-                  "prepare, export, serve)",
-                  tpm_mode_name(cfg.mode));
+        tpm_error0("--mode=%s is not implemented yet in this version (available: train, "
+                   "prepare, export, serve)",
+                   tpm_mode_name(cfg.mode));
         status = TPM_ERR_UNSUPPORTED;
         break;
     }

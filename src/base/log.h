@@ -45,4 +45,13 @@ void tpm_log_emit(tpm_log_level_t level, const char *file, int line, const char 
         }                                                                                          \
     } while (0)
 
+/** Error message from rank 0 only: a failure every rank agreed on, said once. Unlike
+ *  tpm_info0 it is not silenced by --log-level=error. */
+#define tpm_error0(...)                                                                            \
+    do {                                                                                           \
+        if (tpm_log_rank <= 0) {                                                                   \
+            tpm_log_error(__VA_ARGS__);                                                            \
+        }                                                                                          \
+    } while (0)
+
 #endif /* TPM_BASE_LOG_H */

@@ -90,6 +90,7 @@ static const char *const cuda_matmul_names[] = {"auto", "fp32", "tf32", "bf16", 
 static const char *const precision_names[] = {"fp32", "bf16", NULL};
 static const char *const serve_dtype_names[] = {"fp32", "bf16", "int8", NULL};
 static const char *const format_names[] = {"llmc", NULL};
+static const char *const chat_template_names[] = {"chatml", "llama3", NULL};
 static const char *const compression_names[] = {"none", "2bit", NULL};
 static const char *const residual_names[]    = {"fp32", "bf16", "none", NULL};
 static const char *const level_names[]  = {"error", "warn", "info", "debug", NULL};
@@ -295,6 +296,10 @@ static const config_opt_t options[] = {
     {"max-body-bytes", "TPMPI_MAX_BODY_BYTES", "1048576", "N", "serve: request body limit",
      CONFIG_GROUP_SERVE, CONFIG_TYPE_INT, OFF(max_body_bytes), 0, 64, 1073741824, 0, 0, 0,
      NULL},
+    {"chat-template", "TPMPI_CHAT_TEMPLATE", "chatml", "NAME",
+     "serve: how /v1/chat/completions renders messages: chatml or llama3",
+     CONFIG_GROUP_SERVE, CONFIG_TYPE_CHOICE, OFF(chat_template), SZ(chat_template), 0, 0, 0, 0, 0,
+     chat_template_names},
 };
 /* clang-format on */
 

@@ -98,6 +98,7 @@ typedef struct tpm_config {
     int  max_tokens;      /* upper bound for a request's max_tokens */
     int  max_queue;       /* waiting requests before 503 */
     int  max_body_bytes;  /* request body limit */
+    char chat_template[16]; /* chatml | llama3 */
 } tpm_config_t;
 
 /** Fill @p cfg with the built-in defaults. */

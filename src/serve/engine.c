@@ -10,6 +10,7 @@
  */
 #include "serve/engine.h"
 
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -42,6 +43,8 @@ typedef struct {
     int              n_past;  /* positions in the KV cache (prompt fed + tokens fed) */
     int              max_gen; /* tokens this job may generate */
     int32_t          last;    /* sampled token to feed next (SLOT_DECODE) */
+    int32_t         *gen;     /* (o.max_tokens) tokens generated so far, for the penalties */
+    double          *emb;     /* (C) embedding jobs: the sum of the final layer norm's rows */
     char            *hold;    /* generated text not passed on yet (hold_cap bytes) */
     size_t           hold_len;
 } slot_t;
@@ -52,7 +55,7 @@ struct tpm_engine {
     tpm_model_config_t cfg;
     tpm_engine_opts_t  o;
     tpm_tp_model_t    *m;
-    int32_t           *desc;    /* (3 n_batch + n_slots) descriptor, every rank */
+    int32_t           *desc;    /* (4 n_batch) descriptor, every rank */
     int32_t           *hdr_all; /* (world * HDR_LEN) all-gathered headers */
     int                busy;    /* the last iteration ran tokens: the next header is near */
 
@@ -62,10 +65,17 @@ struct tpm_engine {
     slot_t                *slots; /* (n_slots) */
     int                   *fifo;  /* (n_slots) slots in prefill, oldest admission first */
     int                    n_fifo;
-    int                   *row_slot; /* (n_slots) logit row -> slot */
-    char                  *hold_mem; /* n_slots * hold_cap */
-    size_t                 hold_cap;
-    tpm_sampler_t         *sampler;
+    int                   *row_slot; /* (n_batch) logit row -> slot */
+    int                   *row_echo; /* (n_batch) logit row -> position it scores the next
+                                        prompt token of (echo), or -1: a row to sample from */
+    char          *hold_mem;         /* n_slots * hold_cap */
+    size_t         hold_cap;
+    tpm_sampler_t *sampler;
+    int32_t       *gen_mem; /* n_slots * o.max_tokens: the slots' gen arrays */
+    int32_t       *counts;  /* (V) zeros: scratch of tpm_sampler_adjust */
+    float         *adj;     /* (V) an adjusted copy of a logit row */
+    double        *emb_mem; /* n_slots * C: the slots' emb sums */
+    float         *emb_row; /* (C) one row of the final layer norm, on the host */
 };
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -104,11 +114,12 @@ tpm_status_t tpm_engine_create(tpm_backend_t *be, tpm_comm_t *comm, const tpm_mo
     if (e->o.n_batch == 0) {
         e->o.n_batch = S + TPM_ENGINE_PREFILL_CHUNK;
     }
-    TPM_CHECK_GOTO(tpm_tp_create(be, comm, cfg, S, e->o.ctx, e->o.n_batch, S, &e->m), status, err);
+    /* a logit row per token at most: echo requests score every prompt token */
+    TPM_CHECK_GOTO(tpm_tp_create(be, comm, cfg, S, e->o.ctx, e->o.n_batch, e->o.n_batch, &e->m),
+                   status, err);
     TPM_CHECK_GOTO(tpm_tp_set_weight_dtype(e->m, e->o.wdt), status, err);
-    TPM_CHECK_GOTO(
-        tpm_calloc(3 * (size_t)e->o.n_batch + (size_t)S, sizeof(int32_t), (void **)&e->desc),
-        status, err);
+    TPM_CHECK_GOTO(tpm_calloc(4 * (size_t)e->o.n_batch, sizeof(int32_t), (void **)&e->desc), status,
+                   err);
     TPM_CHECK_GOTO(tpm_calloc((size_t)comm->size * HDR_LEN, sizeof(int32_t), (void **)&e->hdr_all),
                    status, err);
     if (comm->rank != 0) {
@@ -135,10 +146,23 @@ tpm_status_t tpm_engine_create(tpm_backend_t *be, tpm_comm_t *comm, const tpm_mo
     e->hold_cap = TPM_ENGINE_MAX_STOP_BYTES + 4 + max_tok_bytes;
     TPM_CHECK_GOTO(tpm_calloc((size_t)S, sizeof(*e->slots), (void **)&e->slots), status, err);
     TPM_CHECK_GOTO(tpm_calloc((size_t)S, sizeof(int), (void **)&e->fifo), status, err);
-    TPM_CHECK_GOTO(tpm_calloc((size_t)S, sizeof(int), (void **)&e->row_slot), status, err);
+    TPM_CHECK_GOTO(tpm_calloc((size_t)e->o.n_batch, sizeof(int), (void **)&e->row_slot), status,
+                   err);
+    TPM_CHECK_GOTO(tpm_calloc((size_t)e->o.n_batch, sizeof(int), (void **)&e->row_echo), status,
+                   err);
     TPM_CHECK_GOTO(tpm_calloc((size_t)S, e->hold_cap, (void **)&e->hold_mem), status, err);
+    TPM_CHECK_GOTO(
+        tpm_calloc((size_t)S * (size_t)e->o.max_tokens, sizeof(int32_t), (void **)&e->gen_mem),
+        status, err);
+    TPM_CHECK_GOTO(tpm_calloc((size_t)cfg->V, sizeof(int32_t), (void **)&e->counts), status, err);
+    TPM_CHECK_GOTO(tpm_calloc((size_t)cfg->V, sizeof(float), (void **)&e->adj), status, err);
+    TPM_CHECK_GOTO(tpm_calloc((size_t)S * (size_t)cfg->C, sizeof(double), (void **)&e->emb_mem),
+                   status, err);
+    TPM_CHECK_GOTO(tpm_calloc((size_t)cfg->C, sizeof(float), (void **)&e->emb_row), status, err);
     for (int s = 0; s < S; s++) {
         e->slots[s].hold = e->hold_mem + (size_t)s * e->hold_cap;
+        e->slots[s].gen  = e->gen_mem + (size_t)s * (size_t)e->o.max_tokens;
+        e->slots[s].emb  = e->emb_mem + (size_t)s * (size_t)cfg->C;
     }
     TPM_CHECK_GOTO(tpm_sampler_create(cfg->V, &e->sampler), status, err);
     *e_p = e;
@@ -156,7 +180,13 @@ void tpm_engine_destroy(tpm_engine_t *e)
     }
     tpm_sampler_destroy(e->sampler);
     tpm_free(e->hold_mem);
+    tpm_free(e->gen_mem);
+    tpm_free(e->counts);
+    tpm_free(e->adj);
+    tpm_free(e->emb_mem);
+    tpm_free(e->emb_row);
     tpm_free(e->row_slot);
+    tpm_free(e->row_echo);
     tpm_free(e->fifo);
     tpm_free(e->slots);
     tpm_free(e->hdr_all);
@@ -253,7 +283,8 @@ static int job_valid(const tpm_engine_t *e, const tpm_serve_job_t *job)
             return 0;
         }
     }
-    if (job->on_token == NULL || job->on_done == NULL) {
+    if (job->on_token == NULL || job->on_done == NULL ||
+        (job->logprobs && job->on_logprob == NULL) || (job->embed && job->on_embedding == NULL)) {
         tpm_log_warn("serve: rejected a job without callbacks");
         return 0;
     }
@@ -320,6 +351,7 @@ static void plan(tpm_engine_t *e, int *n_p, int *nl_p)
             slot[n]                = s;
             pos[n]                 = sl->n_past++;
             e->row_slot[nl]        = s;
+            e->row_echo[nl]        = -1;
             e->desc[3 * nb + nl++] = n++;
         }
     }
@@ -332,9 +364,21 @@ static void plan(tpm_engine_t *e, int *n_p, int *nl_p)
             tok[n]  = sl->prompt[sl->n_past];
             slot[n] = e->fifo[i];
             pos[n]  = sl->n_past++;
+            if (sl->job->embed) {
+                e->row_slot[nl]        = e->fifo[i];
+                e->row_echo[nl]        = -2 - pos[n]; /* an embedding row */
+                e->desc[3 * nb + nl++] = n;
+            } else if (sl->job->logprobs && sl->job->echo && pos[n] + 1 < sl->n_prompt) {
+                e->row_slot[nl]        = e->fifo[i];
+                e->row_echo[nl]        = pos[n]; /* scores prompt[pos + 1] */
+                e->desc[3 * nb + nl++] = n;
+            }
         }
-        if (sl->n_past == sl->n_prompt) {
+        if (sl->n_past == sl->n_prompt && sl->job->embed) {
+            done++; /* its last embedding row ends it */
+        } else if (sl->n_past == sl->n_prompt) {
             e->row_slot[nl]        = e->fifo[i];
+            e->row_echo[nl]        = -1;
             e->desc[3 * nb + nl++] = n - 1;
             done++; /* a prefix of the FIFO: it is served in order */
         }
@@ -466,16 +510,87 @@ static void emit(tpm_engine_t *e, int s, int32_t t, tpm_serve_stats_t *st)
     }
 }
 
+/* the log-probability of @p t under row @p row and its top alternatives, to the job */
+static void report_logprob(tpm_engine_t *e, tpm_serve_job_t *job, const float *row, int index,
+                           int32_t t)
+{
+    int32_t top_ids[TPM_LOGPROBS_MAX_TOP];
+    float   top_lp[TPM_LOGPROBS_MAX_TOP], lp;
+    int     k = job->top_logprobs;
+
+    k = k < 0 ? 0 : (k > TPM_LOGPROBS_MAX_TOP ? TPM_LOGPROBS_MAX_TOP : k);
+    tpm_logprobs(row, e->cfg.V, t, k, &lp, top_ids, top_lp);
+    job->on_logprob(job, index, t, lp, k < e->cfg.V ? k : e->cfg.V, top_ids, top_lp);
+}
+
+/* an embedding job's row j (prompt position pos): add it up; the last one ends the job */
+static void embed_row(tpm_engine_t *e, int s, int j, int pos)
+{
+    slot_t          *sl   = &e->slots[s];
+    tpm_serve_job_t *job  = sl->job;
+    const int        C    = e->cfg.C;
+    const float     *lnf  = e->m->lnf + (size_t)j * (size_t)C;
+    double           norm = 0.0;
+
+    if (pos == 0) {
+        memset(sl->emb, 0, (size_t)C * sizeof(double));
+    }
+    if (e->be->ops->copy(e->be, e->emb_row, lnf, (size_t)C * sizeof(float), TPM_COPY_D2H) !=
+        TPM_OK) {
+        finish_slot(e, s, TPM_FINISH_ERROR);
+        return;
+    }
+    for (int c = 0; c < C; c++) {
+        sl->emb[c] += e->emb_row[c];
+    }
+    if (pos + 1 < sl->n_prompt) {
+        return;
+    }
+    for (int c = 0; c < C; c++) {
+        norm += sl->emb[c] * sl->emb[c]; /* the mean's norm is the sum's over n */
+    }
+    norm = norm > 0.0 ? 1.0 / sqrt(norm) : 0.0;
+    for (int c = 0; c < C; c++) {
+        e->emb_row[c] = (float)(sl->emb[c] * norm);
+    }
+    job->on_embedding(job, e->emb_row, C);
+    finish_slot(e, s, TPM_FINISH_STOP);
+}
+
 static void sample_all(tpm_engine_t *e, const float *logits, int nl, tpm_serve_stats_t *st)
 {
     for (int j = 0; j < nl; j++) {
         const int            s   = e->row_slot[j];
-        tpm_serve_job_t     *job = e->slots[s].job;
+        slot_t              *sl  = &e->slots[s];
+        tpm_serve_job_t     *job = sl->job;
+        const float         *row = logits + (size_t)j * (size_t)e->cfg.Vp;
         tpm_sampler_params_t p   = {job->temperature, job->top_k, job->top_p, job->seed};
         int32_t              t;
 
-        t = tpm_sampler_sample(e->sampler, logits + (size_t)j * (size_t)e->cfg.Vp, &p,
-                               (uint64_t)job->n_generated);
+        if (e->row_echo[j] >= 0) {
+            report_logprob(e, job, row, e->row_echo[j] + 1, sl->prompt[e->row_echo[j] + 1]);
+            continue;
+        }
+        if (e->row_echo[j] <= -2) {
+            embed_row(e, s, j, -2 - e->row_echo[j]);
+            continue;
+        }
+        if (job->n_bias > 0 || job->presence_penalty != 0.0f || job->frequency_penalty != 0.0f) {
+            /* the log-probabilities stay the model's: they are taken from the row itself */
+            memcpy(e->adj, row, (size_t)e->cfg.V * sizeof(float));
+            tpm_sampler_adjust(e->adj, e->cfg.V, job->bias_ids, job->bias_val, job->n_bias, sl->gen,
+                               job->n_generated, job->presence_penalty, job->frequency_penalty,
+                               e->counts);
+            t = tpm_sampler_sample(e->sampler, e->adj, &p, (uint64_t)job->n_generated);
+        } else {
+            t = tpm_sampler_sample(e->sampler, row, &p, (uint64_t)job->n_generated);
+        }
+        if (job->logprobs) {
+            report_logprob(e, job, row, sl->n_prompt + job->n_generated, t);
+        }
+        if (job->n_generated < e->o.max_tokens) {
+            sl->gen[job->n_generated] = t;
+        }
         emit(e, s, t, st);
     }
 }

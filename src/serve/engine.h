@@ -113,8 +113,8 @@ void tpm_serve_queue_drain(tpm_serve_queue_t *q, tpm_finish_t finish);
 /**
  * --mode=serve: resolve --ckpt (a file, or a directory's latest), read this rank's slices,
  * print memory per rank and the slot capacity, start the HTTP front-end on rank 0, run the
- * engine until SIGTERM/SIGINT, then stop the front-end. Collective; every rank returns the
- * same status for start-up failures.
+ * engine until a stop signal (TERM, INT, USR1, USR2), then stop the front-end. Collective; every
+ * rank returns the same status for start-up failures.
  */
 tpm_status_t tpm_serve_run(const tpm_config_t *cfg, tpm_comm_t *comm);
 

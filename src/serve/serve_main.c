@@ -12,41 +12,16 @@
 #include <string.h>
 
 #include "base/mem.h"
+#include "base/stop_signal.h"
 #include "base/timer.h"
 #include "serve/http.h"
 
-/* the stop flag the signal handler sets (a plain int store: async-signal-safe in practice) */
-static tpm_serve_stats_t *volatile serve_stats_for_signal;
-
-static void on_stop_signal(int sig)
-{
-    tpm_serve_stats_t *st = serve_stats_for_signal;
-
-    (void)sig;
-    if (st != NULL) {
-        st->stop = 1;
-    }
-}
-
-static void install_signals(tpm_serve_stats_t *st, struct sigaction *old_term,
-                            struct sigaction *old_int)
-{
-    struct sigaction sa;
-
-    serve_stats_for_signal = st;
-    memset(&sa, 0, sizeof(sa));
-    sa.sa_handler = on_stop_signal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGTERM, &sa, old_term);
-    sigaction(SIGINT, &sa, old_int);
-}
-
-static void restore_signals(const struct sigaction *old_term, const struct sigaction *old_int)
-{
-    sigaction(SIGTERM, old_term, NULL);
-    sigaction(SIGINT, old_int, NULL);
-    serve_stats_for_signal = NULL;
-}
+/*
+ * The signals that stop the server cleanly: TERM and INT (srun, Slurm, a terminal), and
+ * USR1 and USR2, which Open MPI's mpirun forwards to every rank at once; TERM or INT sent
+ * to mpirun itself makes it kill the job instead (docs/SERVING.md, Shutdown).
+ */
+static const int serve_stop_signals[] = {SIGTERM, SIGINT, SIGUSR1, SIGUSR2};
 
 /* model id for /v1/models: the --ckpt argument's last component, without ".h5" */
 static void model_name(const char *arg, char *buf, size_t cap)
@@ -115,14 +90,14 @@ tpm_status_t tpm_serve_run(const tpm_config_t *cfg, tpm_comm_t *comm)
     tpm_model_config_t    mc;
     tpm_engine_opts_t     opts;
     tpm_http_model_info_t info;
-    struct sigaction      old_term, old_int;
+    tpm_stop_signals_t    old_signals;
     tpm_status_t          status = TPM_OK;
     double                t0     = tpm_time_now();
 
     memset(&stats, 0, sizeof(stats));
     memset(path, 0, sizeof(path));
     if (cfg->ckpt[0] == '\0') {
-        tpm_info0("error: --mode=serve needs --ckpt=FILE.h5 or --ckpt=DIR (its latest checkpoint)");
+        tpm_error0("--mode=serve needs --ckpt=FILE.h5 or --ckpt=DIR (its latest checkpoint)");
         return TPM_ERR_INVALID_ARG; /* the same configuration on every rank */
     }
     /* rank 0 resolves DIR/latest once: a checkpoint landing meanwhile cannot split the ranks */
@@ -163,7 +138,9 @@ tpm_status_t tpm_serve_run(const tpm_config_t *cfg, tpm_comm_t *comm)
     TPM_CHECK_GOTO(report_memory(comm, tpm_engine_model(e)), status, out);
 
     /* the front-end first: /health says 503 while the weights are read */
-    install_signals(&stats, &old_term, &old_int);
+    tpm_stop_signals_install(serve_stop_signals,
+                             (int)(sizeof(serve_stop_signals) / sizeof(serve_stop_signals[0])),
+                             &stats.stop, &old_signals);
     if (root) {
         model_name(cfg->ckpt, name, sizeof(name));
         info.name  = name;
@@ -187,6 +164,9 @@ tpm_status_t tpm_serve_run(const tpm_config_t *cfg, tpm_comm_t *comm)
               be->n_threads);
 
     status = tpm_engine_run(e, q, root ? &stats : NULL);
+    if (tpm_stop_signal() != 0) {
+        tpm_info0("stopping on signal %d (%s)", tpm_stop_signal(), strsignal(tpm_stop_signal()));
+    }
     tpm_info0("stopping: %llu prompt tokens, %llu generated tokens served",
               (unsigned long long)stats.prompt_tokens, (unsigned long long)stats.generated_tokens);
 
@@ -201,7 +181,7 @@ out_http:
         http = NULL;
     }
 out_signals:
-    restore_signals(&old_term, &old_int);
+    tpm_stop_signals_restore(&old_signals);
 out:
     tpm_http_stop(http); /* still set only when the front-end started and start-up failed */
     tpm_serve_queue_destroy(q);
