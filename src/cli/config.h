@@ -69,6 +69,7 @@ typedef struct tpm_config {
     char     cuda_matmul[8];        /* auto | fp32 | tf32 | bf16 (CUDA matmul inputs) */
     char     precision[8];          /* fp32 | bf16 working weights */
     char     serve_dtype[8];        /* serve: fp32 | bf16 | int8 matrix weights */
+    char     kv_dtype[8];           /* serve: fp32 | bf16 KV cache */
     int      debug_collectives;
     char     log_level[16];
 

@@ -222,6 +222,39 @@ tpm_status_t tpm_tp_set_weight_dtype(tpm_tp_model_t *m, tpm_wdtype_t dt)
     return weights_alloc(m);
 }
 
+tpm_status_t tpm_tp_set_kv_dtype(tpm_tp_model_t *m, int bf16)
+{
+    const size_t kv_floats = m->mem.kv_bytes / (2 * (m->kcache16 != NULL ? 2 : 4));
+
+    if (!bf16 == (m->kcache16 == NULL)) {
+        return TPM_OK;
+    }
+    if (bf16 && m->be->ops->attention_kv16 == NULL) {
+        tpm_log_error("a bf16 KV cache needs the CPU backend (the %s backend has no bf16 "
+                      "attention yet); use --kv-dtype=fp32",
+                      m->be->ops->name);
+        return TPM_ERR_UNSUPPORTED;
+    }
+    m->be->ops->free(m->be, m->kvmem);
+    m->kvmem  = NULL;
+    m->kcache = m->vcache = NULL;
+    m->kcache16 = m->vcache16 = NULL;
+    m->mem.kv_bytes           = 2 * kv_floats * (bf16 ? sizeof(uint16_t) : sizeof(float));
+    if (m->mem.kv_bytes == 0) {
+        return TPM_OK;
+    }
+    TPM_CHECK(m->be->ops->alloc(m->be, m->mem.kv_bytes, &m->kvmem));
+    TPM_CHECK(m->be->ops->memzero(m->be, m->kvmem, m->mem.kv_bytes));
+    if (bf16) {
+        m->kcache16 = m->kvmem;
+        m->vcache16 = m->kcache16 + kv_floats;
+    } else {
+        m->kcache = m->kvmem;
+        m->vcache = m->kcache + kv_floats;
+    }
+    return TPM_OK;
+}
+
 tpm_status_t tpm_tp_create(tpm_backend_t *be, tpm_comm_t *comm, const tpm_model_config_t *cfg,
                            int n_slots, int ctx, int max_tok, int max_logits, tpm_tp_model_t **m_p)
 {
@@ -478,6 +511,8 @@ static tpm_status_t block_fwd(tpm_tp_model_t *m, int l, int n)
         .part     = m->buf,
         .kcache   = m->kcache != NULL ? m->kcache + kv_off : NULL,
         .vcache   = m->vcache != NULL ? m->vcache + kv_off : NULL,
+        .kcache16 = m->kcache16 != NULL ? m->kcache16 + kv_off : NULL,
+        .vcache16 = m->vcache16 != NULL ? m->vcache16 + kv_off : NULL,
         .slot     = m->slot,
         .pos      = m->pos,
         .ctx      = m->ctx,

@@ -71,7 +71,8 @@ typedef struct tpm_tp_model {
      */
     tpm_wdtype_t wdt;
     tpm_qmat_t  *q;
-    float             *kcache, *vcache; /* (L, n_slots, ctx, nh * hs) each */
+    float             *kcache, *vcache; /* (L, n_slots, ctx, nh * hs) each; NULL when bf16 */
+    uint16_t          *kcache16, *vcache16; /* the same in bf16 (tpm_tp_set_kv_dtype) */
 
     /* activations (device), sized for max_tok tokens / max_logits rows */
     float   *x;      /* (max_tok, C) residual stream */
@@ -122,6 +123,14 @@ void         tpm_tp_destroy(tpm_tp_model_t *m); /* no-op on NULL */
  * otherwise. TPM_WDT_F32 is a no-op. Not collective.
  */
 tpm_status_t tpm_tp_set_weight_dtype(tpm_tp_model_t *m, tpm_wdtype_t dt);
+
+/**
+ * Keep the KV cache in bf16 (@p bf16 = 1: half the memory; k and v rounded to nearest even
+ * when written, widened when read) or fp32 (0, the default). Its contents are dropped: call
+ * it before the first forward pass. Needs a backend with attention_kv16 (the CPU one):
+ * TPM_ERR_UNSUPPORTED with a message otherwise. Not collective.
+ */
+tpm_status_t tpm_tp_set_kv_dtype(tpm_tp_model_t *m, int bf16);
 
 /** The slice of tensor @p t of group @p g (tpm_model_group_desc numbering); borrowed. */
 tpm_tp_slice_t *tpm_tp_slice(tpm_tp_model_t *m, int g, int t);

@@ -118,6 +118,7 @@ tpm_status_t tpm_engine_create(tpm_backend_t *be, tpm_comm_t *comm, const tpm_mo
     TPM_CHECK_GOTO(tpm_tp_create(be, comm, cfg, S, e->o.ctx, e->o.n_batch, e->o.n_batch, &e->m),
                    status, err);
     TPM_CHECK_GOTO(tpm_tp_set_weight_dtype(e->m, e->o.wdt), status, err);
+    TPM_CHECK_GOTO(tpm_tp_set_kv_dtype(e->m, e->o.kv_bf16), status, err);
     TPM_CHECK_GOTO(tpm_calloc(4 * (size_t)e->o.n_batch, sizeof(int32_t), (void **)&e->desc), status,
                    err);
     TPM_CHECK_GOTO(tpm_calloc((size_t)comm->size * HDR_LEN, sizeof(int32_t), (void **)&e->hdr_all),

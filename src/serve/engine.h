@@ -49,7 +49,8 @@ typedef struct tpm_engine_opts {
     int ctx;        /* KV cache positions per slot (<= the model's position table) */
     int max_tokens; /* upper bound of a job's max_tokens (a job's 0 or less means this) */
     int n_batch;    /* tokens per iteration (0: n_slots + TPM_ENGINE_PREFILL_CHUNK) */
-    tpm_wdtype_t wdt; /* matrix weights' serving format (0: fp32) */
+    tpm_wdtype_t wdt;     /* matrix weights' serving format (0: fp32) */
+    int          kv_bf16; /* KV cache in bf16 (0: fp32) */
 } tpm_engine_opts_t;
 
 typedef struct tpm_engine tpm_engine_t;

@@ -64,10 +64,11 @@ static tpm_status_t report_memory(tpm_comm_t *comm, const tpm_tp_model_t *m)
 
         tpm_tp_partition(&m->cfg, comm->size, r, &p);
         tpm_info0("rank %d: heads [%d, %d), mlp rows [%lld, %lld), vocab rows [%lld, %lld): "
-                  "weights %.1f MiB (%s), kv cache %.1f MiB, activations %.1f MiB",
+                  "weights %.1f MiB (%s), kv cache %.1f MiB (%s), activations %.1f MiB",
                   r, p.h0, p.h0 + p.nh, (long long)p.f0, (long long)(p.f0 + p.nf), (long long)p.v0,
                   (long long)(p.v0 + p.nv), all[3 * r] / mib, tpm_wdtype_name(m->wdt),
-                  all[3 * r + 1] / mib, all[3 * r + 2] / mib);
+                  all[3 * r + 1] / mib, m->kcache16 != NULL ? "bf16" : "fp32",
+                  all[3 * r + 2] / mib);
     }
     tpm_info0("slot capacity: %d slots x %d tokens = %lld KV cache tokens, up to %d tokens per "
               "iteration",
@@ -125,6 +126,7 @@ tpm_status_t tpm_serve_run(const tpm_config_t *cfg, tpm_comm_t *comm)
     opts.ctx        = cfg->ctx_size > 0 ? cfg->ctx_size : mc.maxT;
     opts.max_tokens = cfg->max_tokens;
     (void)tpm_wdtype_parse(cfg->serve_dtype, &opts.wdt); /* the option table checked it */
+    opts.kv_bf16 = strcmp(cfg->kv_dtype, "bf16") == 0;
     tpm_info0("serving %s: L=%d C=%d NH=%d V=%d n_ctx=%d on %d rank(s)%s", path, mc.L, mc.C, mc.NH,
               mc.V, mc.maxT, comm->size,
               mc.NH % comm->size != 0 ? " (ranks do not divide the heads: uneven head split)" : "");
