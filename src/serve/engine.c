@@ -3,7 +3,8 @@
  * engine.c: the lockstep serving loop (engine.h): slot table, batch planning with chunked
  * prefill, the per-iteration descriptor exchange, sampling and stop handling on rank 0.
  *
- * Descriptor: a header of 4 int32 (tokens n, logit rows nl, stop flag, reserved), then one
+ * Descriptor: a header of 4 int32 (tokens n, logit rows nl, stop flag, and each rank's own
+ * "new weights ready" flag, which is why the header is an all-gather), then one
  * int32 array [token ids (n) | slots (n) | positions (n) | logit rows (nl)]. The header goes
  * out through a non-blocking all-gather (rank 0's entry counts) so that ranks waiting for
  * work can sleep between polls; the array follows with a broadcast.
@@ -26,7 +27,7 @@
 /* how long an idle rank 0 sleeps on the queue before it sends an empty batch */
 #define ENGINE_IDLE_WAIT_S 0.05
 
-enum { HDR_N = 0, HDR_NL, HDR_STOP, HDR_LEN = 4 };
+enum { HDR_N = 0, HDR_NL, HDR_STOP, HDR_READY, HDR_LEN = 4 };
 
 typedef enum {
     SLOT_FREE = 0,
@@ -42,6 +43,7 @@ typedef struct {
     int              n_past;  /* positions in the KV cache (prompt fed + tokens fed) */
     int              max_gen; /* tokens this job may generate */
     int32_t          last;    /* sampled token to feed next (SLOT_DECODE) */
+    int32_t         *hist;    /* (ctx) the tokens in the KV cache, by position */
     char            *hold;    /* generated text not passed on yet (hold_cap bytes) */
     size_t           hold_len;
 } slot_t;
@@ -55,6 +57,9 @@ struct tpm_engine {
     int32_t           *desc;    /* (3 n_batch + n_slots) descriptor, every rank */
     int32_t           *hdr_all; /* (world * HDR_LEN) all-gathered headers */
     int                busy;    /* the last iteration ran tokens: the next header is near */
+    tpm_engine_swap_hook_t hook;  /* weights arriving while serving (ready == NULL: none) */
+    int                    recompute; /* --swap-policy=recompute */
+    int                    swap_next; /* every rank was ready: swap at the next step's start */
 
     /* rank 0 */
     const tpm_tokenizer_t *tok;
@@ -64,6 +69,7 @@ struct tpm_engine {
     int                    n_fifo;
     int                   *row_slot; /* (n_slots) logit row -> slot */
     char                  *hold_mem; /* n_slots * hold_cap */
+    int32_t               *hist_mem; /* n_slots * ctx */
     size_t                 hold_cap;
     tpm_sampler_t         *sampler;
 };
@@ -136,7 +142,10 @@ tpm_status_t tpm_engine_create(tpm_backend_t *be, tpm_comm_t *comm, const tpm_mo
     TPM_CHECK_GOTO(tpm_calloc((size_t)S, sizeof(int), (void **)&e->fifo), status, err);
     TPM_CHECK_GOTO(tpm_calloc((size_t)S, sizeof(int), (void **)&e->row_slot), status, err);
     TPM_CHECK_GOTO(tpm_calloc((size_t)S, e->hold_cap, (void **)&e->hold_mem), status, err);
+    TPM_CHECK_GOTO(tpm_calloc((size_t)S * (size_t)e->o.ctx, sizeof(int32_t), (void **)&e->hist_mem),
+                   status, err);
     for (int s = 0; s < S; s++) {
+        e->slots[s].hist = e->hist_mem + (size_t)s * (size_t)e->o.ctx;
         e->slots[s].hold = e->hold_mem + (size_t)s * e->hold_cap;
     }
     TPM_CHECK_GOTO(tpm_sampler_create(cfg->V, &e->sampler), status, err);
@@ -155,6 +164,7 @@ void tpm_engine_destroy(tpm_engine_t *e)
     }
     tpm_sampler_destroy(e->sampler);
     tpm_free(e->hold_mem);
+    tpm_free(e->hist_mem);
     tpm_free(e->row_slot);
     tpm_free(e->fifo);
     tpm_free(e->slots);
@@ -317,6 +327,7 @@ static void plan(tpm_engine_t *e, int *n_p, int *nl_p)
         if (sl->state == SLOT_DECODE) {
             tok[n]                 = sl->last;
             slot[n]                = s;
+            sl->hist[sl->n_past]   = sl->last;
             pos[n]                 = sl->n_past++;
             e->row_slot[nl]        = s;
             e->desc[3 * nb + nl++] = n++;
@@ -328,9 +339,10 @@ static void plan(tpm_engine_t *e, int *n_p, int *nl_p)
 
         k = k < nb - n ? k : nb - n;
         for (int j = 0; j < k; j++, n++) {
-            tok[n]  = sl->prompt[sl->n_past];
-            slot[n] = e->fifo[i];
-            pos[n]  = sl->n_past++;
+            tok[n]               = sl->prompt[sl->n_past];
+            slot[n]              = e->fifo[i];
+            sl->hist[sl->n_past] = tok[n];
+            pos[n]               = sl->n_past++;
         }
         if (sl->n_past == sl->n_prompt) {
             e->row_slot[nl]        = e->fifo[i];
@@ -515,6 +527,40 @@ static void sleep_ns(long ns)
     nanosleep(&ts, NULL);
 }
 
+void tpm_engine_set_swap_hook(tpm_engine_t *e, const tpm_engine_swap_hook_t *hook, int recompute)
+{
+    memset(&e->hook, 0, sizeof(e->hook));
+    if (hook != NULL) {
+        e->hook = *hook;
+    }
+    e->recompute = recompute;
+    e->swap_next = 0;
+}
+
+/*
+ * Rank 0, after a swap with --swap-policy=recompute: every running sequence feeds its tokens
+ * so far again, as a prompt (hist), so that its KV cache holds the new weights' keys and
+ * values; the last fed token's logits give its next token as a decode step would have.
+ */
+static void recompute_slots(tpm_engine_t *e)
+{
+    for (int s = 0; s < e->o.n_slots; s++) {
+        slot_t *sl = &e->slots[s];
+
+        if (sl->state == SLOT_FREE) {
+            continue;
+        }
+        if (sl->state == SLOT_DECODE) {
+            sl->hist[sl->n_past] = sl->last; /* fits: emit stops a job whose cache is full */
+            sl->n_prompt         = sl->n_past + 1;
+            sl->prompt           = sl->hist;
+            sl->state            = SLOT_PREFILL;
+            e->fifo[e->n_fifo++] = s;
+        }
+        sl->n_past = 0; /* a slot still in prefill keeps its prompt and its FIFO place */
+    }
+}
+
 /*
  * Everyone learns rank 0's header. Rank 0 only calls this when it has decided; the others
  * may wait a long time (an idle server), so they poll with a growing sleep instead of
@@ -552,6 +598,14 @@ tpm_status_t tpm_engine_step(tpm_engine_t *e, tpm_serve_queue_t *q, tpm_serve_st
     tpm_status_t status;
 
     *stop_p = 0;
+    if (e->swap_next) {
+        /* every rank was ready in the last header: all swap here, before the batch is planned */
+        e->hook.swap(e->hook.ctx);
+        e->swap_next = 0;
+        if (e->recompute && e->comm->rank == 0) {
+            recompute_slots(e);
+        }
+    }
     if (e->comm->rank == 0) {
         /* nothing to run: sleep on the queue, then look once more (a bounded idle step) */
         if (!st->stop && prepare(e, q, st, &n, &nl) == 0) {
@@ -574,9 +628,20 @@ tpm_status_t tpm_engine_step(tpm_engine_t *e, tpm_serve_queue_t *q, tpm_serve_st
         hdr[HDR_NL] = nl;
         pack(e, n, nl);
     }
+    if (e->hook.ready != NULL) {
+        hdr[HDR_READY] = e->hook.ready(e->hook.ctx) ? 1 : 0;
+    }
     status = exchange_header(e, hdr);
     if (status != TPM_OK) {
         tpm_fatal(status, "serve: the batch header exchange failed");
+    }
+    if (e->hook.ready != NULL) {
+        int all = 1;
+
+        for (int r = 0; r < e->comm->size; r++) {
+            all = all && e->hdr_all[(size_t)r * HDR_LEN + HDR_READY] != 0;
+        }
+        e->swap_next = all;
     }
     if (hdr[HDR_STOP]) {
         *stop_p = 1;

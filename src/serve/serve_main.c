@@ -14,6 +14,7 @@
 #include "base/mem.h"
 #include "base/timer.h"
 #include "serve/http.h"
+#include "serve/swap.h"
 
 /* the stop flag the signal handler sets (a plain int store: async-signal-safe in practice) */
 static tpm_serve_stats_t *volatile serve_stats_for_signal;
@@ -99,6 +100,136 @@ static tpm_status_t report_memory(tpm_comm_t *comm, const tpm_tp_model_t *m)
               m->n_slots, m->ctx, (long long)m->n_slots * m->ctx, m->max_tok);
     tpm_free(all);
     return status;
+}
+
+/* a start-up failure of the serving group once the trainer is running: stop the whole job */
+static void trainserve_fail(tpm_status_t status, const char *what)
+{
+    tpm_fatal(status, "trainserve: the serving group could not start (%s); stopping the job",
+              what);
+}
+
+/* --mode=trainserve: the model comes from the trainer, weights with every push */
+static tpm_status_t serve_linked(const tpm_config_t *cfg, tpm_comm_t *comm,
+                                 const tpm_push_link_t *link)
+{
+    const int             root = comm->rank == 0;
+    tpm_tokenizer_t      *tok  = NULL;
+    tpm_backend_t        *be   = NULL;
+    tpm_engine_t         *e    = NULL;
+    tpm_serve_queue_t    *q    = NULL;
+    tpm_http_t           *http = NULL;
+    tpm_swapper_t        *sw   = NULL;
+    tpm_serve_stats_t     stats;
+    tpm_model_config_t    mc;
+    tpm_engine_opts_t     opts;
+    tpm_http_model_info_t info;
+    tpm_engine_swap_hook_t hook;
+    struct sigaction      old_term, old_int;
+    tpm_status_t          status;
+    void                 *tok_bytes = NULL;
+    size_t                tok_len   = 0;
+    char                  name[64];
+
+    memset(&stats, 0, sizeof(stats));
+    memset(&mc, 0, sizeof(mc));
+    /* the trainer's start-up result reaches every serving rank in its HELLO */
+    status = tpm_push_recv_hello(link, comm->rank, &mc, &tok_bytes, &tok_len);
+    TPM_CHECK(tpm_comm_agree(comm, status));
+    status = tpm_model_config_finish(&mc);
+    if (status == TPM_OK && root) {
+        status = tpm_tokenizer_from_bytes(tok_bytes, tok_len, &tok);
+    }
+    tpm_free(tok_bytes);
+    if (tpm_comm_agree(comm, status) != TPM_OK) {
+        trainserve_fail(status, "model or tokenizer from the trainer");
+    }
+    memset(&opts, 0, sizeof(opts));
+    opts.n_slots    = cfg->parallel;
+    opts.ctx        = cfg->ctx_size > 0 ? cfg->ctx_size : mc.maxT;
+    opts.max_tokens = cfg->max_tokens;
+    status = tpm_backend_create(cfg->device, cfg->threads, &be);
+    if (status == TPM_OK) {
+        status = tpm_backend_set_matmul(be, cfg->cuda_matmul);
+    }
+    if (tpm_comm_agree(comm, status) != TPM_OK) {
+        trainserve_fail(status, "backend");
+    }
+    status = tpm_engine_create(be, comm, &mc, &opts, tok, &e);
+    if (status == TPM_OK) {
+        status = tpm_swapper_create(link, comm->rank, tpm_engine_model(e), root ? &stats : NULL,
+                                    &sw);
+    }
+    if (tpm_comm_agree(comm, status) != TPM_OK) {
+        trainserve_fail(status, "engine and weight buffers");
+    }
+    tpm_info0("trainserve: serving L=%d C=%d NH=%d V=%d n_ctx=%d on %d rank(s)%s, two weight "
+              "buffers, swap policy %s",
+              mc.L, mc.C, mc.NH, mc.V, mc.maxT, comm->size,
+              mc.NH % comm->size != 0 ? " (ranks do not divide the heads: uneven head split)" : "",
+              cfg->swap_policy);
+    if (report_memory(comm, tpm_engine_model(e)) != TPM_OK) {
+        trainserve_fail(TPM_ERR_MPI, "memory report");
+    }
+    hook.ctx   = sw;
+    hook.ready = tpm_swapper_ready;
+    hook.swap  = tpm_swapper_swap;
+    tpm_engine_set_swap_hook(e, &hook, strcmp(cfg->swap_policy, "recompute") == 0);
+
+    install_signals(&stats, &old_term, &old_int);
+    if (root) {
+        snprintf(name, sizeof(name), "%s", cfg->model);
+        info.name  = name;
+        info.n_ctx = opts.ctx;
+        info.vocab = mc.V;
+        status     = tpm_serve_queue_create(cfg->max_queue, &q);
+        if (status == TPM_OK) {
+            tpm_serve_queue_set_free(q, opts.n_slots);
+            status = tpm_http_start(cfg, q, &stats, tok, &info, &http);
+        }
+    }
+    if (tpm_comm_agree(comm, status) != TPM_OK) {
+        trainserve_fail(status, "HTTP front-end");
+    }
+    /* /health answers 503 until the first push is swapped in (tpm_swapper_swap sets ready) */
+    tpm_info0("listening on http://%s:%d, %d slot(s), context %d: ready with the first push",
+              cfg->host, cfg->port, opts.n_slots, opts.ctx);
+
+    status = tpm_engine_run(e, q, root ? &stats : NULL);
+    tpm_info0("stopping: %llu prompt tokens, %llu generated tokens served, %llu push(es) swapped in",
+              (unsigned long long)stats.prompt_tokens, (unsigned long long)stats.generated_tokens,
+              (unsigned long long)stats.pushes);
+    if (root) {
+        tpm_serve_queue_close(q);
+        tpm_serve_queue_drain(q, TPM_FINISH_CANCELLED);
+        tpm_http_stop(http);
+        http = NULL;
+    }
+    restore_signals(&old_term, &old_int);
+    {
+        /* the trainer's BYE may already be in: a failed trainer ends the job with an error */
+        tpm_status_t ds = tpm_swapper_drain(sw, status);
+
+        if (ds != TPM_OK) {
+            tpm_fatal(ds, "trainserve: ending the weight push protocol failed");
+        }
+        if (status == TPM_OK && tpm_swapper_bye_status(sw) != TPM_OK) {
+            status = TPM_ERR_REMOTE;
+            tpm_info0("error: the training group failed; the serving group stops too");
+        }
+    }
+    tpm_serve_queue_destroy(q);
+    tpm_swapper_destroy(sw);
+    tpm_engine_destroy(e);
+    tpm_backend_destroy(be);
+    tpm_tokenizer_destroy(tok);
+    return status;
+}
+
+tpm_status_t tpm_serve_run_linked(const tpm_config_t *cfg, tpm_comm_t *comm,
+                                  const tpm_push_link_t *link)
+{
+    return link != NULL ? serve_linked(cfg, comm, link) : tpm_serve_run(cfg, comm);
 }
 
 tpm_status_t tpm_serve_run(const tpm_config_t *cfg, tpm_comm_t *comm)
