@@ -1156,8 +1156,6 @@ tpm_status_t tpm_api_metrics_text(const tpm_api_metrics_t *m, const tpm_api_gaug
     api_text_head(&t, "ready", "gauge", "1 when the weights are loaded and requests are served.");
     api_text_printf(&t, "tpmpi:ready %d\n", g->ready ? 1 : 0);
     if (g->trainserve) {
-        uint64_t last = 0;
-
         api_text_head(&t, "weights_step", "gauge",
                       "Optimizer step of the weights served (-1: none pushed yet).");
         api_text_printf(&t, "tpmpi:weights_step %lld\n", (long long)g->weights_step);
@@ -1170,11 +1168,10 @@ tpm_status_t tpm_api_metrics_text(const tpm_api_metrics_t *m, const tpm_api_gaug
                         (unsigned long long)g->push_bytes);
         api_text_head(&t, "weight_push_latency_seconds", "histogram",
                       "Time from a push's header reaching serving rank 0 to the swap.");
-        for (int b = 0; b < g->n_push_buckets; b++) {
-            last = g->push_le[b];
-            if (isfinite(g->push_bounds[b])) {
+        for (int b = 0; b < g->n_push_buckets && b < TPM_SERVE_PUSH_BUCKETS; b++) {
+            if (isfinite(g->push_bounds[b])) { /* the +Inf bucket is the count, below */
                 api_text_printf(&t, "tpmpi:weight_push_latency_seconds_bucket{le=\"%g\"} %llu\n",
-                                g->push_bounds[b], (unsigned long long)last);
+                                g->push_bounds[b], (unsigned long long)g->push_le[b]);
             }
         }
         api_text_printf(&t, "tpmpi:weight_push_latency_seconds_bucket{le=\"+Inf\"} %llu\n",
@@ -1182,7 +1179,6 @@ tpm_status_t tpm_api_metrics_text(const tpm_api_metrics_t *m, const tpm_api_gaug
         api_text_printf(&t, "tpmpi:weight_push_latency_seconds_sum %.9g\n", g->push_seconds);
         api_text_printf(&t, "tpmpi:weight_push_latency_seconds_count %llu\n",
                         (unsigned long long)g->pushes);
-        (void)last;
         api_text_head(&t, "seconds_since_last_swap", "gauge",
                       "Seconds since the last weight swap (-1: none yet).");
         api_text_printf(&t, "tpmpi:seconds_since_last_swap %.3f\n", g->since_swap);

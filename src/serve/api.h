@@ -182,8 +182,8 @@ typedef struct tpm_api_gauges {
     uint64_t      pushes, push_bytes;
     double        push_seconds;
     const double *push_bounds; /* (n_push_buckets) upper bounds, the last +Inf */
-    uint64_t      push_le[16]; /* cumulative counts per bound */
-    int           n_push_buckets;
+    uint64_t      push_le[TPM_SERVE_PUSH_BUCKETS]; /* cumulative counts per bound */
+    int           n_push_buckets; /* at most TPM_SERVE_PUSH_BUCKETS */
     double        since_swap; /* seconds since the last swap, < 0: none yet */
 } tpm_api_gauges_t;
 
