@@ -16,7 +16,13 @@
 const double tpm_serve_push_bounds[TPM_SERVE_PUSH_BUCKETS] = {0.005, 0.01, 0.025, 0.05, 0.1,
                                                               0.25,  0.5,  1.0,   2.5,  INFINITY};
 
-typedef enum { SW_IDLE = 0, SW_RECEIVING, SW_READY, SW_DONE } sw_state_t;
+/*
+ * Rows unpacked into the back buffer per engine iteration: a large push is unpacked over
+ * several iterations, so that no iteration stalls for the whole copy.
+ */
+#define SWAP_UNPACK_BUDGET ((size_t)16 << 20)
+
+typedef enum { SW_IDLE = 0, SW_RECEIVING, SW_UNPACKING, SW_READY, SW_DONE } sw_state_t;
 
 struct tpm_swapper {
     tpm_push_link_t    link;
@@ -37,6 +43,10 @@ struct tpm_swapper {
     int64_t            weights_step; /* served now */
     double             t_hdr;        /* the header arrived */
     uint64_t           bytes_back;
+    size_t             budget;       /* bytes unpacked per engine iteration */
+    int                un_i;         /* unpacking cursor: training rank, */
+    size_t             un_q;         /* segment of the plan, */
+    int64_t            un_r;         /* and rows of it done */
 };
 
 static tpm_comm_t *world_of(const tpm_swapper_t *s)
@@ -121,6 +131,7 @@ tpm_status_t tpm_swapper_create(const tpm_push_link_t *link, int serve_rank, tpm
     s->m            = m;
     s->st           = st;
     s->weights_step = -1;
+    s->budget       = SWAP_UNPACK_BUDGET;
     TPM_CHECK_GOTO(tpm_reshard_plan_init(&s->plan, &m->cfg, link->n_train, link->n_serve), status,
                    err);
     TPM_CHECK_GOTO(tpm_tp_back_create(m), status, err);
@@ -190,34 +201,63 @@ static tpm_status_t start_receive(tpm_swapper_t *s)
     return TPM_OK;
 }
 
-/* every message is in: rows into the back buffer */
-static tpm_status_t unpack(tpm_swapper_t *s)
+/*
+ * Every message is in: rows into the back buffer, from the cursor on, until about
+ * s->budget bytes are copied; *done_p when the last row is in.
+ */
+static tpm_status_t unpack(tpm_swapper_t *s, int *done_p)
 {
     tpm_backend_t *be    = s->m->be;
     const size_t   esize = s->hdr.bf16 ? sizeof(uint16_t) : sizeof(float);
+    size_t         moved = 0;
 
-    for (int i = 0; i < s->link.n_train; i++) {
-        const size_t k = (size_t)i * (size_t)s->link.n_serve + (size_t)s->rank;
+    *done_p = 0;
+    for (; s->un_i < s->link.n_train; s->un_i++) {
+        const size_t k = (size_t)s->un_i * (size_t)s->link.n_serve + (size_t)s->rank;
 
-        for (size_t q = s->plan.first[k]; q < s->plan.first[k + 1]; q++) {
-            const tpm_reshard_seg_t *sg  = &s->plan.seg[q];
+        if (s->un_q < s->plan.first[k]) {
+            s->un_q = s->plan.first[k];
+        }
+        for (; s->un_q < s->plan.first[k + 1]; s->un_q++, s->un_r = 0) {
+            const tpm_reshard_seg_t *sg  = &s->plan.seg[s->un_q];
             tpm_tp_slice_t          *dst = tpm_tp_back_slice(s->m, sg->g, sg->t);
-            const size_t             n   = (size_t)sg->nrows * (size_t)sg->cols;
-            const unsigned char     *src = s->recvbuf + (s->pos[i] + sg->off) * esize;
-            const float             *f   = (const float *)(const void *)src;
+            const size_t             row = (size_t)sg->cols * sizeof(float);
 
-            if (s->hdr.bf16) {
-                const uint16_t *h = (const uint16_t *)(const void *)src;
+            /* whole rows, at least one, until the budget is spent (a big slice takes turns) */
+            while (s->un_r < sg->nrows) {
+                int64_t              nr  = sg->nrows - s->un_r;
+                size_t               n;
+                const unsigned char *src;
+                const float         *f;
 
-                for (size_t e = 0; e < n; e++) {
-                    s->stage[e] = tpm_bf16_to_float(h[e]);
+                if (moved >= s->budget) {
+                    return TPM_OK; /* the rest at the next iteration */
                 }
-                f = s->stage;
+                if ((size_t)nr * row > s->budget - moved) {
+                    nr = (int64_t)((s->budget - moved) / row);
+                    nr = nr > 0 ? nr : 1;
+                }
+                n   = (size_t)nr * (size_t)sg->cols;
+                src = s->recvbuf +
+                      (s->pos[s->un_i] + sg->off + (size_t)s->un_r * (size_t)sg->cols) * esize;
+                f   = (const float *)(const void *)src;
+                if (s->hdr.bf16) {
+                    const uint16_t *h = (const uint16_t *)(const void *)src;
+
+                    for (size_t e = 0; e < n; e++) {
+                        s->stage[e] = tpm_bf16_to_float(h[e]);
+                    }
+                    f = s->stage;
+                }
+                TPM_CHECK(be->ops->copy(
+                    be, dst->data + (size_t)(sg->row0 + s->un_r - dst->row0) * (size_t)sg->cols,
+                    f, n * sizeof(float), TPM_COPY_H2D));
+                moved += n * sizeof(float);
+                s->un_r += nr;
             }
-            TPM_CHECK(be->ops->copy(be, dst->data + (size_t)(sg->row0 - dst->row0) * (size_t)sg->cols,
-                                    f, n * sizeof(float), TPM_COPY_H2D));
         }
     }
+    *done_p = 1;
     return TPM_OK;
 }
 
@@ -248,7 +288,17 @@ static tpm_status_t progress(tpm_swapper_t *s)
             all = all && !s->req[i].active;
         }
         if (all) {
-            TPM_CHECK(unpack(s));
+            s->un_i  = 0;
+            s->un_q  = 0;
+            s->un_r  = 0;
+            s->state = SW_UNPACKING;
+        }
+    }
+    if (s->state == SW_UNPACKING) {
+        int done;
+
+        TPM_CHECK(unpack(s, &done));
+        if (done) {
             s->state = SW_READY;
         }
     }
@@ -320,7 +370,7 @@ tpm_status_t tpm_swapper_drain(tpm_swapper_t *s, tpm_status_t status)
     }
     while (!s->bye) {
         TPM_CHECK(progress(s));
-        if (s->state == SW_READY) {
+        if (s->state == SW_READY || s->state == SW_UNPACKING) {
             s->state = SW_IDLE; /* not served: the group is going away */
             TPM_CHECK(post_hdr(s));
             continue;
@@ -330,6 +380,11 @@ tpm_status_t tpm_swapper_drain(tpm_swapper_t *s, tpm_status_t status)
         }
     }
     return TPM_OK;
+}
+
+void tpm_swapper_set_unpack_budget(tpm_swapper_t *s, size_t bytes)
+{
+    s->budget = bytes > 0 ? bytes : 1;
 }
 
 int tpm_swapper_bye(const tpm_swapper_t *s)

@@ -5,7 +5,9 @@
  * a WEIGHTS header arrives it posts one non-blocking receive per training rank that sends it
  * anything (the resharding plan, core/reshard.h) into its receive buffer, and the engine goes
  * on decoding on the front weights. Once every receive has completed the rank unpacks the
- * rows into the model's back buffer and reports itself ready in the engine's per-iteration
+ * rows into the model's back buffer, at most 16 MiB per engine iteration (so a large push
+ * does not stall one iteration for the whole copy), and reports itself ready in the
+ * engine's per-iteration
  * header; when every serving rank is ready, all of them swap the two buffers at the start of
  * the same iteration (engine.h, tpm_engine_set_swap_hook).
  */
@@ -52,6 +54,9 @@ void tpm_swapper_swap(void *swapper);
  * message is left unmatched. Sleeps between polls.
  */
 tpm_status_t tpm_swapper_drain(tpm_swapper_t *s, tpm_status_t status);
+
+/** Bytes unpacked per engine iteration (default 16 MiB; tests make it small). Local. */
+void tpm_swapper_set_unpack_budget(tpm_swapper_t *s, size_t bytes);
 
 /** The trainer said BYE with this status (TPM_OK: keep serving the last weights). */
 int          tpm_swapper_bye(const tpm_swapper_t *s);

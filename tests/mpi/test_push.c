@@ -4,7 +4,7 @@
  * serve/swap.h) between a training group of NT ranks (ZeRO-3) and a serving group of M ranks
  * (tensor parallel), run under mpirun with NT + M ranks:
  *
- *   test_push --serve=M [--push-dtype=fp32|bf16] [--threads=N]
+ *   test_push --serve=M [--push-dtype=fp32|bf16] [--unpack-budget=BYTES] [--threads=N]
  *
  * Two rounds: the trainer takes an AdamW step on random tokens (so the weights are no longer
  * the initial ones), pushes, and runs the training forward pass (tpm_zero3_forward) over a
@@ -13,7 +13,8 @@
  * compare every row over the first V columns: max |serve - train| / max |train| <= 1e-5
  * (fp32; bf16 pushes round the weights, so there the bound is 2e-2). The second round also
  * checks that the served logits moved away from the first round's (the swap happened), and
- * the push protocol's end (STOP, BYE) must complete on both sides. Rank 0 prints
+ * the push protocol's end (STOP, BYE) must complete on both sides. A small --unpack-budget
+ * makes the servers unpack each push over many polls, as the engine does for a large model. Rank 0 prints
  * "N passed, N failed".
  */
 #include <math.h>
@@ -110,7 +111,8 @@ static void train_side(tpm_backend_t *be, tpm_comm_t *group, const tpm_push_link
 }
 
 static void serve_side(tpm_backend_t *be, tpm_comm_t *group, const tpm_push_link_t *link,
-                       const tpm_model_config_t *cfg, const int32_t *seq, double tol)
+                       const tpm_model_config_t *cfg, const int32_t *seq, double tol,
+                       size_t budget)
 {
     const struct timespec nap = {0, 1000 * 1000};
     tpm_tp_model_t       *m   = NULL;
@@ -122,6 +124,9 @@ static void serve_side(tpm_backend_t *be, tpm_comm_t *group, const tpm_push_link
     if (tpm_tp_create(be, group, cfg, 1, T, T, T, &m) != TPM_OK ||
         tpm_swapper_create(link, group->rank, m, NULL, &s) != TPM_OK) {
         die("server set-up");
+    }
+    if (budget > 0) {
+        tpm_swapper_set_unpack_budget(s, budget);
     }
     ref  = calloc((size_t)T * (size_t)cfg->Vp, sizeof(float));
     prev = calloc((size_t)T * (size_t)cfg->Vp, sizeof(float));
@@ -188,6 +193,7 @@ int main(int argc, char **argv)
 {
     tpm_model_config_t cfg = {.L = 2, .C = 64, .NH = 4, .V = 500, .maxT = 64};
     int                M = 1, threads = 1, bf16 = 0, provided, rank, size, serving, rc;
+    size_t             budget = 0;
     tpm_comm_t        *world = NULL, *group = NULL;
     tpm_backend_t     *be    = NULL;
     tpm_push_link_t    link;
@@ -202,8 +208,12 @@ int main(int argc, char **argv)
             bf16 = 1;
         } else if (strcmp(argv[i], "--push-dtype=fp32") == 0) {
             bf16 = 0;
+        } else if (strncmp(argv[i], "--unpack-budget=", 16) == 0) {
+            budget = (size_t)strtoull(argv[i] + 16, NULL, 10);
         } else {
-            fprintf(stderr, "usage: %s --serve=M [--push-dtype=fp32|bf16] [--threads=N]\n",
+            fprintf(stderr,
+                    "usage: %s --serve=M [--push-dtype=fp32|bf16] [--unpack-budget=BYTES] "
+                    "[--threads=N]\n",
                     argv[0]);
             return 2;
         }
@@ -237,7 +247,7 @@ int main(int argc, char **argv)
         seq[i] = (int32_t)((i * 37 + 5) % cfg.V);
     }
     if (serving) {
-        serve_side(be, group, &link, &cfg, seq, bf16 ? 2e-2 : 1e-5);
+        serve_side(be, group, &link, &cfg, seq, bf16 ? 2e-2 : 1e-5, budget);
     } else {
         train_side(be, group, &link, &cfg, seq);
     }
