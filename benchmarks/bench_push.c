@@ -76,19 +76,19 @@ static double memcpy_gbs(size_t n)
 
 int main(int argc, char **argv)
 {
-    tpm_model_config_t cfg = {.L = 4, .C = 256, .NH = 4, .V = 50257, .maxT = 256};
+    tpm_model_config_t cfg   = {.L = 4, .C = 256, .NH = 4, .V = 50257, .maxT = 256};
     const char        *model = "small";
     int                M = 1, reps = 5, threads = 1, bf16 = 0, provided, rank, size, serving;
     tpm_comm_t        *world = NULL, *group = NULL;
-    tpm_backend_t     *be    = NULL;
+    tpm_backend_t     *be = NULL;
     tpm_push_link_t    link;
     tpm_reshard_plan_t plan;
     double             lat[MAX_REPS];
     size_t             bytes = 0;
-    tpm_zero3_t       *z = NULL;
-    tpm_pusher_t      *p = NULL;
-    tpm_tp_model_t    *m = NULL;
-    tpm_swapper_t     *s = NULL;
+    tpm_zero3_t       *z     = NULL;
+    tpm_pusher_t      *p     = NULL;
+    tpm_tp_model_t    *m     = NULL;
+    tpm_swapper_t     *s     = NULL;
 
     for (int i = 1; i < argc; i++) {
         if (strncmp(argv[i], "--serve=", 8) == 0) {
@@ -188,8 +188,7 @@ int main(int argc, char **argv)
         qsort(lat, (size_t)reps, sizeof(double), cmp_double);
         med = lat[reps / 2];
         printf("%s,%zu,%d,%d,%s,%zu,%.4f,%.4f,%.2f,%.4f,%.2f\n", model, z->lay.logical_numel,
-               link.n_train, M, bf16 ? "bf16" : "fp32", bytes, lat[0], med, bw, bound,
-               med / bound);
+               link.n_train, M, bf16 ? "bf16" : "fp32", bytes, lat[0], med, bw, bound, med / bound);
         fflush(stdout);
     }
     tpm_swapper_destroy(s);

@@ -1262,20 +1262,20 @@ static void dir_of(const char *path, char *buf, size_t cap)
 
 tpm_status_t tpm_ckpt_save(tpm_zero3_t *z, const char *path, const tpm_ckpt_meta_t *meta)
 {
-    tpm_comm_t  *c     = z->comm;
-    const size_t n_t   = n_tensors(&z->lay);
-    const size_t n_ds  = CK_N_SETS * n_t;
-    const long   delay = test_delay_ms();
-    const int    host  = host_shards(z);
-    char         tmp[TPM_PATH_MAX + 8], dir[TPM_PATH_MAX];
-    hid_t        fapl = -1, file = -1, dxpl = -1, *ds = NULL;
-    uint64_t    *sums  = NULL;
-    int64_t     *limbs = NULL;
-    float       *stage = NULL;
-    size_t       d = 0, n_open = 0;
-    const MPI_Comm *mpi = NULL;
-    tpm_status_t status = TPM_OK, pending = TPM_OK;
-    double       t0 = tpm_time_now(), bytes;
+    tpm_comm_t     *c     = z->comm;
+    const size_t    n_t   = n_tensors(&z->lay);
+    const size_t    n_ds  = CK_N_SETS * n_t;
+    const long      delay = test_delay_ms();
+    const int       host  = host_shards(z);
+    char            tmp[TPM_PATH_MAX + 8], dir[TPM_PATH_MAX];
+    hid_t           fapl = -1, file = -1, dxpl = -1, *ds = NULL;
+    uint64_t       *sums  = NULL;
+    int64_t        *limbs = NULL;
+    float          *stage = NULL;
+    size_t          d = 0, n_open = 0;
+    const MPI_Comm *mpi    = NULL;
+    tpm_status_t    status = TPM_OK, pending = TPM_OK;
+    double          t0 = tpm_time_now(), bytes;
 
     h5_quiet();
     ck_reading = 0;

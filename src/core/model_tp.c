@@ -257,7 +257,7 @@ tpm_tp_slice_t *tpm_tp_back_slice(tpm_tp_model_t *m, int g, int t)
 
 void tpm_tp_swap(tpm_tp_model_t *m)
 {
-    tpm_tp_slice_t *w = m->w;
+    tpm_tp_slice_t *w   = m->w;
     void           *mem = m->wmem;
 
     TPM_ASSERT(m->w_back != NULL);

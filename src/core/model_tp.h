@@ -56,9 +56,9 @@ typedef struct tpm_tp_slice {
 } tpm_tp_slice_t;
 
 typedef struct tpm_tp_mem {
-    size_t weight_bytes; /* parameter slices */
-    size_t kv_bytes;     /* K and V caches */
-    size_t act_bytes;    /* activations for the largest forward call */
+    size_t weight_bytes;      /* parameter slices */
+    size_t kv_bytes;          /* K and V caches */
+    size_t act_bytes;         /* activations for the largest forward call */
     size_t weight_bytes_back; /* the second weight buffer (tpm_tp_back_create), 0 without */
 } tpm_tp_mem_t;
 

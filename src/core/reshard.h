@@ -33,10 +33,10 @@ typedef struct tpm_reshard_seg {
 } tpm_reshard_seg_t;
 
 typedef struct tpm_reshard_plan {
-    int                n_train, n_serve;
-    size_t            *count; /* (n_train * n_serve): elements of message (i, j) at i n_serve + j */
-    size_t            *first; /* (n_train * n_serve + 1): its segments are seg[first[k], first[k+1]) */
-    tpm_reshard_seg_t *seg;   /* (n_seg) */
+    int     n_train, n_serve;
+    size_t *count; /* (n_train * n_serve): elements of message (i, j) at i n_serve + j */
+    size_t *first; /* (n_train * n_serve + 1): its segments are seg[first[k], first[k+1]) */
+    tpm_reshard_seg_t *seg; /* (n_seg) */
     size_t             n_seg;
 } tpm_reshard_plan_t;
 

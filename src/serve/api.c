@@ -694,8 +694,8 @@ tpm_status_t tpm_api_completion_json(const tpm_api_result_t *r, tpm_api_json_kin
     return api_dump(root, json_p, n_p);
 }
 
-static json_t *api_model_object(const char *model, int n_ctx, int64_t created,
-                                int64_t weights_step, int *ok)
+static json_t *api_model_object(const char *model, int n_ctx, int64_t created, int64_t weights_step,
+                                int *ok)
 {
     json_t *m = json_object();
 
@@ -737,7 +737,8 @@ tpm_status_t tpm_api_models_json(const char *model, int n_ctx, int64_t created, 
     }
     api_set(root, "object", json_string("list"), &ok);
     api_set(root, "data", data, &ok);
-    if (ok && json_array_append_new(data, api_model_object(model, n_ctx, created, weights_step, &ok)) != 0) {
+    if (ok && json_array_append_new(
+                  data, api_model_object(model, n_ctx, created, weights_step, &ok)) != 0) {
         ok = 0;
     }
     if (!ok) {

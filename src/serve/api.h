@@ -183,8 +183,8 @@ typedef struct tpm_api_gauges {
     double        push_seconds;
     const double *push_bounds; /* (n_push_buckets) upper bounds, the last +Inf */
     uint64_t      push_le[TPM_SERVE_PUSH_BUCKETS]; /* cumulative counts per bound */
-    int           n_push_buckets; /* at most TPM_SERVE_PUSH_BUCKETS */
-    double        since_swap; /* seconds since the last swap, < 0: none yet */
+    int           n_push_buckets;                  /* at most TPM_SERVE_PUSH_BUCKETS */
+    double        since_swap;                      /* seconds since the last swap, < 0: none yet */
 } tpm_api_gauges_t;
 
 void tpm_api_metrics_init(tpm_api_metrics_t *m);

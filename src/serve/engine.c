@@ -49,15 +49,15 @@ typedef struct {
 } slot_t;
 
 struct tpm_engine {
-    tpm_backend_t     *be;
-    tpm_comm_t        *comm;
-    tpm_model_config_t cfg;
-    tpm_engine_opts_t  o;
-    tpm_tp_model_t    *m;
-    int32_t           *desc;    /* (3 n_batch + n_slots) descriptor, every rank */
-    int32_t           *hdr_all; /* (world * HDR_LEN) all-gathered headers */
-    int                busy;    /* the last iteration ran tokens: the next header is near */
-    tpm_engine_swap_hook_t hook;  /* weights arriving while serving (ready == NULL: none) */
+    tpm_backend_t         *be;
+    tpm_comm_t            *comm;
+    tpm_model_config_t     cfg;
+    tpm_engine_opts_t      o;
+    tpm_tp_model_t        *m;
+    int32_t               *desc;      /* (3 n_batch + n_slots) descriptor, every rank */
+    int32_t               *hdr_all;   /* (world * HDR_LEN) all-gathered headers */
+    int                    busy;      /* the last iteration ran tokens: the next header is near */
+    tpm_engine_swap_hook_t hook;      /* weights arriving while serving (ready == NULL: none) */
     int                    recompute; /* --swap-policy=recompute */
     int                    swap_next; /* every rank was ready: swap at the next step's start */
 

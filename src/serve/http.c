@@ -933,12 +933,13 @@ static enum MHD_Result http_admin_push(http_req_t *r)
                          "checkpoint)");
     }
     h->stats->push_requested = 1;
-    json = malloc(128);
+    json                     = malloc(128);
     if (json == NULL) {
         return http_oom(r);
     }
-    n = snprintf(json, 128, "{\"object\":\"push_request\",\"status\":\"requested\","
-                            "\"weights_step\":%lld}",
+    n = snprintf(json, 128,
+                 "{\"object\":\"push_request\",\"status\":\"requested\","
+                 "\"weights_step\":%lld}",
                  (long long)h->stats->weights_step);
     return http_json(r, 202, json, (size_t)n);
 }

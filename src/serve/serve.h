@@ -78,12 +78,12 @@ typedef struct tpm_serve_stats {
     volatile int      stop;  /* set on SIGTERM: the engine loop finishes and all ranks exit */
 
     /* live weight push (--mode=trainserve; docs/METRICS.md): written by the engine thread */
-    volatile int      trainserve;     /* 1: the weights come from a training group */
-    volatile int64_t  weights_step;   /* optimizer step of the weights served (-1: checkpoint) */
-    volatile uint64_t pushes;         /* pushes swapped in */
-    volatile uint64_t push_bytes;     /* payload bytes received (this rank, rank 0) */
-    volatile double   last_swap;      /* tpm_time_now() of the last swap (0: none) */
-    volatile double   push_seconds;   /* sum of push latencies (header to swap) */
+    volatile int      trainserve;   /* 1: the weights come from a training group */
+    volatile int64_t  weights_step; /* optimizer step of the weights served (-1: checkpoint) */
+    volatile uint64_t pushes;       /* pushes swapped in */
+    volatile uint64_t push_bytes;   /* payload bytes received (this rank, rank 0) */
+    volatile double   last_swap;    /* tpm_time_now() of the last swap (0: none) */
+    volatile double   push_seconds; /* sum of push latencies (header to swap) */
     volatile uint64_t push_le[TPM_SERVE_PUSH_BUCKETS]; /* latency histogram, cumulative */
     volatile int      push_requested; /* POST /admin/push: the engine forwards it to the trainer */
 } tpm_serve_stats_t;

@@ -105,31 +105,30 @@ static tpm_status_t report_memory(tpm_comm_t *comm, const tpm_tp_model_t *m)
 /* a start-up failure of the serving group once the trainer is running: stop the whole job */
 static void trainserve_fail(tpm_status_t status, const char *what)
 {
-    tpm_fatal(status, "trainserve: the serving group could not start (%s); stopping the job",
-              what);
+    tpm_fatal(status, "trainserve: the serving group could not start (%s); stopping the job", what);
 }
 
 /* --mode=trainserve: the model comes from the trainer, weights with every push */
 static tpm_status_t serve_linked(const tpm_config_t *cfg, tpm_comm_t *comm,
                                  const tpm_push_link_t *link)
 {
-    const int             root = comm->rank == 0;
-    tpm_tokenizer_t      *tok  = NULL;
-    tpm_backend_t        *be   = NULL;
-    tpm_engine_t         *e    = NULL;
-    tpm_serve_queue_t    *q    = NULL;
-    tpm_http_t           *http = NULL;
-    tpm_swapper_t        *sw   = NULL;
-    tpm_serve_stats_t     stats;
-    tpm_model_config_t    mc;
-    tpm_engine_opts_t     opts;
-    tpm_http_model_info_t info;
+    const int              root = comm->rank == 0;
+    tpm_tokenizer_t       *tok  = NULL;
+    tpm_backend_t         *be   = NULL;
+    tpm_engine_t          *e    = NULL;
+    tpm_serve_queue_t     *q    = NULL;
+    tpm_http_t            *http = NULL;
+    tpm_swapper_t         *sw   = NULL;
+    tpm_serve_stats_t      stats;
+    tpm_model_config_t     mc;
+    tpm_engine_opts_t      opts;
+    tpm_http_model_info_t  info;
     tpm_engine_swap_hook_t hook;
-    struct sigaction      old_term, old_int;
-    tpm_status_t          status;
-    void                 *tok_bytes = NULL;
-    size_t                tok_len   = 0;
-    char                  name[64];
+    struct sigaction       old_term, old_int;
+    tpm_status_t           status;
+    void                  *tok_bytes = NULL;
+    size_t                 tok_len   = 0;
+    char                   name[64];
 
     memset(&stats, 0, sizeof(stats));
     memset(&mc, 0, sizeof(mc));
@@ -148,7 +147,7 @@ static tpm_status_t serve_linked(const tpm_config_t *cfg, tpm_comm_t *comm,
     opts.n_slots    = cfg->parallel;
     opts.ctx        = cfg->ctx_size > 0 ? cfg->ctx_size : mc.maxT;
     opts.max_tokens = cfg->max_tokens;
-    status = tpm_backend_create(cfg->device, cfg->threads, &be);
+    status          = tpm_backend_create(cfg->device, cfg->threads, &be);
     if (status == TPM_OK) {
         status = tpm_backend_set_matmul(be, cfg->cuda_matmul);
     }
@@ -157,8 +156,8 @@ static tpm_status_t serve_linked(const tpm_config_t *cfg, tpm_comm_t *comm,
     }
     status = tpm_engine_create(be, comm, &mc, &opts, tok, &e);
     if (status == TPM_OK) {
-        status = tpm_swapper_create(link, comm->rank, tpm_engine_model(e), root ? &stats : NULL,
-                                    &sw);
+        status =
+            tpm_swapper_create(link, comm->rank, tpm_engine_model(e), root ? &stats : NULL, &sw);
     }
     if (tpm_comm_agree(comm, status) != TPM_OK) {
         trainserve_fail(status, "engine and weight buffers");
@@ -196,9 +195,10 @@ static tpm_status_t serve_linked(const tpm_config_t *cfg, tpm_comm_t *comm,
               cfg->host, cfg->port, opts.n_slots, opts.ctx);
 
     status = tpm_engine_run(e, q, root ? &stats : NULL);
-    tpm_info0("stopping: %llu prompt tokens, %llu generated tokens served, %llu push(es) swapped in",
-              (unsigned long long)stats.prompt_tokens, (unsigned long long)stats.generated_tokens,
-              (unsigned long long)stats.pushes);
+    tpm_info0(
+        "stopping: %llu prompt tokens, %llu generated tokens served, %llu push(es) swapped in",
+        (unsigned long long)stats.prompt_tokens, (unsigned long long)stats.generated_tokens,
+        (unsigned long long)stats.pushes);
     if (root) {
         tpm_serve_queue_close(q);
         tpm_serve_queue_drain(q, TPM_FINISH_CANCELLED);

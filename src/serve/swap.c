@@ -43,10 +43,10 @@ struct tpm_swapper {
     int64_t            weights_step; /* served now */
     double             t_hdr;        /* the header arrived */
     uint64_t           bytes_back;
-    size_t             budget;       /* bytes unpacked per engine iteration */
-    int                un_i;         /* unpacking cursor: training rank, */
-    size_t             un_q;         /* segment of the plan, */
-    int64_t            un_r;         /* and rows of it done */
+    size_t             budget; /* bytes unpacked per engine iteration */
+    int                un_i;   /* unpacking cursor: training rank, */
+    size_t             un_q;   /* segment of the plan, */
+    int64_t            un_r;   /* and rows of it done */
 };
 
 static tpm_comm_t *world_of(const tpm_swapper_t *s)
@@ -84,8 +84,7 @@ tpm_status_t tpm_push_recv_hello(const tpm_push_link_t *link, int serve_rank,
     *tok_p     = NULL;
     *tok_len_p = 0;
     memset(&req, 0, sizeof(req));
-    TPM_CHECK(
-        tpm_comm_recv(link->world, &h, sizeof(h), TPM_DT_BYTE, 0, TPM_PUSH_TAG_HDR, &req));
+    TPM_CHECK(tpm_comm_recv(link->world, &h, sizeof(h), TPM_DT_BYTE, 0, TPM_PUSH_TAG_HDR, &req));
     TPM_CHECK(wait_sleeping(link->world, &req));
     if (h.kind != TPM_PUSH_HELLO) {
         tpm_log_error("trainserve: expected the trainer's HELLO, got message kind %d", h.kind);
@@ -193,8 +192,8 @@ static tpm_status_t start_receive(tpm_swapper_t *s)
         if (n == 0) {
             continue;
         }
-        TPM_CHECK(tpm_comm_recv(world_of(s), s->recvbuf + s->pos[i] * esize, n * esize,
-                                TPM_DT_BYTE, i, TPM_PUSH_TAG_DATA, &s->req[i]));
+        TPM_CHECK(tpm_comm_recv(world_of(s), s->recvbuf + s->pos[i] * esize, n * esize, TPM_DT_BYTE,
+                                i, TPM_PUSH_TAG_DATA, &s->req[i]));
         s->bytes_back += n * esize;
     }
     s->state = SW_RECEIVING;
@@ -225,7 +224,7 @@ static tpm_status_t unpack(tpm_swapper_t *s, int *done_p)
 
             /* whole rows, at least one, until the budget is spent (a big slice takes turns) */
             while (s->un_r < sg->nrows) {
-                int64_t              nr  = sg->nrows - s->un_r;
+                int64_t              nr = sg->nrows - s->un_r;
                 size_t               n;
                 const unsigned char *src;
                 const float         *f;
@@ -240,7 +239,7 @@ static tpm_status_t unpack(tpm_swapper_t *s, int *done_p)
                 n   = (size_t)nr * (size_t)sg->cols;
                 src = s->recvbuf +
                       (s->pos[s->un_i] + sg->off + (size_t)s->un_r * (size_t)sg->cols) * esize;
-                f   = (const float *)(const void *)src;
+                f = (const float *)(const void *)src;
                 if (s->hdr.bf16) {
                     const uint16_t *h = (const uint16_t *)(const void *)src;
 
@@ -250,8 +249,8 @@ static tpm_status_t unpack(tpm_swapper_t *s, int *done_p)
                     f = s->stage;
                 }
                 TPM_CHECK(be->ops->copy(
-                    be, dst->data + (size_t)(sg->row0 + s->un_r - dst->row0) * (size_t)sg->cols,
-                    f, n * sizeof(float), TPM_COPY_H2D));
+                    be, dst->data + (size_t)(sg->row0 + s->un_r - dst->row0) * (size_t)sg->cols, f,
+                    n * sizeof(float), TPM_COPY_H2D));
                 moved += n * sizeof(float);
                 s->un_r += nr;
             }
@@ -320,8 +319,8 @@ int tpm_swapper_ready(void *swapper)
         tpm_push_ctl_t ctl = {TPM_PUSH_CTL_REQUEST, 0};
 
         s->st->push_requested = 0;
-        status = tpm_comm_send(world_of(s), &ctl, sizeof(ctl), TPM_DT_BYTE, 0, TPM_PUSH_TAG_CTL,
-                               NULL);
+        status =
+            tpm_comm_send(world_of(s), &ctl, sizeof(ctl), TPM_DT_BYTE, 0, TPM_PUSH_TAG_CTL, NULL);
         if (status != TPM_OK) {
             tpm_fatal(status, "trainserve: forwarding a push request to the trainer failed");
         }
@@ -365,8 +364,8 @@ tpm_status_t tpm_swapper_drain(tpm_swapper_t *s, tpm_status_t status)
     if (s->rank == 0) {
         tpm_push_ctl_t ctl = {TPM_PUSH_CTL_STOP, (int32_t)status};
 
-        TPM_CHECK(tpm_comm_send(world_of(s), &ctl, sizeof(ctl), TPM_DT_BYTE, 0, TPM_PUSH_TAG_CTL,
-                                NULL));
+        TPM_CHECK(
+            tpm_comm_send(world_of(s), &ctl, sizeof(ctl), TPM_DT_BYTE, 0, TPM_PUSH_TAG_CTL, NULL));
     }
     while (!s->bye) {
         TPM_CHECK(progress(s));

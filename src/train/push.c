@@ -14,7 +14,7 @@
 
 struct tpm_pusher {
     tpm_push_link_t    link;
-    tpm_zero3_t       *z; /* borrowed */
+    tpm_zero3_t       *z;    /* borrowed */
     int                rank; /* in the training group = in the world */
     tpm_reshard_plan_t plan;
     size_t             esize;   /* 4 (fp32) or 2 (bf16) */
@@ -55,8 +55,8 @@ tpm_status_t tpm_push_hello(const tpm_push_link_t *link, int train_rank, tpm_sta
 
         st = tpm_comm_send(link->world, &h, sizeof(h), TPM_DT_BYTE, peer, TPM_PUSH_TAG_HDR, NULL);
         if (st == TPM_OK && status == TPM_OK && tok_len > 0) {
-            st = tpm_comm_send(link->world, tok, tok_len, TPM_DT_BYTE, peer, TPM_PUSH_TAG_TOK,
-                               NULL);
+            st =
+                tpm_comm_send(link->world, tok, tok_len, TPM_DT_BYTE, peer, TPM_PUSH_TAG_TOK, NULL);
         }
     }
     return st;
@@ -132,9 +132,9 @@ static tpm_status_t wait_sends(tpm_pusher_t *p)
 /* copy the rows of message (rank, j) from the shard into the send buffer at element *pos_p */
 static tpm_status_t pack(tpm_pusher_t *p, int j, size_t pos)
 {
-    tpm_zero3_t  *z   = p->z;
-    const size_t  k   = (size_t)p->rank * (size_t)p->link.n_serve + (size_t)j;
-    const int     cpu = z->be->ops == &tpm_backend_cpu_ops;
+    tpm_zero3_t *z   = p->z;
+    const size_t k   = (size_t)p->rank * (size_t)p->link.n_serve + (size_t)j;
+    const int    cpu = z->be->ops == &tpm_backend_cpu_ops;
 
     for (size_t s = p->plan.first[k]; s < p->plan.first[k + 1]; s++) {
         const tpm_reshard_seg_t  *sg = &p->plan.seg[s];
@@ -142,8 +142,8 @@ static tpm_status_t pack(tpm_pusher_t *p, int j, size_t pos)
         const tpm_shard_tensor_t *st = &g->t[sg->t];
         const size_t              n  = (size_t)sg->nrows * (size_t)sg->cols;
         const int64_t             a0 = st->rows_per_rank * p->rank;
-        const float *src = z->param + g->shard_base + st->shard_off +
-                           (size_t)(sg->row0 - a0) * (size_t)sg->cols;
+        const float              *src =
+            z->param + g->shard_base + st->shard_off + (size_t)(sg->row0 - a0) * (size_t)sg->cols;
         unsigned char *dst = p->sendbuf + (pos + sg->off) * p->esize;
 
         if (!p->link.bf16 && cpu) {

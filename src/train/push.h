@@ -24,7 +24,7 @@ typedef struct tpm_pusher tpm_pusher_t;
 /** Push counters (this rank). */
 typedef struct tpm_push_stats {
     uint64_t pushes;
-    uint64_t bytes; /* payload bytes this rank sent */
+    uint64_t bytes;  /* payload bytes this rank sent */
     double   pack_s; /* time copying the shard into the send buffer */
 } tpm_push_stats_t;
 

@@ -540,8 +540,8 @@ tpm_status_t tpm_train_run_linked(const tpm_config_t *cfg, tpm_comm_t *comm,
     int64_t            step, start_step, n_run;
     run_state_t        rs = {0, 0, -1, NULL, TPM_DATA_ORDER};
     struct sigaction   old_term, old_usr1;
-    tpm_pusher_t      *pusher       = NULL;
-    int                hello_done   = 0, serve_stopped = 0;
+    tpm_pusher_t      *pusher     = NULL;
+    int                hello_done = 0, serve_stopped = 0;
     int64_t            last_pushed  = -1;
     tpm_status_t       serve_status = TPM_OK;
 
@@ -801,9 +801,9 @@ out:
             if (comm->rank == 0) {
                 const tpm_push_stats_t *ps = tpm_pusher_stats(pusher);
                 tpm_info0("trainserve: %llu push(es), %.1f MiB sent by training rank 0, packing "
-                         "%.3f s",
-                         (unsigned long long)ps->pushes, (double)ps->bytes / 1048576.0,
-                         ps->pack_s);
+                          "%.3f s",
+                          (unsigned long long)ps->pushes, (double)ps->bytes / 1048576.0,
+                          ps->pack_s);
             }
         }
         tpm_pusher_destroy(pusher);

@@ -14,8 +14,8 @@
  * (fp32; bf16 pushes round the weights, so there the bound is 2e-2). The second round also
  * checks that the served logits moved away from the first round's (the swap happened), and
  * the push protocol's end (STOP, BYE) must complete on both sides. A small --unpack-budget
- * makes the servers unpack each push over many polls, as the engine does for a large model. Rank 0 prints
- * "N passed, N failed".
+ * makes the servers unpack each push over many polls, as the engine does for a large model. Rank 0
+ * prints "N passed, N failed".
  */
 #include <math.h>
 #include <mpi.h>
@@ -111,15 +111,14 @@ static void train_side(tpm_backend_t *be, tpm_comm_t *group, const tpm_push_link
 }
 
 static void serve_side(tpm_backend_t *be, tpm_comm_t *group, const tpm_push_link_t *link,
-                       const tpm_model_config_t *cfg, const int32_t *seq, double tol,
-                       size_t budget)
+                       const tpm_model_config_t *cfg, const int32_t *seq, double tol, size_t budget)
 {
     const struct timespec nap = {0, 1000 * 1000};
     tpm_tp_model_t       *m   = NULL;
     tpm_swapper_t        *s   = NULL;
     int32_t               slot[T], pos[T], rows[T];
     float                *ref = NULL, *prev = NULL;
-    const float          *lg  = NULL;
+    const float          *lg = NULL;
 
     if (tpm_tp_create(be, group, cfg, 1, T, T, T, &m) != TPM_OK ||
         tpm_swapper_create(link, group->rank, m, NULL, &s) != TPM_OK) {
@@ -162,11 +161,11 @@ static void serve_side(tpm_backend_t *be, tpm_comm_t *group, const tpm_push_link
             die("reference receive");
         }
         for (int i = 0; i < T; i++) {
-            worst = fmax(worst, row_err(lg + (size_t)i * cfg->Vp, ref + (size_t)i * cfg->Vp,
-                                        cfg->V));
+            worst =
+                fmax(worst, row_err(lg + (size_t)i * cfg->Vp, ref + (size_t)i * cfg->Vp, cfg->V));
             if (r > 0) {
-                moved = fmax(moved, row_err(lg + (size_t)i * cfg->Vp, prev + (size_t)i * cfg->Vp,
-                                            cfg->V));
+                moved = fmax(moved,
+                             row_err(lg + (size_t)i * cfg->Vp, prev + (size_t)i * cfg->Vp, cfg->V));
             }
         }
         mc_check(worst <= tol, "round %d: served logits differ from the training forward by %.3g",
@@ -195,7 +194,7 @@ int main(int argc, char **argv)
     int                M = 1, threads = 1, bf16 = 0, provided, rank, size, serving, rc;
     size_t             budget = 0;
     tpm_comm_t        *world = NULL, *group = NULL;
-    tpm_backend_t     *be    = NULL;
+    tpm_backend_t     *be = NULL;
     tpm_push_link_t    link;
     int32_t            seq[T];
 

@@ -151,9 +151,8 @@ static void sharpen(tpm_tp_model_t *m, uint64_t seed)
 }
 
 /* an engine with A in front and B in the back (or only B when @p only_b) */
-static tpm_engine_t *make_engine(tpm_backend_t *be, tpm_comm_t *comm,
-                                 const tpm_model_config_t *cfg, const tpm_engine_opts_t *o,
-                                 const tpm_tokenizer_t *tok, int only_b)
+static tpm_engine_t *make_engine(tpm_backend_t *be, tpm_comm_t *comm, const tpm_model_config_t *cfg,
+                                 const tpm_engine_opts_t *o, const tpm_tokenizer_t *tok, int only_b)
 {
     tpm_engine_t   *e = NULL;
     tpm_tp_model_t *m;
@@ -179,14 +178,14 @@ static tpm_engine_t *make_engine(tpm_backend_t *be, tpm_comm_t *comm,
 
 int main(int argc, char **argv)
 {
-    tpm_model_config_t cfg    = {.L = 2, .C = 64, .NH = 4, .V = 0, .maxT = 64};
-    tpm_engine_opts_t  o      = {.n_slots = 2, .ctx = 64, .max_tokens = 40, .n_batch = 0};
-    const char        *tokf   = NULL;
+    tpm_model_config_t cfg       = {.L = 2, .C = 64, .NH = 4, .V = 0, .maxT = 64};
+    tpm_engine_opts_t  o         = {.n_slots = 2, .ctx = 64, .max_tokens = 40, .n_batch = 0};
+    const char        *tokf      = NULL;
     const int32_t      prompt[5] = {5, 17, 300, 42, 7};
-    int                threads = 1, provided, rank, rc;
-    tpm_comm_t        *comm = NULL;
-    tpm_backend_t     *be   = NULL;
-    tpm_tokenizer_t   *tok  = NULL;
+    int                threads   = 1, provided, rank, rc;
+    tpm_comm_t        *comm      = NULL;
+    tpm_backend_t     *be        = NULL;
+    tpm_tokenizer_t   *tok       = NULL;
     rec_t              keep, rec, ref;
     hook_ctx_t         hk, hr;
 
@@ -218,9 +217,9 @@ int main(int argc, char **argv)
     }
 
     for (int policy = 0; policy < 2; policy++) { /* 0: keep, 1: recompute */
-        rec_t          *r = policy ? &rec : &keep;
-        hook_ctx_t     *h = policy ? &hr : &hk;
-        tpm_engine_t   *e = make_engine(be, comm, &cfg, &o, tok, 0);
+        rec_t                 *r = policy ? &rec : &keep;
+        hook_ctx_t            *h = policy ? &hr : &hk;
+        tpm_engine_t          *e = make_engine(be, comm, &cfg, &o, tok, 0);
         tpm_engine_swap_hook_t hook;
 
         set_job(r, prompt, 5, MAXGEN);
@@ -248,7 +247,7 @@ int main(int argc, char **argv)
         /* the reference: only B, prompt + the tokens generated on A before the swap */
         int32_t       p2[64];
         int           n2 = 5, nb = hr.n_at_swap;
-        tpm_engine_t *e  = make_engine(be, comm, &cfg, &o, tok, 1);
+        tpm_engine_t *e = make_engine(be, comm, &cfg, &o, tok, 1);
 
         MPI_Bcast(&nb, 1, MPI_INT, 0, MPI_COMM_WORLD);
         memcpy(p2, prompt, sizeof(prompt));
@@ -262,8 +261,8 @@ int main(int argc, char **argv)
         if (rank == 0) {
             int same = ref.ntok == MAXGEN - nb &&
                        memcmp(ref.toks, rec.toks + nb, (size_t)ref.ntok * sizeof(int32_t)) == 0;
-            int keep_same = memcmp(keep.toks + nb, rec.toks + nb,
-                                   (size_t)(MAXGEN - nb) * sizeof(int32_t)) == 0;
+            int keep_same =
+                memcmp(keep.toks + nb, rec.toks + nb, (size_t)(MAXGEN - nb) * sizeof(int32_t)) == 0;
 
             mc_check(same, "recompute: the continuation after the swap is not B's greedy "
                            "continuation of the prompt and the tokens before it");

@@ -47,15 +47,15 @@ static void check_pair(const tpm_model_config_t *cfg, int NT, int NS)
             const int nt = tpm_model_group_desc(cfg, g, d);
 
             for (int t = 0; t < nt; t++) {
-                int64_t  b0, bn;
-                int     *seen = calloc((size_t)d[t].rows, sizeof(int));
-                float   *slice;
+                int64_t b0, bn;
+                int    *seen = calloc((size_t)d[t].rows, sizeof(int));
+                float  *slice;
 
                 tpm_tp_rows(cfg, &part, &d[t], &b0, &bn);
                 slice = calloc((size_t)(bn > 0 ? bn : 1) * (size_t)d[t].cols, sizeof(float));
                 cr_assert(seen != NULL && slice != NULL);
                 for (int i = 0; i < NT; i++) {
-                    const size_t k = (size_t)i * (size_t)NS + (size_t)j;
+                    const size_t k   = (size_t)i * (size_t)NS + (size_t)j;
                     size_t       off = 0;
                     int64_t      a0, an;
                     float       *msg = calloc(tpm_reshard_count(&p, i, j) + 1, sizeof(float));
