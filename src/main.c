@@ -165,6 +165,10 @@ static tpm_status_t run_trainserve(const tpm_config_t *cfg, tpm_comm_t *world)
                   M, N);
         return TPM_ERR_INVALID_ARG;
     }
+    if (cfg->watch) {
+        tpm_info0("error: --watch is for --mode=serve (trainserve gets its weights pushed)");
+        return TPM_ERR_INVALID_ARG;
+    }
     serving = world->rank >= N - M;
     status  = tpm_comm_split(world, serving, world->rank, &group);
     TPM_CHECK(tpm_comm_agree(world, status));

@@ -284,6 +284,10 @@ static const config_opt_t options[] = {
     {"max-body-bytes", "TPMPI_MAX_BODY_BYTES", "1048576", "N", "serve: request body limit",
      CONFIG_GROUP_SERVE, CONFIG_TYPE_INT, OFF(max_body_bytes), 0, 64, 1073741824, 0, 0, 0,
      NULL},
+    {"watch", "TPMPI_WATCH", "0", NULL,
+     "serve: with --ckpt=DIR, load a newer checkpoint of DIR when one appears and swap it in "
+     "(POST /admin/reload: now); a bad one is refused and the old weights kept",
+     CONFIG_GROUP_SERVE, CONFIG_TYPE_FLAG, OFF(watch), 0, 0, 1, 0, 0, 0, NULL},
     {"serve-ranks", "TPMPI_SERVE_RANKS", "0", "M",
      "trainserve: the last M ranks serve (tensor parallel), the others train (ZeRO-3); "
      "1 <= M < ranks",

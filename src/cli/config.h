@@ -96,6 +96,7 @@ typedef struct tpm_config {
     int  max_tokens;      /* upper bound for a request's max_tokens */
     int  max_queue;       /* waiting requests before 503 */
     int  max_body_bytes;  /* request body limit */
+    int  watch;           /* serve: load a newer checkpoint of --ckpt=DIR when one appears */
 
     /* train and serve (--mode=trainserve) */
     int     serve_ranks;      /* ranks of the serving group (the last M of the world) */

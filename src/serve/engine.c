@@ -629,7 +629,7 @@ tpm_status_t tpm_engine_step(tpm_engine_t *e, tpm_serve_queue_t *q, tpm_serve_st
         pack(e, n, nl);
     }
     if (e->hook.ready != NULL) {
-        hdr[HDR_READY] = e->hook.ready(e->hook.ctx) ? 1 : 0;
+        hdr[HDR_READY] = (int32_t)e->hook.ready(e->hook.ctx);
     }
     status = exchange_header(e, hdr);
     if (status != TPM_OK) {
@@ -639,9 +639,12 @@ tpm_status_t tpm_engine_step(tpm_engine_t *e, tpm_serve_queue_t *q, tpm_serve_st
         int all = 1;
 
         for (int r = 0; r < e->comm->size; r++) {
-            all = all && e->hdr_all[(size_t)r * HDR_LEN + HDR_READY] != 0;
+            all = all && e->hdr_all[(size_t)r * HDR_LEN + HDR_READY] == 1;
         }
         e->swap_next = all;
+        if (e->hook.agreed != NULL) {
+            e->hook.agreed(e->hook.ctx, e->hdr_all[HDR_READY]);
+        }
     }
     if (hdr[HDR_STOP]) {
         *stop_p = 1;

@@ -100,8 +100,10 @@ tpm_status_t tpm_engine_step(tpm_engine_t *e, tpm_serve_queue_t *q, tpm_serve_st
  */
 typedef struct tpm_engine_swap_hook {
     void *ctx;
-    int (*ready)(void *ctx);
+    int (*ready)(void *ctx); /* 1: ready; rank 0 may also pass another small value to all */
     void (*swap)(void *ctx);
+    /* (optional) every rank, after each header: rank 0's ready() value of that iteration */
+    void (*agreed)(void *ctx, int32_t root_value);
 } tpm_engine_swap_hook_t;
 /** Install @p hook (copied; NULL removes it). Local, before the loop, on every rank. */
 void tpm_engine_set_swap_hook(tpm_engine_t *e, const tpm_engine_swap_hook_t *hook, int recompute);

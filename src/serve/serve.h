@@ -86,6 +86,9 @@ typedef struct tpm_serve_stats {
     volatile double   push_seconds; /* sum of push latencies (header to swap) */
     volatile uint64_t push_le[TPM_SERVE_PUSH_BUCKETS]; /* latency histogram, cumulative */
     volatile int      push_requested; /* POST /admin/push: the engine forwards it to the trainer */
+    volatile int      versioned;      /* weights_step is reported (trainserve, serve --watch) */
+    volatile int      reloadable;     /* serve --watch: POST /admin/reload is accepted */
+    volatile int      reload_requested; /* POST /admin/reload: look for a newer checkpoint now */
 } tpm_serve_stats_t;
 
 /** Upper bounds of the push latency histogram buckets in seconds (the last is +Inf). */

@@ -10,11 +10,13 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "base/mem.h"
 #include "base/timer.h"
 #include "serve/http.h"
 #include "serve/swap.h"
+#include "serve/watch.h"
 
 /* the stop flag the signal handler sets (a plain int store: async-signal-safe in practice) */
 static tpm_serve_stats_t *volatile serve_stats_for_signal;
@@ -170,6 +172,7 @@ static tpm_status_t serve_linked(const tpm_config_t *cfg, tpm_comm_t *comm,
     if (report_memory(comm, tpm_engine_model(e)) != TPM_OK) {
         trainserve_fail(TPM_ERR_MPI, "memory report");
     }
+    memset(&hook, 0, sizeof(hook)); /* no agreed callback */
     hook.ctx   = sw;
     hook.ready = tpm_swapper_ready;
     hook.swap  = tpm_swapper_swap;
@@ -242,6 +245,7 @@ tpm_status_t tpm_serve_run(const tpm_config_t *cfg, tpm_comm_t *comm)
     tpm_engine_t         *e    = NULL;
     tpm_serve_queue_t    *q    = NULL;
     tpm_http_t           *http = NULL;
+    tpm_watcher_t        *watcher = NULL;
     tpm_serve_stats_t     stats;
     tpm_model_config_t    mc;
     tpm_engine_opts_t     opts;
@@ -255,6 +259,16 @@ tpm_status_t tpm_serve_run(const tpm_config_t *cfg, tpm_comm_t *comm)
     if (cfg->ckpt[0] == '\0') {
         tpm_info0("error: --mode=serve needs --ckpt=FILE.h5 or --ckpt=DIR (its latest checkpoint)");
         return TPM_ERR_INVALID_ARG; /* the same configuration on every rank */
+    }
+    if (cfg->watch) {
+        struct stat sb;
+        int         dir = stat(cfg->ckpt, &sb) == 0 && S_ISDIR(sb.st_mode);
+
+        if (!dir) {
+            tpm_info0("error: --watch needs --ckpt=DIR, a checkpoint directory (%s is not one)",
+                      cfg->ckpt);
+        }
+        TPM_CHECK(tpm_comm_agree(comm, dir ? TPM_OK : TPM_ERR_INVALID_ARG));
     }
     /* rank 0 resolves DIR/latest once: a checkpoint landing meanwhile cannot split the ranks */
     if (root) {
@@ -308,6 +322,19 @@ tpm_status_t tpm_serve_run(const tpm_config_t *cfg, tpm_comm_t *comm)
     TPM_CHECK_GOTO(tpm_comm_agree(comm, status), status, out_signals);
 
     status = tpm_engine_load(e, ck);
+    if (status == TPM_OK && cfg->watch) {
+        /* the second weight buffer for hot reloads (every rank; agreed) */
+        status = tpm_comm_agree(comm, tpm_watcher_create(cfg, comm, tpm_engine_model(e), path,
+                                                         tpm_ckpt_meta(ck)->step,
+                                                         root ? &stats : NULL, &watcher));
+        if (status == TPM_OK) {
+            tpm_engine_swap_hook_t hook = tpm_watcher_hook(watcher);
+
+            tpm_engine_set_swap_hook(e, &hook, strcmp(cfg->swap_policy, "recompute") == 0);
+            tpm_info0("watching %s for newer checkpoints (swap policy %s)", cfg->ckpt,
+                      cfg->swap_policy);
+        }
+    }
     tpm_ckpt_close(ck);
     ck = NULL;
     TPM_CHECK_GOTO(status, status, out_http);
@@ -336,6 +363,7 @@ out:
     tpm_http_stop(http); /* still set only when the front-end started and start-up failed */
     tpm_serve_queue_destroy(q);
     tpm_ckpt_close(ck);
+    tpm_watcher_destroy(watcher);
     tpm_engine_destroy(e);
     tpm_backend_destroy(be);
     tpm_tokenizer_destroy(tok);

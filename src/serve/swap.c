@@ -155,6 +155,7 @@ tpm_status_t tpm_swapper_create(const tpm_push_link_t *link, int serve_rank, tpm
     TPM_CHECK_GOTO(post_hdr(s), status, err);
     if (st != NULL) {
         st->trainserve   = 1;
+        st->versioned    = 1;
         st->weights_step = -1;
     }
     *s_p = s;

@@ -220,7 +220,7 @@ int main(int argc, char **argv)
         rec_t                 *r = policy ? &rec : &keep;
         hook_ctx_t            *h = policy ? &hr : &hk;
         tpm_engine_t          *e = make_engine(be, comm, &cfg, &o, tok, 0);
-        tpm_engine_swap_hook_t hook;
+        tpm_engine_swap_hook_t hook = {0};
 
         set_job(r, prompt, 5, MAXGEN);
         memset(h, 0, sizeof(*h));
