@@ -19,6 +19,7 @@
 #include "ckpt/ckpt_llmc.h"
 #include "cli/config.h"
 #include "comm/comm.h"
+#include "core/reshard.h"
 #include "data/prepare.h"
 #include "serve/engine.h"
 #include "train/train.h"
@@ -144,6 +145,51 @@ static tpm_status_t run_export(const tpm_config_t *cfg, tpm_comm_t *comm)
     return tpm_ckpt_export_llmc(comm, path, cfg->out);
 }
 
+/*
+ * --mode=trainserve: the last --serve-ranks ranks of the world form the serving group, the
+ * others the training group; each runs its mode on its own communicator, and the two talk
+ * over the world only through the weight push protocol (core/reshard.h). The configuration is
+ * the same on every rank (checked before), so every rank takes the same branch here.
+ */
+static tpm_status_t run_trainserve(const tpm_config_t *cfg, tpm_comm_t *world)
+{
+    const int       M = cfg->serve_ranks, N = world->size;
+    tpm_comm_t     *group = NULL;
+    tpm_push_link_t link;
+    int             serving;
+    tpm_status_t    status;
+
+    if (M < 1 || M >= N) {
+        tpm_info0("error: --mode=trainserve needs 1 <= --serve-ranks < ranks (got "
+                  "--serve-ranks=%d with %d rank(s)): the last M ranks serve, the others train",
+                  M, N);
+        return TPM_ERR_INVALID_ARG;
+    }
+    if (cfg->watch) {
+        tpm_info0("error: --watch is for --mode=serve (trainserve gets its weights pushed)");
+        return TPM_ERR_INVALID_ARG;
+    }
+    serving = world->rank >= N - M;
+    status  = tpm_comm_split(world, serving, world->rank, &group);
+    TPM_CHECK(tpm_comm_agree(world, status));
+    memset(&link, 0, sizeof(link));
+    link.world      = world;
+    link.n_train    = N - M;
+    link.n_serve    = M;
+    link.bf16       = strcmp(cfg->push_dtype, "bf16") == 0;
+    link.push_every = cfg->push_every;
+    tpm_info0("trainserve: ranks [0, %d) train (ZeRO-3), ranks [%d, %d) serve (tensor parallel)",
+              N - M, N - M, N);
+    if (serving) {
+        tpm_log_set_lead(group->rank == 0); /* the serving group's rank 0 speaks for it */
+        status = tpm_serve_run_linked(cfg, group, &link);
+    } else {
+        status = tpm_train_run_linked(cfg, group, &link);
+    }
+    tpm_comm_destroy(group);
+    return status;
+}
+
 /* every rank parsed the same argv; make sure the environment did not make them differ */
 static tpm_status_t check_config_agreement(const tpm_config_t *cfg, tpm_comm_t *comm)
 {
@@ -219,9 +265,10 @@ int main(int argc, char **argv)
     case TPM_MODE_PREPARE: status = run_prepare(&cfg, comm); break;
     case TPM_MODE_EXPORT: status = run_export(&cfg, comm); break;
     case TPM_MODE_SERVE: status = tpm_serve_run(&cfg, comm); break;
+    case TPM_MODE_TRAINSERVE: status = run_trainserve(&cfg, comm); break;
     default:
         tpm_error0("--mode=%s is not implemented yet in this version (available: train, "
-                   "prepare, export, serve)",
+                   "prepare, export, serve, trainserve)",
                    tpm_mode_name(cfg.mode));
         status = TPM_ERR_UNSUPPORTED;
         break;

@@ -294,30 +294,41 @@ static void set_ctx(const char *what, const char *path, const char *name)
     }
 }
 
-/* HDF5 needs an MPI communicator: the one tpm_comm wraps is a duplicate of MPI_COMM_WORLD */
-static tpm_status_t check_world(tpm_comm_t *c)
+/*
+ * HDF5 needs an MPI communicator: the one the comm layer runs @p c over (the world, or a
+ * group of a --mode=trainserve job). *mpi_p is NULL when c has none.
+ */
+static tpm_status_t check_world(tpm_comm_t *c, const MPI_Comm **mpi_p)
 {
-    int size = 0, rank = 0;
+    const MPI_Comm *mpi  = tpm_comm_mpi_handle(c);
+    int             size = 0, rank = 0;
 
-    MPI_Comm_size(MPI_COMM_WORLD, &size);
-    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    *mpi_p = NULL;
+    if (mpi == NULL) {
+        tpm_log_error("checkpoint I/O needs an MPI communicator; the %s communicator has none",
+                      c->ops->name);
+        return TPM_ERR_UNSUPPORTED;
+    }
+    MPI_Comm_size(*mpi, &size);
+    MPI_Comm_rank(*mpi, &rank);
     if (size != c->size || rank != c->rank) {
-        tpm_log_error("checkpoint I/O runs over MPI_COMM_WORLD (%d ranks), but the communicator "
-                      "given has %d",
+        tpm_log_error("checkpoint I/O: the MPI communicator has %d ranks, the communicator "
+                      "given %d",
                       size, c->size);
         return TPM_ERR_UNSUPPORTED;
     }
+    *mpi_p = mpi;
     return TPM_OK;
 }
 
-static tpm_status_t make_fapl(hid_t *fapl_p)
+static tpm_status_t make_fapl(MPI_Comm mpi, hid_t *fapl_p)
 {
     hid_t        fapl;
     tpm_status_t status;
 
     TPM_CHECK(TPM_H5_CALL(fapl = H5Pcreate(H5P_FILE_ACCESS)));
     /* MPI-IO with collective metadata: rank 0 reads metadata and broadcasts it */
-    TPM_CHECK_GOTO(TPM_H5_CALL(H5Pset_fapl_mpio(fapl, MPI_COMM_WORLD, MPI_INFO_NULL)), status, err);
+    TPM_CHECK_GOTO(TPM_H5_CALL(H5Pset_fapl_mpio(fapl, mpi, MPI_INFO_NULL)), status, err);
     TPM_CHECK_GOTO(TPM_H5_CALL(H5Pset_all_coll_metadata_ops(fapl, 1)), status, err);
     TPM_CHECK_GOTO(TPM_H5_CALL(H5Pset_coll_metadata_write(fapl, 1)), status, err);
     /* 1.8 object headers carry checksums, so a damaged header is detected, not misread */
@@ -1009,14 +1020,15 @@ static void ck_free(tpm_ckpt_t *ck)
 
 tpm_status_t tpm_ckpt_open(tpm_comm_t *comm, const char *path, tpm_ckpt_t **ck_p)
 {
-    tpm_ckpt_t  *ck   = NULL;
-    hid_t        fapl = -1;
-    tpm_status_t status;
+    tpm_ckpt_t     *ck   = NULL;
+    hid_t           fapl = -1;
+    const MPI_Comm *mpi  = NULL;
+    tpm_status_t    status;
 
     h5_quiet();
     ck_reading = 1;
     set_ctx("checkpoint", path, NULL);
-    status = check_world(comm);
+    status = check_world(comm, &mpi);
     if (status == TPM_OK) {
         status = ck_file_check(path);
     }
@@ -1037,7 +1049,7 @@ tpm_status_t tpm_ckpt_open(tpm_comm_t *comm, const char *path, tpm_ckpt_t **ck_p
         status = tpm_calloc(4, sizeof(int64_t), (void **)&ck->limbs);
     }
     if (status == TPM_OK) {
-        status = make_fapl(&fapl);
+        status = make_fapl(*mpi, &fapl);
     }
     if (status == TPM_OK) {
         status = make_dxpl(&ck->dxpl);
@@ -1497,19 +1509,20 @@ out:
 
 tpm_status_t tpm_ckpt_save(tpm_zero3_t *z, const char *path, const tpm_ckpt_meta_t *meta)
 {
-    tpm_comm_t  *c     = z->comm;
-    const size_t n_t   = n_tensors(&z->lay);
-    const size_t n_ds  = CK_N_SETS * n_t;
-    const long   delay = test_delay_ms();
-    const int    host  = host_shards(z);
-    char         tmp[TPM_PATH_MAX + 8];
-    hid_t        fapl = -1, file = -1, dxpl = -1, *ds = NULL;
-    uint64_t    *sums  = NULL;
-    int64_t     *limbs = NULL;
-    float       *stage = NULL;
-    size_t       d = 0, n_open = 0;
-    tpm_status_t status = TPM_OK;
-    double       t0     = tpm_time_now(), bytes;
+    tpm_comm_t     *c     = z->comm;
+    const size_t    n_t   = n_tensors(&z->lay);
+    const size_t    n_ds  = CK_N_SETS * n_t;
+    const long      delay = test_delay_ms();
+    const int       host  = host_shards(z);
+    char            tmp[TPM_PATH_MAX + 8];
+    hid_t           fapl = -1, file = -1, dxpl = -1, *ds = NULL;
+    uint64_t       *sums  = NULL;
+    int64_t        *limbs = NULL;
+    float          *stage = NULL;
+    size_t          d = 0, n_open = 0;
+    const MPI_Comm *mpi    = NULL;
+    tpm_status_t    status = TPM_OK;
+    double          t0 = tpm_time_now(), bytes;
 
     h5_quiet();
     ck_reading = 0;
@@ -1519,7 +1532,7 @@ tpm_status_t tpm_ckpt_save(tpm_zero3_t *z, const char *path, const tpm_ckpt_meta
         status = TPM_ERR_INVALID_ARG;
     }
     if (status == TPM_OK) {
-        status = check_world(c);
+        status = check_world(c, &mpi);
     }
     if (status == TPM_OK) {
         status = tpm_calloc(n_ds, sizeof(hid_t), (void **)&ds);
@@ -1534,7 +1547,7 @@ tpm_status_t tpm_ckpt_save(tpm_zero3_t *z, const char *path, const tpm_ckpt_meta
         status = tpm_malloc(max_group_shard(&z->lay) * sizeof(float), (void **)&stage);
     }
     if (status == TPM_OK) {
-        status = make_fapl(&fapl);
+        status = make_fapl(*mpi, &fapl);
     }
     if (status == TPM_OK) {
         status = make_dxpl(&dxpl);

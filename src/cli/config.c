@@ -82,7 +82,8 @@ typedef struct {
     const char *const *choices; /* NULL-terminated, CHOICE only */
 } config_opt_t;
 
-static const char *const mode_names[]   = {"train", "prepare", "serve", "export", "eval", NULL};
+static const char *const mode_names[]   = {"train", "prepare", "serve", "export", "eval",
+                                           "trainserve", NULL};
 static const char *const arch_names[]        = {"gpt2", "llama", NULL};
 static const char *const model_names[]  = {"tiny", "small", "gpt2-124m", "gpt2-350m", NULL};
 static const char *const device_names[] = {"cpu", "cuda", NULL};
@@ -93,6 +94,8 @@ static const char *const format_names[] = {"llmc", NULL};
 static const char *const chat_template_names[] = {"chatml", "llama3", NULL};
 static const char *const compression_names[] = {"none", "2bit", NULL};
 static const char *const residual_names[]    = {"fp32", "bf16", "none", NULL};
+static const char *const push_dtype_names[]  = {"fp32", "bf16", NULL};
+static const char *const swap_policy_names[] = {"keep", "recompute", NULL};
 static const char *const level_names[]  = {"error", "warn", "info", "debug", NULL};
 
 static const char *const group_titles[CONFIG_GROUP_COUNT] = {
@@ -304,6 +307,27 @@ static const config_opt_t options[] = {
      "serve: how /v1/chat/completions renders messages: chatml or llama3",
      CONFIG_GROUP_SERVE, CONFIG_TYPE_CHOICE, OFF(chat_template), SZ(chat_template), 0, 0, 0, 0, 0,
      chat_template_names},
+    {"watch", "TPMPI_WATCH", "0", NULL,
+     "serve: with --ckpt=DIR, load a newer checkpoint of DIR when one appears and swap it in "
+     "(POST /admin/reload: now); a bad one is refused and the old weights kept",
+     CONFIG_GROUP_SERVE, CONFIG_TYPE_FLAG, OFF(watch), 0, 0, 1, 0, 0, 0, NULL},
+    {"serve-ranks", "TPMPI_SERVE_RANKS", "0", "M",
+     "trainserve: the last M ranks serve (tensor parallel), the others train (ZeRO-3); "
+     "1 <= M < ranks",
+     CONFIG_GROUP_SERVE, CONFIG_TYPE_INT, OFF(serve_ranks), 0, 0, 1048576, 0, 0, 0, NULL},
+    {"push-every", "TPMPI_PUSH_EVERY", "0", "S",
+     "trainserve: push the trainer's weights to the serving ranks every S steps (0 = only at "
+     "the end and on POST /admin/push)",
+     CONFIG_GROUP_SERVE, CONFIG_TYPE_I64, OFF(push_every), 0, 0, I64_MAX, 0, 0, 0, NULL},
+    {"push-dtype", "TPMPI_PUSH_DTYPE", "fp32", NULL,
+     "trainserve: precision of the pushed weights (bf16 halves the bytes; served in fp32)",
+     CONFIG_GROUP_SERVE, CONFIG_TYPE_CHOICE, OFF(push_dtype), SZ(push_dtype), 0, 0, 0, 0, 0,
+     push_dtype_names},
+    {"swap-policy", "TPMPI_SWAP_POLICY", "keep", NULL,
+     "trainserve: running sequences at a weight swap keep their KV cache, or recompute it "
+     "with the new weights",
+     CONFIG_GROUP_SERVE, CONFIG_TYPE_CHOICE, OFF(swap_policy), SZ(swap_policy), 0, 0, 0, 0, 0,
+     swap_policy_names},
 };
 /* clang-format on */
 

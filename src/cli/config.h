@@ -25,6 +25,7 @@ typedef enum {
     TPM_MODE_SERVE,
     TPM_MODE_EXPORT,
     TPM_MODE_EVAL,
+    TPM_MODE_TRAINSERVE, /* one job: a training group and a serving group, live weight push */
 } tpm_mode_t;
 
 typedef struct tpm_config {
@@ -100,6 +101,13 @@ typedef struct tpm_config {
     int  max_queue;       /* waiting requests before 503 */
     int  max_body_bytes;  /* request body limit */
     char chat_template[16]; /* chatml | llama3 */
+    int  watch;           /* serve: load a newer checkpoint of --ckpt=DIR when one appears */
+
+    /* train and serve (--mode=trainserve) */
+    int     serve_ranks;      /* ranks of the serving group (the last M of the world) */
+    int64_t push_every;       /* push the weights every S steps (0 = only at the end) */
+    char    push_dtype[16];   /* fp32 | bf16: what the push moves */
+    char    swap_policy[16];  /* keep | recompute: running sequences at a swap */
 } tpm_config_t;
 
 /** Fill @p cfg with the built-in defaults. */

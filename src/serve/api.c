@@ -1279,6 +1279,12 @@ tpm_status_t tpm_api_completion_json(const tpm_api_result_t *r, tpm_api_json_kin
             &ok);
     api_set(root, "created", json_integer(r->created), &ok);
     api_set(root, "model", api_json_string(r->model, strlen(r->model)), &ok);
+    if (r->trainserve) {
+        char fp[40];
+
+        snprintf(fp, sizeof(fp), "tpmpi-step-%lld", (long long)r->weights_step);
+        api_set(root, "system_fingerprint", json_string(fp), &ok);
+    }
     api_set(root, "choices", choices, &ok);
     if (kind != TPM_API_JSON_USAGE) {
         c = json_object();
@@ -1334,7 +1340,8 @@ tpm_status_t tpm_api_completion_json(const tpm_api_result_t *r, tpm_api_json_kin
     return api_dump(root, json_p, n_p);
 }
 
-static json_t *api_model_object(const char *model, int n_ctx, int64_t created, int *ok)
+static json_t *api_model_object(const char *model, int n_ctx, int64_t created, int64_t weights_step,
+                                int *ok)
 {
     json_t *m = json_object();
 
@@ -1347,17 +1354,20 @@ static json_t *api_model_object(const char *model, int n_ctx, int64_t created, i
     api_set(m, "created", json_integer(created), ok);
     api_set(m, "owned_by", json_string("tpmpi"), ok);
     api_set(m, "max_model_len", json_integer(n_ctx), ok);
+    if (weights_step >= 0) {
+        api_set(m, "weights_step", json_integer(weights_step), ok);
+    }
     return m;
 }
 
 tpm_status_t tpm_api_models_json(const char *model, int n_ctx, int64_t created, int one,
-                                 char **json_p, size_t *n_p)
+                                 int64_t weights_step, char **json_p, size_t *n_p)
 {
     json_t *root, *data;
     int     ok = 1;
 
     if (one) {
-        root = api_model_object(model, n_ctx, created, &ok);
+        root = api_model_object(model, n_ctx, created, weights_step, &ok);
         if (!ok) {
             json_decref(root);
             return TPM_ERR_NO_MEMORY;
@@ -1373,7 +1383,8 @@ tpm_status_t tpm_api_models_json(const char *model, int n_ctx, int64_t created, 
     }
     api_set(root, "object", json_string("list"), &ok);
     api_set(root, "data", data, &ok);
-    if (ok && json_array_append_new(data, api_model_object(model, n_ctx, created, &ok)) != 0) {
+    if (ok && json_array_append_new(
+                  data, api_model_object(model, n_ctx, created, weights_step, &ok)) != 0) {
         ok = 0;
     }
     if (!ok) {
@@ -1791,6 +1802,34 @@ tpm_status_t tpm_api_metrics_text(const tpm_api_metrics_t *m, const tpm_api_gaug
     api_text_printf(&t, "tpmpi:num_slots %d\n", g->slots);
     api_text_head(&t, "ready", "gauge", "1 when the weights are loaded and requests are served.");
     api_text_printf(&t, "tpmpi:ready %d\n", g->ready ? 1 : 0);
+    if (g->trainserve) {
+        api_text_head(&t, "weights_step", "gauge",
+                      "Optimizer step of the weights served (-1: none pushed yet).");
+        api_text_printf(&t, "tpmpi:weights_step %lld\n", (long long)g->weights_step);
+        api_text_head(&t, "weight_pushes_total", "counter",
+                      "Weight pushes from the training group swapped in.");
+        api_text_printf(&t, "tpmpi:weight_pushes_total %llu\n", (unsigned long long)g->pushes);
+        api_text_head(&t, "weight_push_bytes_total", "counter",
+                      "Weight bytes received by serving rank 0 in swapped-in pushes.");
+        api_text_printf(&t, "tpmpi:weight_push_bytes_total %llu\n",
+                        (unsigned long long)g->push_bytes);
+        api_text_head(&t, "weight_push_latency_seconds", "histogram",
+                      "Time from a push's header reaching serving rank 0 to the swap.");
+        for (int b = 0; b < g->n_push_buckets && b < TPM_SERVE_PUSH_BUCKETS; b++) {
+            if (isfinite(g->push_bounds[b])) { /* the +Inf bucket is the count, below */
+                api_text_printf(&t, "tpmpi:weight_push_latency_seconds_bucket{le=\"%g\"} %llu\n",
+                                g->push_bounds[b], (unsigned long long)g->push_le[b]);
+            }
+        }
+        api_text_printf(&t, "tpmpi:weight_push_latency_seconds_bucket{le=\"+Inf\"} %llu\n",
+                        (unsigned long long)g->pushes);
+        api_text_printf(&t, "tpmpi:weight_push_latency_seconds_sum %.9g\n", g->push_seconds);
+        api_text_printf(&t, "tpmpi:weight_push_latency_seconds_count %llu\n",
+                        (unsigned long long)g->pushes);
+        api_text_head(&t, "seconds_since_last_swap", "gauge",
+                      "Seconds since the last weight swap (-1: none yet).");
+        api_text_printf(&t, "tpmpi:seconds_since_last_swap %.3f\n", g->since_swap);
+    }
     api_text_hist(&t, "time_to_first_token_seconds",
                   "Time from request arrival to the first generated token.", &m->ttft);
     api_text_hist(&t, "inter_token_latency_seconds",

@@ -144,6 +144,8 @@ typedef struct tpm_api_result {
     const tpm_api_logprob_t *lp;
     int                      n_lp;
     const tpm_tokenizer_t   *tok; /* token strings; needed with lp */
+    int         trainserve;   /* 1: "system_fingerprint" is "tpmpi-step-<weights_step>" */
+    int64_t     weights_step; /* optimizer step of the weights that answered */
 } tpm_api_result_t;
 
 /**
@@ -161,9 +163,12 @@ typedef enum {
 tpm_status_t tpm_api_completion_json(const tpm_api_result_t *r, tpm_api_json_kind_t kind,
                                      char **json_p, size_t *n_p);
 
-/** GET /v1/models (when @p one is 0) or GET /v1/models/{id} (one model object). */
+/**
+ * GET /v1/models (when @p one is 0) or GET /v1/models/{id} (one model object). With
+ * @p weights_step >= 0 (trainserve) the model object carries "weights_step".
+ */
 tpm_status_t tpm_api_models_json(const char *model, int n_ctx, int64_t created, int one,
-                                 char **json_p, size_t *n_p);
+                                 int64_t weights_step, char **json_p, size_t *n_p);
 
 /**
  * POST /tokenize: {"content": "..."} -> {"tokens": [...]}. POST /detokenize:
@@ -233,6 +238,15 @@ typedef struct tpm_api_metrics {
 typedef struct tpm_api_gauges {
     int      running, waiting, slots, ready;
     uint64_t prompt_tokens, generated_tokens;
+    /* live weight push (trainserve only: the push metrics are printed when set) */
+    int           trainserve;
+    int64_t       weights_step;
+    uint64_t      pushes, push_bytes;
+    double        push_seconds;
+    const double *push_bounds; /* (n_push_buckets) upper bounds, the last +Inf */
+    uint64_t      push_le[TPM_SERVE_PUSH_BUCKETS]; /* cumulative counts per bound */
+    int           n_push_buckets;                  /* at most TPM_SERVE_PUSH_BUCKETS */
+    double        since_swap;                      /* seconds since the last swap, < 0: none yet */
 } tpm_api_gauges_t;
 
 void tpm_api_metrics_init(tpm_api_metrics_t *m);

@@ -3,7 +3,8 @@
  * engine.c: the lockstep serving loop (engine.h): slot table, batch planning with chunked
  * prefill, the per-iteration descriptor exchange, sampling and stop handling on rank 0.
  *
- * Descriptor: a header of 4 int32 (tokens n, logit rows nl, stop flag, reserved), then one
+ * Descriptor: a header of 4 int32 (tokens n, logit rows nl, stop flag, and each rank's own
+ * "new weights ready" flag, which is why the header is an all-gather), then one
  * int32 array [token ids (n) | slots (n) | positions (n) | logit rows (nl)]. The header goes
  * out through a non-blocking all-gather (rank 0's entry counts) so that ranks waiting for
  * work can sleep between polls; the array follows with a broadcast.
@@ -27,7 +28,7 @@
 /* how long an idle rank 0 sleeps on the queue before it sends an empty batch */
 #define ENGINE_IDLE_WAIT_S 0.05
 
-enum { HDR_N = 0, HDR_NL, HDR_STOP, HDR_LEN = 4 };
+enum { HDR_N = 0, HDR_NL, HDR_STOP, HDR_READY, HDR_LEN = 4 };
 
 typedef enum {
     SLOT_FREE = 0,
@@ -41,23 +42,29 @@ typedef struct {
     const int32_t   *prompt; /* the job's prompt, or the end-of-text token for an empty one */
     int              n_prompt;
     int              n_past;  /* positions in the KV cache (prompt fed + tokens fed) */
+    int              replay;  /* positions below it are fed again after a recompute swap: for
+                                 the KV cache only (their echo and embedding rows are done) */
     int              max_gen; /* tokens this job may generate */
     int32_t          last;    /* sampled token to feed next (SLOT_DECODE) */
     int32_t         *gen;     /* (o.max_tokens) tokens generated so far, for the penalties */
     double          *emb;     /* (C) embedding jobs: the sum of the final layer norm's rows */
+    int32_t         *hist;    /* (ctx) the tokens in the KV cache, by position */
     char            *hold;    /* generated text not passed on yet (hold_cap bytes) */
     size_t           hold_len;
 } slot_t;
 
 struct tpm_engine {
-    tpm_backend_t     *be;
-    tpm_comm_t        *comm;
-    tpm_model_config_t cfg;
-    tpm_engine_opts_t  o;
-    tpm_tp_model_t    *m;
-    int32_t           *desc;    /* (4 n_batch) descriptor, every rank */
-    int32_t           *hdr_all; /* (world * HDR_LEN) all-gathered headers */
-    int                busy;    /* the last iteration ran tokens: the next header is near */
+    tpm_backend_t         *be;
+    tpm_comm_t            *comm;
+    tpm_model_config_t     cfg;
+    tpm_engine_opts_t      o;
+    tpm_tp_model_t        *m;
+    int32_t               *desc;      /* (4 n_batch) descriptor, every rank */
+    int32_t               *hdr_all;   /* (world * HDR_LEN) all-gathered headers */
+    int                    busy;      /* the last iteration ran tokens: the next header is near */
+    tpm_engine_swap_hook_t hook;      /* weights arriving while serving (ready == NULL: none) */
+    int                    recompute; /* --swap-policy=recompute */
+    int                    swap_next; /* every rank was ready: swap at the next step's start */
 
     /* rank 0 */
     const tpm_tokenizer_t *tok;
@@ -69,6 +76,7 @@ struct tpm_engine {
     int                   *row_echo; /* (n_batch) logit row -> position it scores the next
                                         prompt token of (echo), or -1: a row to sample from */
     char          *hold_mem;         /* n_slots * hold_cap */
+    int32_t       *hist_mem;         /* n_slots * ctx */
     size_t         hold_cap;
     tpm_sampler_t *sampler;
     int32_t       *gen_mem; /* n_slots * o.max_tokens: the slots' gen arrays */
@@ -160,7 +168,10 @@ tpm_status_t tpm_engine_create(tpm_backend_t *be, tpm_comm_t *comm, const tpm_mo
     TPM_CHECK_GOTO(tpm_calloc((size_t)S * (size_t)cfg->C, sizeof(double), (void **)&e->emb_mem),
                    status, err);
     TPM_CHECK_GOTO(tpm_calloc((size_t)cfg->C, sizeof(float), (void **)&e->emb_row), status, err);
+    TPM_CHECK_GOTO(tpm_calloc((size_t)S * (size_t)e->o.ctx, sizeof(int32_t), (void **)&e->hist_mem),
+                   status, err);
     for (int s = 0; s < S; s++) {
+        e->slots[s].hist = e->hist_mem + (size_t)s * (size_t)e->o.ctx;
         e->slots[s].hold = e->hold_mem + (size_t)s * e->hold_cap;
         e->slots[s].gen  = e->gen_mem + (size_t)s * (size_t)e->o.max_tokens;
         e->slots[s].emb  = e->emb_mem + (size_t)s * (size_t)cfg->C;
@@ -186,6 +197,7 @@ void tpm_engine_destroy(tpm_engine_t *e)
     tpm_free(e->adj);
     tpm_free(e->emb_mem);
     tpm_free(e->emb_row);
+    tpm_free(e->hist_mem);
     tpm_free(e->row_slot);
     tpm_free(e->row_echo);
     tpm_free(e->fifo);
@@ -322,6 +334,7 @@ static void admit(tpm_engine_t *e, tpm_serve_queue_t *q, tpm_serve_stats_t *st)
         sl->prompt   = job->n_prompt > 0 ? job->prompt : &e->eot; /* the start of a document */
         sl->n_prompt = job->n_prompt > 0 ? job->n_prompt : 1;
         sl->n_past   = 0;
+        sl->replay   = 0;
         sl->max_gen  = job->max_tokens > 0 && job->max_tokens < e->o.max_tokens ? job->max_tokens
                                                                                 : e->o.max_tokens;
         sl->hold_len = 0;
@@ -350,6 +363,7 @@ static void plan(tpm_engine_t *e, int *n_p, int *nl_p)
         if (sl->state == SLOT_DECODE) {
             tok[n]                 = sl->last;
             slot[n]                = s;
+            sl->hist[sl->n_past]   = sl->last;
             pos[n]                 = sl->n_past++;
             e->row_slot[nl]        = s;
             e->row_echo[nl]        = -1;
@@ -364,7 +378,11 @@ static void plan(tpm_engine_t *e, int *n_p, int *nl_p)
         for (int j = 0; j < k; j++, n++) {
             tok[n]  = sl->prompt[sl->n_past];
             slot[n] = e->fifo[i];
+            sl->hist[sl->n_past] = tok[n];
             pos[n]  = sl->n_past++;
+            if (pos[n] < sl->replay) {
+                continue; /* replayed for the new weights' KV cache: rows already given */
+            }
             if (sl->job->embed) {
                 e->row_slot[nl]        = e->fifo[i];
                 e->row_echo[nl]        = -2 - pos[n]; /* an embedding row */
@@ -632,6 +650,42 @@ static void sleep_ns(long ns)
     nanosleep(&ts, NULL);
 }
 
+void tpm_engine_set_swap_hook(tpm_engine_t *e, const tpm_engine_swap_hook_t *hook, int recompute)
+{
+    memset(&e->hook, 0, sizeof(e->hook));
+    if (hook != NULL) {
+        e->hook = *hook;
+    }
+    e->recompute = recompute;
+    e->swap_next = 0;
+}
+
+/*
+ * Rank 0, after a swap with --swap-policy=recompute: every running sequence feeds its tokens
+ * so far again, as a prompt (hist), so that its KV cache holds the new weights' keys and
+ * values; the last fed token's logits give its next token as a decode step would have.
+ */
+static void recompute_slots(tpm_engine_t *e)
+{
+    for (int s = 0; s < e->o.n_slots; s++) {
+        slot_t *sl = &e->slots[s];
+
+        if (sl->state == SLOT_FREE) {
+            continue;
+        }
+        if (sl->state == SLOT_DECODE) {
+            sl->hist[sl->n_past] = sl->last; /* fits: emit stops a job whose cache is full */
+            sl->n_prompt         = sl->n_past + 1;
+            sl->prompt           = sl->hist;
+            sl->state            = SLOT_PREFILL;
+            e->fifo[e->n_fifo++] = s;
+        }
+        /* echo log-probabilities and embedding sums of the positions fed so far are given */
+        sl->replay = sl->n_past > sl->replay ? sl->n_past : sl->replay;
+        sl->n_past = 0; /* a slot still in prefill keeps its prompt and its FIFO place */
+    }
+}
+
 /*
  * Everyone learns rank 0's header. Rank 0 only calls this when it has decided; the others
  * may wait a long time (an idle server), so they poll with a growing sleep instead of
@@ -669,6 +723,14 @@ tpm_status_t tpm_engine_step(tpm_engine_t *e, tpm_serve_queue_t *q, tpm_serve_st
     tpm_status_t status;
 
     *stop_p = 0;
+    if (e->swap_next) {
+        /* every rank was ready in the last header: all swap here, before the batch is planned */
+        e->hook.swap(e->hook.ctx);
+        e->swap_next = 0;
+        if (e->recompute && e->comm->rank == 0) {
+            recompute_slots(e);
+        }
+    }
     if (e->comm->rank == 0) {
         /* nothing to run: sleep on the queue, then look once more (a bounded idle step) */
         if (!st->stop && prepare(e, q, st, &n, &nl) == 0) {
@@ -691,9 +753,23 @@ tpm_status_t tpm_engine_step(tpm_engine_t *e, tpm_serve_queue_t *q, tpm_serve_st
         hdr[HDR_NL] = nl;
         pack(e, n, nl);
     }
+    if (e->hook.ready != NULL) {
+        hdr[HDR_READY] = (int32_t)e->hook.ready(e->hook.ctx);
+    }
     status = exchange_header(e, hdr);
     if (status != TPM_OK) {
         tpm_fatal(status, "serve: the batch header exchange failed");
+    }
+    if (e->hook.ready != NULL) {
+        int all = 1;
+
+        for (int r = 0; r < e->comm->size; r++) {
+            all = all && e->hdr_all[(size_t)r * HDR_LEN + HDR_READY] == 1;
+        }
+        e->swap_next = all;
+        if (e->hook.agreed != NULL) {
+            e->hook.agreed(e->hook.ctx, e->hdr_all[HDR_READY]);
+        }
     }
     if (hdr[HDR_STOP]) {
         *stop_p = 1;

@@ -65,6 +65,8 @@ typedef enum {
     ROUTE_METRICS,
     ROUTE_TOKENIZE,
     ROUTE_DETOKENIZE,
+    ROUTE_ADMIN_PUSH,
+    ROUTE_ADMIN_RELOAD,
 } http_route_t;
 
 static const struct {
@@ -81,6 +83,8 @@ static const struct {
     {"/metrics", ROUTE_METRICS, 0},
     {"/tokenize", ROUTE_TOKENIZE, 1},
     {"/detokenize", ROUTE_DETOKENIZE, 1},
+    {"/admin/push", ROUTE_ADMIN_PUSH, 1},
+    {"/admin/reload", ROUTE_ADMIN_RELOAD, 1},
 };
 
 #define N_ROUTES      (sizeof(http_routes) / sizeof(http_routes[0]))
@@ -598,6 +602,8 @@ static void http_result(http_req_t *r, tpm_api_result_t *res, const char *text, 
     res->prompt_tokens     = r->job->n_prompt;
     res->completion_tokens = r->n_tokens;
     res->ttft_ms           = r->n_tokens > 0 ? (t_first - r->t_arrival) * 1e3 : 0.0;
+    res->trainserve        = r->h->stats->versioned;
+    res->weights_step      = r->h->stats->weights_step;
     res->prompt_ms         = r->n_tokens > 0 ? (t_first - r->t_submit) * 1e3 : 0.0;
     res->predicted_ms      = (t_last - t_first) * 1e3;
     res->chat              = r->chat;
@@ -1058,6 +1064,17 @@ static enum MHD_Result http_metrics(http_req_t *r)
     g.ready            = h->stats->ready;
     g.prompt_tokens    = h->stats->prompt_tokens;
     g.generated_tokens = h->stats->generated_tokens;
+    g.trainserve       = h->stats->versioned;
+    g.weights_step     = h->stats->weights_step;
+    g.pushes           = h->stats->pushes;
+    g.push_bytes       = h->stats->push_bytes;
+    g.push_seconds     = h->stats->push_seconds;
+    g.push_bounds      = tpm_serve_push_bounds;
+    g.n_push_buckets   = TPM_SERVE_PUSH_BUCKETS;
+    for (int b = 0; b < TPM_SERVE_PUSH_BUCKETS; b++) {
+        g.push_le[b] = h->stats->push_le[b];
+    }
+    g.since_swap = h->stats->last_swap > 0 ? tpm_time_now() - h->stats->last_swap : -1.0;
     if (tpm_api_metrics_text(&m, &g, &text, &n) != TPM_OK) {
         return http_oom(r);
     }
@@ -1076,10 +1093,75 @@ static enum MHD_Result http_models(http_req_t *r, const char *id)
                          "the model '%.128s' does not exist; this server serves '%.128s'", id,
                          h->model);
     }
-    if (tpm_api_models_json(h->model, h->lim.n_ctx, h->created, id != NULL, &json, &n) != TPM_OK) {
+    if (tpm_api_models_json(h->model, h->lim.n_ctx, h->created, id != NULL,
+                            h->stats->versioned ? h->stats->weights_step : -1, &json,
+                            &n) != TPM_OK) {
         return http_oom(r);
     }
     return http_json(r, 200, json, n);
+}
+
+/*
+ * POST /admin/push (trainserve): ask the trainer for a push at its next step boundary. The
+ * engine thread forwards the request (serve/swap.c); 202 with the weights step served now.
+ * Admin endpoints need --api-key (checked like every route; without a key they are refused).
+ */
+static enum MHD_Result http_admin_push(http_req_t *r)
+{
+    tpm_http_t *h = r->h;
+    char       *json;
+    int         n;
+
+    if (h->api_key_len == 0) {
+        return http_fail(r, 403, "invalid_request_error", "admin_disabled", NULL, NULL,
+                         "POST /admin/push needs the server to run with --api-key");
+    }
+    if (!h->stats->trainserve) {
+        return http_fail(r, 400, "invalid_request_error", "push_unavailable", NULL, NULL,
+                         "POST /admin/push needs --mode=trainserve (this server serves a "
+                         "checkpoint)");
+    }
+    h->stats->push_requested = 1;
+    json                     = malloc(128);
+    if (json == NULL) {
+        return http_oom(r);
+    }
+    n = snprintf(json, 128,
+                 "{\"object\":\"push_request\",\"status\":\"requested\","
+                 "\"weights_step\":%lld}",
+                 (long long)h->stats->weights_step);
+    return http_json(r, 202, json, (size_t)n);
+}
+
+/*
+ * POST /admin/reload (serve --watch): look for a newer checkpoint now instead of at the next
+ * periodic look; the engine loads and swaps it, or refuses it (logged). 202 with the weights
+ * step served now. Needs --api-key, like /admin/push.
+ */
+static enum MHD_Result http_admin_reload(http_req_t *r)
+{
+    tpm_http_t *h = r->h;
+    char       *json;
+    int         n;
+
+    if (h->api_key_len == 0) {
+        return http_fail(r, 403, "invalid_request_error", "admin_disabled", NULL, NULL,
+                         "POST /admin/reload needs the server to run with --api-key");
+    }
+    if (!h->stats->reloadable) {
+        return http_fail(r, 400, "invalid_request_error", "reload_unavailable", NULL, NULL,
+                         "POST /admin/reload needs --mode=serve --ckpt=DIR --watch");
+    }
+    h->stats->reload_requested = 1;
+    json                       = malloc(128);
+    if (json == NULL) {
+        return http_oom(r);
+    }
+    n = snprintf(json, 128,
+                 "{\"object\":\"reload_request\",\"status\":\"requested\","
+                 "\"weights_step\":%lld}",
+                 (long long)h->stats->weights_step);
+    return http_json(r, 202, json, (size_t)n);
 }
 
 static enum MHD_Result http_tokens(http_req_t *r)
@@ -1240,6 +1322,8 @@ static enum MHD_Result http_handler(void *cls, struct MHD_Connection *conn, cons
     case ROUTE_MODEL: return http_models(r, r->url + strlen(MODELS_PREFIX));
     case ROUTE_HEALTH: return http_health(r);
     case ROUTE_METRICS: return http_metrics(r);
+    case ROUTE_ADMIN_PUSH: return http_admin_push(r);
+    case ROUTE_ADMIN_RELOAD: return http_admin_reload(r);
     case ROUTE_NONE: break;
     }
     return MHD_NO;

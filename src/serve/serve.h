@@ -21,6 +21,7 @@
 #include "base/status.h"
 
 #define TPM_SERVE_MAX_STOP 4
+#define TPM_SERVE_PUSH_BUCKETS 10
 
 typedef enum {
     TPM_FINISH_LENGTH = 0, /* max_tokens reached (or the context is full) */
@@ -93,6 +94,22 @@ typedef struct tpm_serve_stats {
     volatile uint64_t generated_tokens;
     volatile int      ready; /* weights loaded: /health answers 200 */
     volatile int      stop;  /* set on SIGTERM: the engine loop finishes and all ranks exit */
+
+    /* live weight push (--mode=trainserve; docs/METRICS.md): written by the engine thread */
+    volatile int      trainserve;   /* 1: the weights come from a training group */
+    volatile int64_t  weights_step; /* optimizer step of the weights served (-1: checkpoint) */
+    volatile uint64_t pushes;       /* pushes swapped in */
+    volatile uint64_t push_bytes;   /* payload bytes received (this rank, rank 0) */
+    volatile double   last_swap;    /* tpm_time_now() of the last swap (0: none) */
+    volatile double   push_seconds; /* sum of push latencies (header to swap) */
+    volatile uint64_t push_le[TPM_SERVE_PUSH_BUCKETS]; /* latency histogram, cumulative */
+    volatile int      push_requested; /* POST /admin/push: the engine forwards it to the trainer */
+    volatile int      versioned;      /* weights_step is reported (trainserve, serve --watch) */
+    volatile int      reloadable;     /* serve --watch: POST /admin/reload is accepted */
+    volatile int      reload_requested; /* POST /admin/reload: look for a newer checkpoint now */
 } tpm_serve_stats_t;
+
+/** Upper bounds of the push latency histogram buckets in seconds (the last is +Inf). */
+extern const double tpm_serve_push_bounds[TPM_SERVE_PUSH_BUCKETS];
 
 #endif /* TPM_SERVE_H */

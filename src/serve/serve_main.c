@@ -10,11 +10,14 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "base/mem.h"
 #include "base/stop_signal.h"
 #include "base/timer.h"
 #include "serve/http.h"
+#include "serve/swap.h"
+#include "serve/watch.h"
 
 /*
  * The signals that stop the server cleanly: TERM and INT (srun, Slurm, a terminal), and
@@ -77,6 +80,141 @@ static tpm_status_t report_memory(tpm_comm_t *comm, const tpm_tp_model_t *m)
     return status;
 }
 
+/* a start-up failure of the serving group once the trainer is running: stop the whole job */
+static void trainserve_fail(tpm_status_t status, const char *what)
+{
+    tpm_fatal(status, "trainserve: the serving group could not start (%s); stopping the job", what);
+}
+
+/* --mode=trainserve: the model comes from the trainer, weights with every push */
+static tpm_status_t serve_linked(const tpm_config_t *cfg, tpm_comm_t *comm,
+                                 const tpm_push_link_t *link)
+{
+    const int              root = comm->rank == 0;
+    tpm_tokenizer_t       *tok  = NULL;
+    tpm_backend_t         *be   = NULL;
+    tpm_engine_t          *e    = NULL;
+    tpm_serve_queue_t     *q    = NULL;
+    tpm_http_t            *http = NULL;
+    tpm_swapper_t         *sw   = NULL;
+    tpm_serve_stats_t      stats;
+    tpm_model_config_t     mc;
+    tpm_engine_opts_t      opts;
+    tpm_http_model_info_t  info;
+    tpm_engine_swap_hook_t hook;
+    tpm_stop_signals_t     old_signals;
+    tpm_status_t           status;
+    void                  *tok_bytes = NULL;
+    size_t                 tok_len   = 0;
+    char                   name[64];
+
+    memset(&stats, 0, sizeof(stats));
+    memset(&mc, 0, sizeof(mc));
+    /* the trainer's start-up result reaches every serving rank in its HELLO */
+    status = tpm_push_recv_hello(link, comm->rank, &mc, &tok_bytes, &tok_len);
+    TPM_CHECK(tpm_comm_agree(comm, status));
+    status = tpm_model_config_finish(&mc);
+    if (status == TPM_OK && root) {
+        status = tpm_tokenizer_from_bytes(tok_bytes, tok_len, &tok);
+    }
+    tpm_free(tok_bytes);
+    if (tpm_comm_agree(comm, status) != TPM_OK) {
+        trainserve_fail(status, "model or tokenizer from the trainer");
+    }
+    memset(&opts, 0, sizeof(opts));
+    opts.n_slots    = cfg->parallel;
+    opts.ctx        = cfg->ctx_size > 0 ? cfg->ctx_size : mc.maxT;
+    opts.max_tokens = cfg->max_tokens;
+    (void)tpm_wdtype_parse(cfg->serve_dtype, &opts.wdt); /* refused with pushes (model_tp.c) */
+    opts.kv_bf16 = strcmp(cfg->kv_dtype, "bf16") == 0;
+    status       = tpm_backend_create(cfg->device, cfg->threads, &be);
+    if (status == TPM_OK) {
+        status = tpm_backend_set_matmul(be, cfg->cuda_matmul);
+    }
+    if (tpm_comm_agree(comm, status) != TPM_OK) {
+        trainserve_fail(status, "backend");
+    }
+    status = tpm_engine_create(be, comm, &mc, &opts, tok, &e);
+    if (status == TPM_OK) {
+        status =
+            tpm_swapper_create(link, comm->rank, tpm_engine_model(e), root ? &stats : NULL, &sw);
+    }
+    if (tpm_comm_agree(comm, status) != TPM_OK) {
+        trainserve_fail(status, "engine and weight buffers");
+    }
+    tpm_info0("trainserve: serving L=%d C=%d NH=%d V=%d n_ctx=%d on %d rank(s)%s, two weight "
+              "buffers, swap policy %s",
+              mc.L, mc.C, mc.NH, mc.V, mc.maxT, comm->size,
+              mc.NH % comm->size != 0 ? " (ranks do not divide the heads: uneven head split)" : "",
+              cfg->swap_policy);
+    if (report_memory(comm, tpm_engine_model(e)) != TPM_OK) {
+        trainserve_fail(TPM_ERR_MPI, "memory report");
+    }
+    memset(&hook, 0, sizeof(hook)); /* no agreed callback */
+    hook.ctx   = sw;
+    hook.ready = tpm_swapper_ready;
+    hook.swap  = tpm_swapper_swap;
+    tpm_engine_set_swap_hook(e, &hook, strcmp(cfg->swap_policy, "recompute") == 0);
+
+    tpm_stop_signals_install(serve_stop_signals,
+                             (int)(sizeof(serve_stop_signals) / sizeof(serve_stop_signals[0])),
+                             &stats.stop, &old_signals);
+    if (root) {
+        snprintf(name, sizeof(name), "%s", cfg->model);
+        info.name  = name;
+        info.n_ctx = opts.ctx;
+        info.vocab = mc.V;
+        status     = tpm_serve_queue_create(cfg->max_queue, &q);
+        if (status == TPM_OK) {
+            tpm_serve_queue_set_free(q, opts.n_slots);
+            status = tpm_http_start(cfg, q, &stats, tok, &info, &http);
+        }
+    }
+    if (tpm_comm_agree(comm, status) != TPM_OK) {
+        trainserve_fail(status, "HTTP front-end");
+    }
+    /* /health answers 503 until the first push is swapped in (tpm_swapper_swap sets ready) */
+    tpm_info0("listening on http://%s:%d, %d slot(s), context %d: ready with the first push",
+              cfg->host, cfg->port, opts.n_slots, opts.ctx);
+
+    status = tpm_engine_run(e, q, root ? &stats : NULL);
+    tpm_info0(
+        "stopping: %llu prompt tokens, %llu generated tokens served, %llu push(es) swapped in",
+        (unsigned long long)stats.prompt_tokens, (unsigned long long)stats.generated_tokens,
+        (unsigned long long)stats.pushes);
+    if (root) {
+        tpm_serve_queue_close(q);
+        tpm_serve_queue_drain(q, TPM_FINISH_CANCELLED);
+        tpm_http_stop(http);
+        http = NULL;
+    }
+    tpm_stop_signals_restore(&old_signals);
+    {
+        /* the trainer's BYE may already be in: a failed trainer ends the job with an error */
+        tpm_status_t ds = tpm_swapper_drain(sw, status);
+
+        if (ds != TPM_OK) {
+            tpm_fatal(ds, "trainserve: ending the weight push protocol failed");
+        }
+        if (status == TPM_OK && tpm_swapper_bye_status(sw) != TPM_OK) {
+            status = TPM_ERR_REMOTE;
+            tpm_info0("error: the training group failed; the serving group stops too");
+        }
+    }
+    tpm_serve_queue_destroy(q);
+    tpm_swapper_destroy(sw);
+    tpm_engine_destroy(e);
+    tpm_backend_destroy(be);
+    tpm_tokenizer_destroy(tok);
+    return status;
+}
+
+tpm_status_t tpm_serve_run_linked(const tpm_config_t *cfg, tpm_comm_t *comm,
+                                  const tpm_push_link_t *link)
+{
+    return link != NULL ? serve_linked(cfg, comm, link) : tpm_serve_run(cfg, comm);
+}
+
 tpm_status_t tpm_serve_run(const tpm_config_t *cfg, tpm_comm_t *comm)
 {
     const int             root = comm->rank == 0;
@@ -87,6 +225,7 @@ tpm_status_t tpm_serve_run(const tpm_config_t *cfg, tpm_comm_t *comm)
     tpm_engine_t         *e    = NULL;
     tpm_serve_queue_t    *q    = NULL;
     tpm_http_t           *http = NULL;
+    tpm_watcher_t        *watcher = NULL;
     tpm_serve_stats_t     stats;
     tpm_model_config_t    mc;
     tpm_engine_opts_t     opts;
@@ -100,6 +239,16 @@ tpm_status_t tpm_serve_run(const tpm_config_t *cfg, tpm_comm_t *comm)
     if (cfg->ckpt[0] == '\0') {
         tpm_error0("--mode=serve needs --ckpt=FILE.h5 or --ckpt=DIR (its latest checkpoint)");
         return TPM_ERR_INVALID_ARG; /* the same configuration on every rank */
+    }
+    if (cfg->watch) {
+        struct stat sb;
+        int         dir = stat(cfg->ckpt, &sb) == 0 && S_ISDIR(sb.st_mode);
+
+        if (!dir) {
+            tpm_info0("error: --watch needs --ckpt=DIR, a checkpoint directory (%s is not one)",
+                      cfg->ckpt);
+        }
+        TPM_CHECK(tpm_comm_agree(comm, dir ? TPM_OK : TPM_ERR_INVALID_ARG));
     }
     /* rank 0 resolves DIR/latest once: a checkpoint landing meanwhile cannot split the ranks */
     if (root) {
@@ -157,6 +306,19 @@ tpm_status_t tpm_serve_run(const tpm_config_t *cfg, tpm_comm_t *comm)
     TPM_CHECK_GOTO(tpm_comm_agree(comm, status), status, out_signals);
 
     status = tpm_engine_load(e, ck);
+    if (status == TPM_OK && cfg->watch) {
+        /* the second weight buffer for hot reloads (every rank; agreed) */
+        status = tpm_comm_agree(comm, tpm_watcher_create(cfg, comm, tpm_engine_model(e), path,
+                                                         tpm_ckpt_meta(ck)->step,
+                                                         root ? &stats : NULL, &watcher));
+        if (status == TPM_OK) {
+            tpm_engine_swap_hook_t hook = tpm_watcher_hook(watcher);
+
+            tpm_engine_set_swap_hook(e, &hook, strcmp(cfg->swap_policy, "recompute") == 0);
+            tpm_info0("watching %s for newer checkpoints (swap policy %s)", cfg->ckpt,
+                      cfg->swap_policy);
+        }
+    }
     tpm_ckpt_close(ck);
     ck = NULL;
     TPM_CHECK_GOTO(status, status, out_http);
@@ -188,6 +350,7 @@ out:
     tpm_http_stop(http); /* still set only when the front-end started and start-up failed */
     tpm_serve_queue_destroy(q);
     tpm_ckpt_close(ck);
+    tpm_watcher_destroy(watcher);
     tpm_engine_destroy(e);
     tpm_backend_destroy(be);
     tpm_tokenizer_destroy(tok);

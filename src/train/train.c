@@ -33,6 +33,7 @@
 #include "data/prepare.h"
 #include "data/tokenizer.h"
 #include "train/metrics.h"
+#include "train/push.h"
 #include "zero3/zero3.h"
 
 double tpm_train_lr(const tpm_config_t *cfg, int64_t step)
@@ -579,6 +580,12 @@ static tpm_status_t init_state(const tpm_config_t *cfg, tpm_zero3_t *z, const da
 
 tpm_status_t tpm_train_run(const tpm_config_t *cfg, tpm_comm_t *comm)
 {
+    return tpm_train_run_linked(cfg, comm, NULL);
+}
+
+tpm_status_t tpm_train_run_linked(const tpm_config_t *cfg, tpm_comm_t *comm,
+                                  const struct tpm_push_link *link)
+{
     const int          bf16 = strcmp(cfg->precision, "bf16") == 0;
     const int          N = comm->size, A = cfg->grad_accum, B = cfg->batch;
     data_t             d;
@@ -593,6 +600,10 @@ tpm_status_t tpm_train_run(const tpm_config_t *cfg, tpm_comm_t *comm)
     int64_t            step, start_step, n_run;
     run_state_t        rs = {0, 0, -1, NULL, TPM_DATA_ORDER};
     struct sigaction   old_term, old_usr1, old_int;
+    tpm_pusher_t      *pusher     = NULL;
+    int                hello_done = 0, serve_stopped = 0;
+    int64_t            last_pushed  = -1;
+    tpm_status_t       serve_status = TPM_OK;
 
     memset(&d, 0, sizeof(d));
     stop_handlers_install(&old_term, &old_usr1, &old_int);
@@ -649,6 +660,26 @@ tpm_status_t tpm_train_run(const tpm_config_t *cfg, tpm_comm_t *comm)
     }
     TPM_CHECK_GOTO(init_state(cfg, z, &d, &rs), status, out);
     start_step = rs.step;
+    if (link != NULL) {
+        /* the serving group waits for the model: tell it, then give it the first weights */
+        status = d.tok_bytes != NULL ? TPM_OK : TPM_ERR_NOT_FOUND;
+        if (status != TPM_OK) {
+            tpm_info0("error: --mode=trainserve needs the data folder's tokenizer.bin (the "
+                      "serving ranks detokenize with it)");
+        } else {
+            status = tpm_pusher_create(link, z, &pusher);
+        }
+        TPM_CHECK_GOTO(tpm_comm_agree(comm, status), status, out);
+        status     = tpm_push_hello(link, comm->rank, TPM_OK, &mc, d.tok_bytes, d.tok_len);
+        hello_done = 1;
+        TPM_CHECK_GOTO(tpm_comm_agree(comm, status), status, out);
+        TPM_CHECK_GOTO(tpm_comm_agree(comm, tpm_pusher_start(pusher, rs.step)), status, out);
+        last_pushed = rs.step;
+        tpm_info0("trainserve: %d training rank(s) push to %d serving rank(s) every %lld "
+                  "step(s) (%s)",
+                  link->n_train, link->n_serve, (long long)link->push_every,
+                  link->bf16 ? "bf16" : "fp32");
+    }
     if (start_step >= cfg->steps) {
         tpm_info0("the checkpoint is at step %lld and --steps is %lld: nothing to train",
                   (long long)start_step, (long long)cfg->steps);
@@ -729,9 +760,34 @@ tpm_status_t tpm_train_run(const tpm_config_t *cfg, tpm_comm_t *comm)
                           (long long)rs.step, (long long)(next < cfg->steps ? next : cfg->steps));
         }
         {
-            /* a signal may reach only some ranks: agree on it before anyone acts */
-            int32_t sig = (int32_t)stop_signal, any = 0;
-            STEP_CALL(tpm_comm_all_reduce(comm, &sig, &any, 1, TPM_DT_INT32, TPM_RED_MAX));
+            /*
+             * A signal may reach only some ranks: agree on it before anyone acts. The serving
+             * group's control messages (push request, stop) reach training rank 0 only.
+             */
+            int32_t mine[4] = {(int32_t)stop_signal, 0, 0, 0}, all[4], any;
+            if (pusher != NULL) {
+                int          req = 0, stop = 0;
+                tpm_status_t why = TPM_OK;
+                STEP_CALL(tpm_pusher_poll(pusher, &req, &stop, &why));
+                mine[1] = req;
+                mine[2] = stop;
+                mine[3] = -(int32_t)why;
+            }
+            STEP_CALL(tpm_comm_all_reduce(comm, mine, all, 4, TPM_DT_INT32, TPM_RED_MAX));
+            any = all[0];
+            if (pusher != NULL && all[2] != 0) {
+                serve_stopped = 1;
+                serve_status  = (tpm_status_t)(-all[3]);
+                tpm_info0("the serving group stopped%s: stopping after step %lld",
+                          serve_status != TPM_OK ? " on a failure" : "", (long long)rs.step);
+                break;
+            }
+            if (pusher != NULL &&
+                (all[1] != 0 || (link->push_every > 0 && rs.step % link->push_every == 0))) {
+                STEP_CALL(tpm_pusher_start(pusher, rs.step));
+                last_pushed = rs.step;
+                tpm_log_debug("pushed the weights of step %lld", (long long)rs.step);
+            }
             if (any != 0) {
                 tpm_info0("%s received: stopping after step %lld%s", strsignal(any),
                           (long long)rs.step,
@@ -743,6 +799,15 @@ tpm_status_t tpm_train_run(const tpm_config_t *cfg, tpm_comm_t *comm)
     }
     if (cfg->ckpt_dir[0] != '\0' && rs.step != rs.last_saved) {
         TPM_CHECK_GOTO(ckpt_write(cfg, z, &d, &rs), status, out);
+    }
+    if (pusher != NULL && !serve_stopped && rs.step != last_pushed) {
+        STEP_CALL(tpm_pusher_start(pusher, rs.step)); /* the final weights */
+        last_pushed = rs.step;
+    }
+    if (serve_status != TPM_OK) {
+        status = TPM_ERR_REMOTE;
+        tpm_info0("error: the serving group failed; the training group stops too");
+        goto out;
     }
     n_run = rs.step - start_step;
     if (n_run == 0) {
@@ -799,6 +864,26 @@ tpm_status_t tpm_train_run(const tpm_config_t *cfg, tpm_comm_t *comm)
     status = TPM_OK;
 
 out:
+    if (link != NULL) {
+        /* the serving group waits for HELLO, or for BYE once it has one: never leave it */
+        if (!hello_done) {
+            tpm_push_hello(link, comm->rank, status != TPM_OK ? status : TPM_ERR_INTERNAL, NULL,
+                           NULL, 0);
+        } else if (pusher != NULL) {
+            tpm_status_t fs = tpm_pusher_finish(pusher, serve_stopped, status);
+            if (fs != TPM_OK) {
+                tpm_fatal(fs, "trainserve: ending the weight push protocol failed");
+            }
+            if (comm->rank == 0) {
+                const tpm_push_stats_t *ps = tpm_pusher_stats(pusher);
+                tpm_info0("trainserve: %llu push(es), %.1f MiB sent by training rank 0, packing "
+                          "%.3f s",
+                          (unsigned long long)ps->pushes, (double)ps->bytes / 1048576.0,
+                          ps->pack_s);
+            }
+        }
+        tpm_pusher_destroy(pusher);
+    }
     stop_handlers_restore(&old_term, &old_usr1, &old_int);
     free(rs.json);
     {

@@ -6,6 +6,7 @@
  * and the Prometheus text of /metrics.
  */
 #include <criterion/criterion.h>
+#include <math.h>
 
 #include <jansson.h>
 #include <stdint.h>
@@ -516,7 +517,7 @@ Test(api, models_json_lists_the_model)
     char   *json;
     json_t *root;
 
-    cr_assert_eq(tpm_api_models_json("gpt", 64, 9, 0, &json, NULL), TPM_OK);
+    cr_assert_eq(tpm_api_models_json("gpt", 64, 9, 0, -1, &json, NULL), TPM_OK);
     root = json_loads(json, 0, NULL);
     cr_assert_str_eq(
         json_string_value(json_object_get(json_array_get(json_object_get(root, "data"), 0), "id")),
@@ -915,4 +916,57 @@ Test(api, embeddings_requests_are_parsed_and_answered)
     cr_assert_eq(json_integer_value(json_object_get(json_object_get(d, "usage"), "prompt_tokens")),
                  2);
     json_decref(d);
+}
+
+Test(api, trainserve_answers_carry_the_weights_step)
+{
+    static const double bounds[3] = {0.01, 0.1, INFINITY};
+    tpm_api_result_t    r = {.id = "cmpl-2", .model = "m", .text = "", .finish_reason = "stop"};
+    tpm_api_metrics_t   m;
+    tpm_api_gauges_t    g = {.trainserve     = 1,
+                             .weights_step   = 40,
+                             .pushes         = 3,
+                             .push_bytes     = 1000,
+                             .push_seconds   = 0.15,
+                             .push_bounds    = bounds,
+                             .push_le        = {1, 2, 3},
+                             .n_push_buckets = 3,
+                             .since_swap     = 2.5};
+    char               *json, *text;
+    json_t             *root;
+    size_t              n;
+
+    cr_assert_eq(tpm_api_completion_json(&r, TPM_API_JSON_FULL, &json, NULL), TPM_OK);
+    root = json_loads(json, 0, NULL);
+    cr_assert_null(json_object_get(root, "system_fingerprint"), "not without trainserve");
+    json_decref(root);
+    free(json);
+    r.trainserve   = 1;
+    r.weights_step = 12;
+    cr_assert_eq(tpm_api_completion_json(&r, TPM_API_JSON_CHUNK, &json, NULL), TPM_OK);
+    root = json_loads(json, 0, NULL);
+    cr_assert_str_eq(json_string_value(json_object_get(root, "system_fingerprint")),
+                     "tpmpi-step-12");
+    json_decref(root);
+    free(json);
+
+    cr_assert_eq(tpm_api_models_json("gpt", 64, 9, 1, 12, &json, NULL), TPM_OK);
+    root = json_loads(json, 0, NULL);
+    cr_assert_eq(json_integer_value(json_object_get(root, "weights_step")), 12);
+    json_decref(root);
+    free(json);
+
+    tpm_api_metrics_init(&m);
+    cr_assert_eq(tpm_api_metrics_text(&m, &g, &text, &n), TPM_OK);
+    cr_assert_not_null(strstr(text, "tpmpi:weights_step 40\n"));
+    cr_assert_not_null(strstr(text, "tpmpi:weight_pushes_total 3\n"));
+    cr_assert_not_null(strstr(text, "tpmpi:weight_push_bytes_total 1000\n"));
+    cr_assert_not_null(strstr(text, "tpmpi:weight_push_latency_seconds_bucket{le=\"0.1\"} 2\n"));
+    cr_assert_not_null(strstr(text, "tpmpi:weight_push_latency_seconds_bucket{le=\"+Inf\"} 3\n"));
+    cr_assert_not_null(strstr(text, "tpmpi:seconds_since_last_swap 2.500\n"));
+    free(text);
+    g.trainserve = 0;
+    cr_assert_eq(tpm_api_metrics_text(&m, &g, &text, &n), TPM_OK);
+    cr_assert_null(strstr(text, "weights_step"));
+    free(text);
 }
