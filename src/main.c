@@ -20,6 +20,7 @@
 #include "ckpt/hf.h"
 #include "cli/config.h"
 #include "comm/comm.h"
+#include "core/reshard.h"
 #include "data/prepare.h"
 #include "serve/engine.h"
 #include "train/train.h"
@@ -127,14 +128,14 @@ static tpm_status_t run_export(const tpm_config_t *cfg, tpm_comm_t *comm)
     tpm_status_t status = TPM_OK;
 
     if (cfg->ckpt[0] == '\0') {
-        tpm_info0("error: --mode=export needs --ckpt=FILE (a checkpoint, or a checkpoint "
-                  "directory)");
+        tpm_error0("--mode=export needs --ckpt=FILE (a checkpoint, or a checkpoint "
+                   "directory)");
         status = TPM_ERR_INVALID_ARG;
     } else if (cfg->out[0] == '\0') {
-        tpm_info0("error: --mode=export needs --out=FILE for the %s model file", cfg->format);
+        tpm_error0("--mode=export needs --out=FILE for the %s model file", cfg->format);
         status = TPM_ERR_INVALID_ARG;
     } else if (strcmp(cfg->format, "llmc") != 0 && strcmp(cfg->format, "hf") != 0) {
-        tpm_info0("error: --format=%s cannot be exported (available: llmc, hf)", cfg->format);
+        tpm_error0("--format=%s cannot be exported (available: llmc, hf)", cfg->format);
         status = TPM_ERR_UNSUPPORTED;
     }
     TPM_CHECK(tpm_ckpt_agree(comm, status));
@@ -147,6 +148,51 @@ static tpm_status_t run_export(const tpm_config_t *cfg, tpm_comm_t *comm)
         return tpm_ckpt_export_hf(comm, path, cfg->out);
     }
     return tpm_ckpt_export_llmc(comm, path, cfg->out);
+}
+
+/*
+ * --mode=trainserve: the last --serve-ranks ranks of the world form the serving group, the
+ * others the training group; each runs its mode on its own communicator, and the two talk
+ * over the world only through the weight push protocol (core/reshard.h). The configuration is
+ * the same on every rank (checked before), so every rank takes the same branch here.
+ */
+static tpm_status_t run_trainserve(const tpm_config_t *cfg, tpm_comm_t *world)
+{
+    const int       M = cfg->serve_ranks, N = world->size;
+    tpm_comm_t     *group = NULL;
+    tpm_push_link_t link;
+    int             serving;
+    tpm_status_t    status;
+
+    if (M < 1 || M >= N) {
+        tpm_info0("error: --mode=trainserve needs 1 <= --serve-ranks < ranks (got "
+                  "--serve-ranks=%d with %d rank(s)): the last M ranks serve, the others train",
+                  M, N);
+        return TPM_ERR_INVALID_ARG;
+    }
+    if (cfg->watch) {
+        tpm_info0("error: --watch is for --mode=serve (trainserve gets its weights pushed)");
+        return TPM_ERR_INVALID_ARG;
+    }
+    serving = world->rank >= N - M;
+    status  = tpm_comm_split(world, serving, world->rank, &group);
+    TPM_CHECK(tpm_comm_agree(world, status));
+    memset(&link, 0, sizeof(link));
+    link.world      = world;
+    link.n_train    = N - M;
+    link.n_serve    = M;
+    link.bf16       = strcmp(cfg->push_dtype, "bf16") == 0;
+    link.push_every = cfg->push_every;
+    tpm_info0("trainserve: ranks [0, %d) train (ZeRO-3), ranks [%d, %d) serve (tensor parallel)",
+              N - M, N - M, N);
+    if (serving) {
+        tpm_log_set_lead(group->rank == 0); /* the serving group's rank 0 speaks for it */
+        status = tpm_serve_run_linked(cfg, group, &link);
+    } else {
+        status = tpm_train_run_linked(cfg, group, &link);
+    }
+    tpm_comm_destroy(group);
+    return status;
 }
 
 /* every rank parsed the same argv; make sure the environment did not make them differ */
@@ -171,7 +217,7 @@ int main(int argc, char **argv)
     tpm_status_t    status = TPM_OK;
     tpm_log_level_t level;
     int             rank = 0, provided, exit_now = 0, all_ok;
-    FILE           *out  = stdout;
+    FILE           *out = stdout;
 
     MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided);
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
@@ -224,10 +270,11 @@ int main(int argc, char **argv)
     case TPM_MODE_PREPARE: status = run_prepare(&cfg, comm); break;
     case TPM_MODE_EXPORT: status = run_export(&cfg, comm); break;
     case TPM_MODE_SERVE: status = tpm_serve_run(&cfg, comm); break;
+    case TPM_MODE_TRAINSERVE: status = run_trainserve(&cfg, comm); break;
     default:
-        tpm_info0("error: --mode=%s is not implemented yet in this version (available: train, "
-                  "prepare, export, serve)",
-                  tpm_mode_name(cfg.mode));
+        tpm_error0("--mode=%s is not implemented yet in this version (available: train, "
+                   "prepare, export, serve, trainserve)",
+                   tpm_mode_name(cfg.mode));
         status = TPM_ERR_UNSUPPORTED;
         break;
     }

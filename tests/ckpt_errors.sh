@@ -89,5 +89,46 @@ expect 1 2 "exclude each other" $common --resume --ckpt-dir="$dir/good" --init-f
 expect 2 2 "nope.h5: No such file" $common --init-from="$dir/nope.h5"
 expect 1 2 "needs --ckpt" --mode=export --out="$dir/x.bin"
 
+# issue 19: negative step counts, a --ckpt-dir that is a file, a fresh run in a used directory
+if /usr/bin/python3 -c 'import h5py, numpy' 2>/dev/null; then
+    mkdir -p "$dir/negstep" && cp "$dir/good/ckpt_00000012.h5" "$dir/negstep/"
+    /usr/bin/python3 -c 'import sys, h5py, numpy as np
+with h5py.File(sys.argv[1], "r+") as f: f.attrs.modify("step", np.int64(-3))' \
+        "$dir/negstep/ckpt_00000012.h5"
+    expect 2 2 "step -3, tokens_seen .*: negative counts" $common --ckpt-dir="$dir/negstep" --resume
+else
+    echo "SKIP (not counted): negative step, h5py is not available"
+fi
+echo "a file" >"$dir/afile"
+expect 2 2 "ckpt-dir=.*afile is not a directory" $common --ckpt-dir="$dir/afile"
+expect 2 2 "already holds the checkpoints of a run (newest .*ckpt_00000012.h5)" $common \
+    --ckpt-dir="$dir/good"
+check_latest=$(cat "$dir/good/latest")
+if [ "$check_latest" = ckpt_00000012.h5 ]; then
+    pass=$((pass + 1))
+    echo "ok: the refused fresh run left latest alone"
+else
+    fail=$((fail + 1))
+    echo "FAIL: latest is now '$check_latest'"
+fi
+
+# --overwrite: the fresh run deletes the old run's checkpoints first and writes its own
+cp -r "$dir/good" "$dir/over"
+touch "$dir/over/notes.txt"
+expect 2 0 "overwrite: deleted .* file(s) of the previous run" $common --ckpt-dir="$dir/over" \
+    --overwrite --steps=3
+if [ "$(cat "$dir/over/latest")" = ckpt_00000003.h5 ] && [ ! -e "$dir/over/ckpt_00000012.h5" ] &&
+    [ -e "$dir/over/notes.txt" ]; then
+    pass=$((pass + 1))
+    echo "ok: --overwrite replaced the old run's checkpoints and left other files alone"
+else
+    fail=$((fail + 1))
+    echo "FAIL: --overwrite left: $(ls "$dir/over" | tr '\n' ' ')"
+fi
+
+# settings that are legal but almost certainly a mistake: a warning, and the run goes on
+expect 1 0 "warning: --min-lr=0.01 is above --lr=0.001" $common --steps=2 --lr=1e-3 --min-lr=1e-2
+expect 1 0 "warning: --warmup=50 is longer than --steps=2" $common --steps=2 --warmup=50
+
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]

@@ -1,7 +1,8 @@
 #!/bin/sh
 # SPDX-License-Identifier: MIT
 # Stop signals: SIGUSR1 (what Slurm sends with --signal before the time limit) delivered to
-# ONE rank only, and SIGTERM delivered to every rank, both make all ranks finish the current
+# ONE rank only, SIGTERM and SIGINT delivered to every rank, and SIGUSR1 sent to mpirun
+# itself (the supported way with a plain mpirun, docs/CHECKPOINT.md), make all ranks finish the current
 # step, write a checkpoint and exit 0. The checkpoint then resumes to the same losses as an
 # uninterrupted run (constant learning rate, so --steps does not change the schedule).
 set -u
@@ -34,6 +35,10 @@ stop() {
             fi
         done
     fi
+    if [ "$who" = mpirun ]; then
+        # plain mpirun forwards SIGUSR1 to every rank without killing them
+        ranks=$pid
+    fi
     echo "$name: sending SIG$sig to" $ranks
     kill -s "$sig" $ranks
     # the job must end by itself; a hang is caught by this watchdog
@@ -49,6 +54,9 @@ stop() {
         "$name: a checkpoint at the last finished step ($step)"
     check "$(grep -q 'received: stopping after step' "$dir/$name.log" && echo 1 || echo 0)" \
         "$name: the stop is announced"
+    # the built-in corpus has a validation split: the summary must not say otherwise
+    check "$(grep -q 'done: .*steps' "$dir/$name.log" && ! grep -q 'no validation split' "$dir/$name.log" && echo 1 || echo 0)" \
+        "$name: the summary is printed and does not claim there is no validation split"
 }
 
 # resume_matches NAME: continue 5 steps past the checkpoint; compare with a straight run
@@ -70,5 +78,7 @@ resume_matches() {
 stop usr1 USR1 one
 resume_matches usr1
 stop term TERM all
+stop int INT all
+stop mpirun_usr1 USR1 mpirun
 
 finish

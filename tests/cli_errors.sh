@@ -34,6 +34,10 @@ expect 1 2 "mode" --mode=dance
 expect 2 2 "does not divide" --mode=train --model=tiny --n-head=5
 expect 1 2 "not implemented" --mode=eval
 expect 2 2 "needs --ckpt" --mode=serve
+# errors are errors: --log-level=error must not silence the only message before exit 2
+expect 2 2 "needs --ckpt" --mode=serve --log-level=error
+expect 1 2 "needs --ckpt" --mode=export --log-level=error
+expect 1 2 "not implemented" --mode=eval --log-level=error
 expect 2 2 "no such file" --mode=serve --ckpt="$dir/none.h5"
 expect 1 2 "exceeds the position table" --mode=train --model=tiny --seq-len=128
 expect 2 2 "precision" --mode=train --precision=fp8

@@ -33,7 +33,7 @@ src=$TOP_SRCDIR/src
 if ! "$CLANG" -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
     -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -I"$src" $(pkg-config --cflags jansson 2>/dev/null) \
     "$TOP_SRCDIR/tests/fuzz/fuzz_api.c" "$src/serve/api.c" "$src/data/tokenizer.c" \
-    "$src/base/log.c" "$src/base/mem.c" "$src/base/status.c" "$src/base/timer.c" \
+    "$src/base/log.c" "$src/base/mem.c" "$src/base/status.c" "$src/base/timer.c" "$src/base/file.c" \
     $(pkg-config --libs jansson 2>/dev/null || echo -ljansson) -lm -o "$dir/fuzz_api" \
     >"$dir/build.log" 2>&1; then
     cat "$dir/build.log"

@@ -8,7 +8,8 @@
 #     count gives the losses of the uninterrupted run bit for bit, on another within 1e-5
 #  c) refusals with exit status 2 and a message: a llama checkpoint in a gpt2 run, an unknown
 #     arch attribute, --arch/preset mismatches, llama-only options with gpt2, NKV not
-#     dividing NH, --device=cuda (training and serving), llm.c export of a llama checkpoint
+#     dividing NH, --device=cuda (training and serving), llm.c export of a llama checkpoint,
+#     a bf16 KV cache for llama, --mode=trainserve --arch=llama
 #  d) a checkpoint without the arch attribute (written before it) loads as gpt2
 #  e) serving the trained checkpoint: tests/mpi/test_serve_tp reads it through the engine's
 #     loader at M = 1, 2, 3 (M = 3 does not divide the 2 KV heads) and its logits equal the
@@ -111,6 +112,8 @@ expect 1 2 "device=cuda --arch=llama" $common --steps=1 --device=cuda
 # (a build without CUDA refuses --device=cuda before it opens the checkpoint)
 expect 1 2 "holds a llama model; the CUDA backend\|built without CUDA" --mode=serve --ckpt="$ck" \
     --device=cuda
+expect 1 2 "a bf16 KV cache is not implemented for LLaMA" --mode=serve --ckpt="$ck" --kv-dtype=bf16
+expect 2 2 "trainserve --arch=llama: the live weight push" $common --steps=1 --mode=trainserve
 expect 1 2 "llm.c files hold GPT-2 models only" --mode=export --ckpt="$ck" --out="$dir/x.bin"
 
 # d) a GPT-2 checkpoint without the arch attribute loads as gpt2

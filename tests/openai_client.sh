@@ -3,7 +3,8 @@
 # openai_client.sh: a real client against the server: the `openai` Python package from PyPI
 # (installed into a venv under the build directory, reused by later runs) lists the models,
 # runs a non-streaming and a streaming completion (same greedy text, same usage), passes
-# top_k through extra_body, and gets the right exception classes for a bad request (400),
+# top_k through extra_body, runs a chat completion with and without streaming (same text,
+# the role in the first delta, usage), asks for log-probabilities (echo, chat), and gets the right exception classes for a bad request (400),
 # an unknown model (404) and a wrong API key (401). SKIP (77) when PyPI cannot be reached.
 # SERVE_TARGET=fake (default): tests/serve/fake_server; SERVE_TARGET=real with SERVE_CKPT:
 # `mpirun tpmpi --mode=serve` (see tests/serve_http_real.sh).
@@ -129,6 +130,64 @@ check(n_chunks >= 3, "several chunks")
 r2 = client.completions.create(model=model, prompt="Hello", max_tokens=4, temperature=0.8,
                                top_p=0.9, seed=7, stop=["\n\n"], extra_body={"top_k": 5})
 check(r2.usage.completion_tokens >= 1, "sampling parameters and extra_body top_k")
+
+# chat completions, as most clients and tools call them
+msgs = [{"role": "user", "content": "Hi"}]  # ChatML costs ~30 tokens of a 64-token context
+c = client.chat.completions.create(model=model, messages=msgs, max_completion_tokens=8,
+                                   temperature=0)
+ctext = c.choices[0].message.content
+print("chat: %r finish=%s usage=%s" % (ctext, c.choices[0].finish_reason, c.usage))
+check(c.object == "chat.completion" and c.id.startswith("chatcmpl-"), "chat object")
+check(c.choices[0].message.role == "assistant", "chat message role")
+check(c.choices[0].finish_reason in ("length", "stop"), "chat finish_reason")
+check(1 <= c.usage.completion_tokens <= 8 and c.usage.prompt_tokens > 2, "chat usage")
+if target == "fake":
+    check(ctext.startswith("The quick brown") and c.usage.completion_tokens == 8,
+          "fake engine chat text")
+parts, roles, finish, usage = [], [], None, None
+for chunk in client.chat.completions.create(model=model, messages=msgs, max_tokens=8,
+                                            temperature=0, stream=True,
+                                            stream_options={"include_usage": True}):
+    check(chunk.object == "chat.completion.chunk", "chat chunk object")
+    if chunk.choices:
+        d = chunk.choices[0].delta
+        if d.role:
+            roles.append(d.role)
+        parts.append(d.content or "")
+        finish = chunk.choices[0].finish_reason or finish
+    if chunk.usage is not None:
+        usage = chunk.usage
+print("chat streaming: %r finish=%s" % ("".join(parts), finish))
+check("".join(parts) == ctext, "streamed chat text equals the non-streamed one")
+check(roles == ["assistant"], "the role comes once, in the first delta: %s" % roles)
+check(finish == c.choices[0].finish_reason, "streamed chat finish_reason")
+check(usage is not None and usage.completion_tokens == c.usage.completion_tokens,
+      "streamed chat usage")
+try:
+    client.chat.completions.create(model=model, messages=msgs, tools=[{"type": "function",
+                                   "function": {"name": "f", "parameters": {}}}])
+    check(False, "tools accepted")
+except openai.BadRequestError as e:
+    check(e.status_code == 400, "chat tools -> BadRequestError")
+
+# log-probabilities, as loglikelihood evaluation asks for them
+r3 = client.completions.create(model=model, prompt="The quick", max_tokens=1, temperature=0,
+                               logprobs=2, echo=True)
+lp = r3.choices[0].logprobs
+check(r3.choices[0].text.startswith("The quick") and lp.token_logprobs[0] is None,
+      "echo + logprobs: the prompt's text, the first token null")
+check(len(lp.tokens) == len(lp.token_logprobs) == len(lp.text_offset), "logprobs lists")
+if target == "real":
+    check(len(lp.tokens) == r3.usage.prompt_tokens + r3.usage.completion_tokens and
+          all(v is not None and v <= 0 for v in lp.token_logprobs[1:]), "one value per token")
+c3 = client.chat.completions.create(model=model, messages=msgs, max_tokens=2, temperature=0,
+                                    logprobs=True, top_logprobs=2)
+if target == "real":
+    check(len(c3.choices[0].logprobs.content) == c3.usage.completion_tokens and
+          all(len(e.top_logprobs) == 2 for e in c3.choices[0].logprobs.content),
+          "chat logprobs through the client")
+else:
+    check(c3.choices[0].logprobs is not None, "chat logprobs object (fake engine: empty)")
 
 try:
     client.completions.create(model=model, prompt="x", n=2)

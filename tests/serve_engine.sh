@@ -8,7 +8,8 @@
 #  - tests/mpi/test_serve_engine: the engine loop with queued jobs (callbacks, finish
 #    reasons, stop strings, cancel); its greedy and seeded outputs must be byte-identical
 #    at every M;
-#  - test_serve_tp --dtype=bf16|int8 at M = 1, 2, 3: the serving formats.
+#  - test_serve_tp --dtype=bf16|int8 and --kv-bf16 at M = 1, 2, 3: the serving formats
+#    and the bf16 KV cache.
 set -eu
 : "${TPMPI:?}" "${MPIRUN:?}" "${TOP_BUILDDIR:?}"
 dir=$TOP_BUILDDIR/tests/serve_engine.d
@@ -51,14 +52,16 @@ done
 
 # serving weight formats: bf16 and int8 slices of the checkpoint against the fp32 training
 # forward, at M = 1, 2, 3 (the tolerance is the format's error: test_serve_tp.c)
-for dt in bf16 int8; do
+for dt in bf16 int8 kv; do
     for m in 1 2 3; do
         log="$dir/tp$m-$dt.log"
+        # kv: fp32 weights with the KV cache in bf16
+        if [ "$dt" = kv ]; then set -- --kv-bf16; else set -- --dtype="$dt"; fi
         if timeout 300 $MPIRUN -np "$m" "$TOP_BUILDDIR/tests/mpi/test_serve_tp" --ckpt="$dir/ck" \
-            --dtype="$dt" --threads=1 >"$log" 2>&1; then
+            "$@" --threads=1 >"$log" 2>&1; then
             ok
         else
-            bad "test_serve_tp M=$m --dtype=$dt"
+            bad "test_serve_tp M=$m $*"
         fi
         grep -E "max normalised|passed" "$log" | sed "s/^/  /"
     done

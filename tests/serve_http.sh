@@ -105,6 +105,96 @@ check "$(python3 -c 'import json,sys; a=json.load(open(sys.argv[1])); b=json.loa
     "streamed text, finish_reason and usage equal the non-streamed answer"
 check "$(jcheck "$dir/sse.json" 'd["timings"]')" "stream final chunk has timings"
 
+# chat completions: the same greedy answer streamed and not; the template's prompt tokens
+chat='{"messages":[{"role":"user","content":"The quick"}],"max_tokens":6,"temperature":0'
+code=$(post /v1/chat/completions "$chat}")
+cp "$dir/body" "$dir/chat.json"
+check "$([ "$code" = 200 ] && echo 1 || echo 0)" "chat completion: $code"
+check "$(jcheck "$dir/chat.json" 'd["object"] == "chat.completion" and d["id"].startswith("chatcmpl-") and d["choices"][0]["message"]["role"] == "assistant" and isinstance(d["choices"][0]["message"]["content"], str)')" \
+    "chat completion shape"
+post /tokenize '{"content":"<|im_start|>user\nThe quick<|im_end|>\n<|im_start|>assistant\n"}' >/dev/null
+check "$(python3 -c 'import json,sys; a=json.load(open(sys.argv[1])); b=json.load(open(sys.argv[2])); print(int(a["usage"]["prompt_tokens"] == len(b["tokens"])))' "$dir/chat.json" "$dir/body")" \
+    "chat prompt = the ChatML rendering of the messages"
+post /v1/chat/completions "$chat,\"stream\":true,\"stream_options\":{\"include_usage\":true}}" -N >/dev/null
+python3 - "$dir/body" "$dir/chat.json" >"$dir/chat_sse.txt" <<'PYEOF'
+import json, sys
+events = [l[6:] for l in open(sys.argv[1]).read().split("\n") if l.startswith("data: ")]
+full = json.load(open(sys.argv[2]))
+ok = events[-1] == "[DONE]"
+chunks = [json.loads(e) for e in events[:-1]]
+ok = ok and all(c["object"] == "chat.completion.chunk" for c in chunks)
+deltas = [c["choices"][0]["delta"] for c in chunks if c["choices"]]
+text = "".join(d.get("content", "") for d in deltas)
+ok = ok and deltas[0].get("role") == "assistant" and all("role" not in d for d in deltas[1:])
+ok = ok and text == full["choices"][0]["message"]["content"]
+ok = ok and chunks[-1]["choices"] == [] and chunks[-1]["usage"] == full["usage"]
+print(1 if ok else 0)
+PYEOF
+check "$(cat "$dir/chat_sse.txt")" "chat stream: role first, same text and usage as without streaming"
+code=$(post /v1/chat/completions '{"messages":[{"role":"robot","content":"x"}]}')
+check "$([ "$code" = 400 ] && [ "$(is_openai_error "$dir/body")" = 1 ] && echo 1 || echo 0)" \
+    "chat with an unknown role: $code (want 400)"
+
+# log-probabilities with echo (what loglikelihood evaluation sends), and in chat
+code=$(post /v1/completions '{"prompt":"The quick brown","max_tokens":3,"temperature":0,"logprobs":3,"echo":true}')
+cp "$dir/body" "$dir/lp.json"
+check "$([ "$code" = 200 ] && echo 1 || echo 0)" "echo + logprobs: $code"
+check "$(jcheck "$dir/lp.json" '(lambda c, l: c["text"].startswith("The quick brown") and l["token_logprobs"][0] is None and l["top_logprobs"][0] is None and len(l["tokens"]) == len(l["token_logprobs"]) == len(l["top_logprobs"]) == len(l["text_offset"]))(d["choices"][0], d["choices"][0]["logprobs"])')" \
+    "echo + logprobs: the text starts with the prompt, the first token is null"
+if [ $fake = 0 ]; then
+    # the real engine: one entry per prompt and generated token; the text is their
+    # concatenation; every value <= 0 and at most the top-1; greedy tokens are the top-1
+    check "$(jcheck "$dir/lp.json" '(lambda c, l, u: len(l["tokens"]) == u["prompt_tokens"] + u["completion_tokens"] and "".join(l["tokens"]) == c["text"] and all(v <= 0 and len(t) == 3 and max(t.values()) >= v - 1e-6 for v, t in zip(l["token_logprobs"][1:], l["top_logprobs"][1:])) and all(abs(max(t.values()) - v) < 1e-6 for v, t in zip(l["token_logprobs"][u["prompt_tokens"]:], l["top_logprobs"][u["prompt_tokens"]:])))(d["choices"][0], d["choices"][0]["logprobs"], d["usage"])')" \
+        "echo + logprobs (real engine): one entry per token, greedy = top 1: $(head -c 400 "$dir/lp.json")"
+    code=$(post /v1/completions '{"prompt":"The quick brown","max_tokens":3,"temperature":0,"logprobs":0}')
+    check "$(python3 -c 'import json,sys; a=json.load(open(sys.argv[1]))["choices"][0]; b=json.load(open(sys.argv[2]))["choices"][0]; n=len(b["logprobs"]["tokens"]); print(int(a["logprobs"]["token_logprobs"] == b["logprobs"]["token_logprobs"][n - len(a["logprobs"]["tokens"]):] and b["text"].endswith(a["text"]) and all(t == {} for t in a["logprobs"]["top_logprobs"])))' "$dir/body" "$dir/lp.json")" \
+        "logprobs without echo: the generated tokens' values, the same as with echo"
+    code=$(post /v1/chat/completions '{"messages":[{"role":"user","content":"Hi"}],"max_tokens":3,"temperature":0,"logprobs":true,"top_logprobs":2}')
+    check "$(jcheck "$dir/body" '(lambda c: len(c["logprobs"]["content"]) == d["usage"]["completion_tokens"] and "".join(e["token"] for e in c["logprobs"]["content"]) == c["message"]["content"] and all(len(e["top_logprobs"]) == 2 and e["bytes"] == list(e["token"].encode()) for e in c["logprobs"]["content"]))(d["choices"][0])')" \
+        "chat logprobs: one entry per generated token, with bytes and top_logprobs"
+fi
+
+# logit_bias and penalties: a +100 bias makes greedy decoding emit that token only (real
+# engine: the fake one ignores sampling parameters)
+if [ $fake = 0 ]; then
+    post /detokenize '{"tokens":[88,88,88,88]}' >/dev/null
+    cp "$dir/body" "$dir/x4.json"
+    code=$(post /v1/completions '{"prompt":[84,104,101],"max_tokens":4,"temperature":0,"logit_bias":{"88":100},"logprobs":0}')
+    check "$(python3 -c 'import json,sys; a=json.load(open(sys.argv[1])); b=json.load(open(sys.argv[2])); print(int(a["choices"][0]["text"] == b["content"] and a["choices"][0]["logprobs"]["tokens"] != []))' "$dir/body" "$dir/x4.json")" \
+        "logit_bias +100 on token 88: greedy emits it 4 times: $(head -c 300 "$dir/body")"
+    code=$(post /v1/completions '{"prompt":[84,104,101],"max_tokens":6,"temperature":0}')
+    cp "$dir/body" "$dir/nopen.json"
+    code=$(post /v1/completions '{"prompt":[84,104,101],"max_tokens":6,"temperature":0,"frequency_penalty":2,"presence_penalty":2}')
+    check "$([ "$code" = 200 ] && echo 1 || echo 0)" "penalties accepted: $code"
+    python3 - "$dir/nopen.json" "$dir/body" >"$dir/pen.txt" <<'PYEOF'
+import json, sys
+a = json.load(open(sys.argv[1]))["choices"][0]["text"]
+b = json.load(open(sys.argv[2]))["choices"][0]["text"]
+print(a != b, repr(a), repr(b))
+PYEOF
+    echo "penalties: $(cat "$dir/pen.txt")"
+fi
+
+# embeddings (real engine: the fake one has none): unit length, the model's width, the same
+# vector for the text and for its token ids, and for the same request twice
+if [ $fake = 0 ]; then
+    code=$(post /v1/embeddings '{"input":"The quick brown fox"}')
+    cp "$dir/body" "$dir/emb1.json"
+    check "$([ "$code" = 200 ] && echo 1 || echo 0)" "embeddings: $code"
+    check "$(jcheck "$dir/emb1.json" '(lambda e: d["object"] == "list" and d["data"][0]["object"] == "embedding" and len(e) == 64 and abs(sum(x * x for x in e) - 1) < 1e-4)(d["data"][0]["embedding"])')" \
+        "embedding: 64 floats of unit length"
+    post /tokenize '{"content":"The quick brown fox"}' >/dev/null
+    ids=$(python3 -c 'import json,sys; print(json.dumps(json.load(open(sys.argv[1]))["tokens"]))' "$dir/body")
+    post /v1/embeddings "{\"input\":$ids}" >/dev/null
+    cp "$dir/body" "$dir/emb2.json"
+    post /v1/embeddings '{"input":["The quick brown fox"]}' >/dev/null
+    check "$(python3 -c 'import json,sys; e=[json.load(open(f))["data"][0]["embedding"] for f in sys.argv[1:]]; print(int(max(abs(a - b) for a, b in zip(e[0], e[1])) < 1e-6 and e[0] == e[2]))' "$dir/emb1.json" "$dir/emb2.json" "$dir/body")" \
+        "embedding of the text = of its token ids = of the same request again"
+fi
+code=$(post /v1/embeddings '{"input":"x","encoding_format":"base64"}')
+check "$([ "$code" = 400 ] && [ "$(is_openai_error "$dir/body")" = 1 ] && echo 1 || echo 0)" \
+    "embeddings with base64: $code (want 400)"
+
 # prompt forms: token ids, [[ids]], ["text"]
 code=$(post /v1/completions '{"prompt":[84,104,101],"max_tokens":2}')
 check "$([ "$code" = 200 ] && echo 1 || echo 0)" "token-id prompt: $code"
@@ -175,8 +265,11 @@ bad 400 prompt '{"prompt": [1, "a"]}'
 bad 400 prompt '{"prompt": [1, 99999999]}'
 bad 400 prompt '{"prompt": [-1]}'
 bad 400 n '{"prompt": "x", "n": 2}'
-bad 400 echo '{"prompt": "x", "echo": true}'
-bad 400 logprobs '{"prompt": "x", "logprobs": 1}'
+bad 400 echo '{"prompt": "x", "echo": true, "stream": true}'
+bad 400 logprobs '{"prompt": "x", "logprobs": 21}'
+bad 400 logprobs '{"prompt": "x", "logprobs": 2, "stream": true}'
+bad 400 logit_bias '{"prompt": "x", "logit_bias": {"abc": 1}}'
+bad 400 presence_penalty '{"prompt": "x", "presence_penalty": 3}'
 bad 400 suffix '{"prompt": "x", "suffix": "y"}'
 bad 400 best_of '{"prompt": "x", "best_of": 3}'
 bad 400 max_tokens '{"prompt": "x", "max_tokens": 0}'
@@ -195,6 +288,29 @@ bad 400 prompt "{\"prompt\": \"$long\", \"max_tokens\": 4}"
 check "$(jcheck "$dir/body" 'd["error"]["code"] == "context_length_exceeded"')" \
     "oversize prompt: code context_length_exceeded"
 bad 400 prompt '{"prompt": [1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30], "max_tokens": 40}'
+
+# the context boundary (64 tokens): a prompt of p tokens may ask for up to 64 - p + 1 tokens
+ids() { python3 -c 'import sys; print(",".join(["84"] * int(sys.argv[1])))' "$1"; }
+code=$(post /v1/completions "{\"prompt\":[$(ids 64)],\"max_tokens\":1,\"temperature\":0}")
+check "$([ "$code" = 200 ] && echo 1 || echo 0)" "64-token prompt, max_tokens 1: $code (want 200)"
+check "$(jcheck "$dir/body" 'd["usage"]["prompt_tokens"] == 64 and d["usage"]["completion_tokens"] == 1')" \
+    "64-token prompt: one token generated"
+code=$(post /v1/completions "{\"prompt\":[$(ids 64)],\"temperature\":0}")
+check "$([ "$code" = 200 ] && echo 1 || echo 0)" "64-token prompt, default max_tokens: $code (want 200)"
+code=$(post /v1/completions "{\"prompt\":[$(ids 62)],\"max_tokens\":3,\"temperature\":0,\"stop\":[\"\\u0001\"]}")
+check "$([ "$code" = 200 ] && echo 1 || echo 0)" "62-token prompt, max_tokens 3: $code (want 200)"
+check "$(jcheck "$dir/body" 'd["usage"]["completion_tokens"] <= 3 and d["choices"][0]["finish_reason"] in ("length", "stop")')" \
+    "62-token prompt: at most 3 tokens"
+bad 400 prompt "{\"prompt\":[$(ids 64)],\"max_tokens\":2}"
+check "$(jcheck "$dir/body" 'd["error"]["code"] == "context_length_exceeded" and "context is 64 tokens" in d["error"]["message"] and "at most 1 new tokens" in d["error"]["message"]')" \
+    "64-token prompt, max_tokens 2: the message states the rule: $(head -c 300 "$dir/body")"
+bad 400 prompt "{\"prompt\":[$(ids 62)],\"max_tokens\":4}"
+bad 400 prompt "{\"prompt\":[$(ids 65)],\"max_tokens\":1}"
+check "$(jcheck "$dir/body" 'd["error"]["code"] == "context_length_exceeded" and "65 tokens" in d["error"]["message"] and "context of 64 tokens" in d["error"]["message"]')" \
+    "65-token prompt: code and message"
+bad 400 max_tokens '{"prompt": "x", "max_tokens": 1000000000000}'
+check "$(jcheck "$dir/body" '"from 1 to 48" in d["error"]["message"] and "2147483647" not in d["error"]["message"]')" \
+    "max_tokens 10^12: the message names the real range: $(head -c 200 "$dir/body")"
 
 # body over --max-body-bytes=8192: 413 (announced by Content-Length, before reading it)
 python3 -c 'import json; print(json.dumps({"prompt": "x" * 20000}))' >"$dir/big.json"
@@ -216,9 +332,33 @@ check "$(grep -qi '^allow: POST' "$dir/headers" && echo 1 || echo 0)" "wrong met
 code=$(req DELETE /health "")
 check "$([ "$code" = 405 ] && echo 1 || echo 0)" "DELETE /health: $code (want 405)"
 
+# malformed request heads: answered at once in OpenAI's shape (not libmicrohttpd's HTML),
+# and closed; a connection that sends nothing gets 408 after the head timeout (10 s)
+raw '' 30 "$dir/idle.body" >"$dir/idle.out" &
+idle_pid=$!
+for bytes in '\x00\x01\x02 garbage' '\x00\x01\x02 garbage\r\n\r\n' 'GARBAGE\r\n\r\n' \
+    'GET / HTTP/1.1 extra\r\n\r\n' 'GET /health HTTP/1.1\r\nContent-Length: 1x\r\n\r\n' \
+    'GET /health HTTP/1.1\r\n folded: header\r\n\r\n'; do
+    out=$(raw "$bytes" 5)
+    check "$([ "$out" = "400 1" ] && [ "$(is_openai_error "$dir/body")" = 1 ] && echo 1 || echo 0)" \
+        "malformed head $bytes: '$out' $(head -c 200 "$dir/body") (want 400 in the JSON shape, closed)"
+    n400=$((n400 + 1))
+done
+out=$(raw 'GET /health HTTP/2.0\r\n\r\n' 5)
+check "$([ "$out" = "505 1" ] && [ "$(is_openai_error "$dir/body")" = 1 ] && echo 1 || echo 0)" \
+    "HTTP/2.0 request line: '$out' (want 505, JSON, closed)"
+big=$(python3 -c 'print("GET /health HTTP/1.1\\r\\nX-Big: " + "a" * 20000 + "\\r\\n\\r\\n")')
+out=$(raw "$big" 5)
+check "$([ "$out" = "431 1" ] && [ "$(is_openai_error "$dir/body")" = 1 ] && echo 1 || echo 0)" \
+    "20 KB of headers: '$out' $(head -c 200 "$dir/body") (want 431, JSON, closed)"
+
 # still serving after all that
 code=$(post /v1/completions '{"prompt":"still there?","max_tokens":3}')
 check "$([ "$code" = 200 ] && echo 1 || echo 0)" "serving after bad requests: $code"
+
+wait $idle_pid
+check "$([ "$(cat "$dir/idle.out")" = "408 1" ] && [ "$(is_openai_error "$dir/idle.body")" = 1 ] && echo 1 || echo 0)" \
+    "a connection that sends nothing: '$(cat "$dir/idle.out")' (want 408, closed)"
 
 # ---- metrics ---------------------------------------------------------------------------------
 code=$(get /metrics -D "$dir/headers")
@@ -245,6 +385,38 @@ for g in num_requests_running num_requests_waiting prompt_tokens_total num_slots
     check "$([ "$v" != missing ] && echo 1 || echo 0)" "metric tpmpi:$g present"
 done
 
+# ---- counted before the answer is released: /metrics right after an answer has it ----------
+finished_sum() {
+    get /metrics >/dev/null
+    awk '$1 ~ /^tpmpi:request_finished_total/ { s += $2 } END { print s + 0 }' "$dir/body"
+}
+n_late=0
+for i in 1 2 3 4 5 6 7 8; do
+    a=$(finished_sum)
+    a200=$(metric 'tpmpi:http_requests_total{code="200"}')
+    if [ $((i % 2)) = 0 ]; then
+        post /v1/completions '{"prompt":"count me","max_tokens":3,"stream":true}' -N >/dev/null
+    else
+        post /v1/completions '{"prompt":"count me","max_tokens":3}' >/dev/null
+    fi
+    b=$(finished_sum)
+    b200=$(metric 'tpmpi:http_requests_total{code="200"}')
+    # +1 for the completion, +1 for the second /metrics itself (it counts itself)
+    if [ "$b" != $((a + 1)) ] || [ "$b200" != $((a200 + 2)) ]; then
+        n_late=$((n_late + 1))
+        echo "request $i: finished $a -> $b, 200s $a200 -> $b200"
+    fi
+done
+check "$([ $n_late = 0 ] && echo 1 || echo 0)" \
+    "/metrics read right after each answer counts it (late in $n_late of 8)"
+if [ $fake = 1 ]; then
+    a=$(finished_sum)
+    post /v1/completions '{"prompt":"x","max_tokens":40,"stop":"fox","stream":true}' -N >/dev/null
+    b=$(finished_sum)
+    check "$([ "$b" = $((a + 1)) ] && echo 1 || echo 0)" \
+        "a stream ended by a stop string is counted before its [DONE]: $a -> $b"
+fi
+
 # ---- a client that goes away: its job is cancelled ----------------------------------------
 if [ $fake = 1 ]; then
     serve_stop 10
@@ -257,6 +429,8 @@ if [ $fake = 1 ]; then
         --parallel=1 --max-queue=1
     serve_wait_ready 20 || { cat "$dir/server2.log"; echo "server 2 did not start"; exit 1; }
 
+    get /metrics >/dev/null
+    m200=$(metric 'tpmpi:http_requests_total{code="200"}')
     # streaming client reads 2 events and hangs up
     printf '{"prompt":"x","max_tokens":1000,"stream":true}' >"$dir/in"
     curl -s -N -H "Authorization: Bearer $KEY" --data-binary "@$dir/in" \
@@ -276,6 +450,14 @@ if [ $fake = 1 ]; then
     done
     check "$([ "$c" = 2 ] && [ "$r" = 0 ] && echo 1 || echo 0)" \
         "disconnected clients cancel their jobs: cancelled $c (want 2), running $r (want 0)"
+    # both count as 499, the stream (whose 200 headers went out) as well
+    v=$(metric 'tpmpi:http_requests_total{code="499"}')
+    v200=$(metric 'tpmpi:http_requests_total{code="200"}')
+    vo=$(metric 'tpmpi:http_requests_total{code="other"}')
+    check "$([ "$v" = 2 ] && [ "$vo" = 0 ] && echo 1 || echo 0)" \
+        "disconnects counted as 499: $v (want 2), other $vo (want 0)"
+    check "$([ "$v200" = $((m200 + n + 1)) ] && echo 1 || echo 0)" \
+        "the disconnected stream is not a 200: $v200 200s (want $((m200 + n + 1)), the /metrics polls)"
     maxn=$(sed -n 's/.*job cancelled after \([0-9]*\) tokens.*/\1/p' "$dir/server2.log" | sort -n | tail -1)
     check "$([ -n "$maxn" ] && [ "$maxn" -lt 40 ] && echo 1 || echo 0)" \
         "cancelled jobs stopped early (at most $maxn of 1000 tokens)"

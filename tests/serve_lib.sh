@@ -208,3 +208,35 @@ EOF
 metric() {
     awk -v k="$1" '$1 == k { print $2; found = 1 } END { if (!found) print "missing" }' "$dir/body"
 }
+
+# raw BYTES [WAIT_S [BODY_FILE]]: send BYTES (Python escapes: \x00, \r\n) on a new
+# connection, read until the server closes it (at most WAIT_S, default 5, seconds); the
+# answer's body goes to BODY_FILE (default $dir/body); prints "STATUS CLOSED" (STATUS 000: no
+# answer; CLOSED 1: the server closed)
+raw() {
+    python3 - "$SERVE_PORT" "$1" "${2:-5}" "${3:-$dir/body}" <<'PYEOF'
+import socket, sys, time
+port, data, wait, out = int(sys.argv[1]), sys.argv[2], float(sys.argv[3]), sys.argv[4]
+data = data.encode().decode("unicode_escape").encode("latin1")
+s = socket.create_connection(("127.0.0.1", port))
+if data:
+    s.sendall(data)
+s.settimeout(0.2)
+got, closed, t_end = b"", 0, time.time() + wait
+while time.time() < t_end:
+    try:
+        b = s.recv(65536)
+    except socket.timeout:
+        continue
+    except ConnectionResetError:
+        break
+    if not b:
+        closed = 1
+        break
+    got += b
+head, _, body = got.partition(b"\r\n\r\n")
+open(out, "wb").write(body)
+status = head.split(b" ")[1].decode() if head.startswith(b"HTTP/1.") else "000"
+print(status, closed)
+PYEOF
+}

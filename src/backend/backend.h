@@ -128,6 +128,13 @@ typedef struct tpm_backend_ops {
     tpm_status_t (*attention_kv)(tpm_backend_t *be, float *out, const float *qkv, float *kcache,
                                  float *vcache, const int32_t *slot, const int32_t *pos, int N,
                                  int C, int NH, int ctx);
+    /*
+     * (optional: NULL where the backend has none) attention_kv with bf16 caches (round to
+     * nearest even when written, widened to fp32 when read; scores, softmax and sums fp32).
+     */
+    tpm_status_t (*attention_kv16)(tpm_backend_t *be, float *out, const float *qkv,
+                                   uint16_t *kcache, uint16_t *vcache, const int32_t *slot,
+                                   const int32_t *pos, int N, int C, int NH, int ctx);
 
     /*
      * AdamW on n elements, in place on param, m, v. t is the 1-based step for bias

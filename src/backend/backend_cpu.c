@@ -954,39 +954,30 @@ static tpm_status_t kv_tiles(tpm_backend_t *be, const int32_t *slot, const int32
 }
 
 /*
- * Head h of the tile starting at token i (m tokens, positions p0 .. p0 + m - 1 of one slot)
- * attends to that slot's cached rows [0, p0 + m). S (m, p0 + m) scratch.
+ * The attention of one head for m queries at positions p0 .. p0 + m - 1 of one slot against
+ * its cached rows [0, p0 + m): kc and vc point at row 0 of the head, ld floats apart.
+ * S (m, p0 + m) scratch. o (m rows, Cs apart).
  */
-static void kv_attn_tile(const attn_shape_t *sh, float *out, const float *qkv, const float *kcache,
-                         const float *vcache, const int32_t *slot, const int32_t *pos, int ctx,
-                         float *S, int i, int m, int h)
+static void kv_attn_core(const attn_shape_t *sh, float *o, size_t Cs, const float *q, size_t C3,
+                         const float *kc, const float *vc, int ld, float *S, int p0, int m)
 {
-    size_t       C3   = 3 * (size_t)sh->C;
-    size_t       Cs   = (size_t)sh->C;
-    size_t       hoff = (size_t)h * (size_t)sh->hs;
-    size_t       base = (size_t)slot[i] * (size_t)ctx * Cs + hoff;
-    const float *q    = qkv + (size_t)i * C3 + (size_t)h * 3 * (size_t)sh->hs;
-    int          p0   = pos[i];
-    int          n    = p0 + m;
-    float       *o    = out + (size_t)i * Cs + hoff;
-    float        inv[CPU_ATTN_TILE], lse[CPU_ATTN_TILE];
+    const int n = p0 + m;
+    float     inv[CPU_ATTN_TILE], lse[CPU_ATTN_TILE];
 
     /* a decode token (m = 1): sgemv streams the cached rows instead of packing them */
     if (m == 1) {
-        cblas_sgemv(CblasRowMajor, CblasNoTrans, n, sh->hs, sh->scale, kcache + base, sh->C, q, 1,
-                    0.0f, S, 1);
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, n, sh->hs, sh->scale, kc, ld, q, 1, 0.0f, S, 1);
     } else {
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, sh->hs, sh->scale, q, (int)C3,
-                    kcache + base, sh->C, 0.0f, S, n);
+                    kc, ld, 0.0f, S, n);
     }
     /* row r is the query at position p0 + r: keys 0 .. p0 + r, as in a training tile at p0 */
     attn_softmax_rows(S, m, n, p0, inv, lse);
     if (m == 1) {
-        cblas_sgemv(CblasRowMajor, CblasTrans, n, sh->hs, 1.0f, vcache + base, sh->C, S, 1, 0.0f, o,
-                    1);
+        cblas_sgemv(CblasRowMajor, CblasTrans, n, sh->hs, 1.0f, vc, ld, S, 1, 0.0f, o, 1);
     } else {
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, sh->hs, n, 1.0f, S, n,
-                    vcache + base, sh->C, 0.0f, o, sh->C);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, sh->hs, n, 1.0f, S, n, vc, ld,
+                    0.0f, o, (int)Cs);
     }
     for (int r = 0; r < m; r++) {
         float *orow = o + (size_t)r * Cs;
@@ -998,9 +989,46 @@ static void kv_attn_tile(const attn_shape_t *sh, float *out, const float *qkv, c
     }
 }
 
-static tpm_status_t cpu_attention_kv(tpm_backend_t *be, float *out, const float *qkv, float *kcache,
-                                     float *vcache, const int32_t *slot, const int32_t *pos, int N,
-                                     int C, int NH, int ctx)
+/*
+ * Head h of the tile starting at token i (m tokens, positions p0 .. p0 + m - 1 of one slot)
+ * attends to that slot's cached rows [0, p0 + m). S (m, p0 + m) scratch. With bf16 caches
+ * (k16, v16 non-NULL) the head's rows are widened into KV (2 (p0 + m) hs floats) first.
+ */
+static void kv_attn_tile(const attn_shape_t *sh, float *out, const float *qkv, const float *kcache,
+                         const float *vcache, const uint16_t *k16, const uint16_t *v16,
+                         const int32_t *slot, const int32_t *pos, int ctx, float *S, float *KV,
+                         int i, int m, int h)
+{
+    const size_t C3   = 3 * (size_t)sh->C;
+    const size_t Cs   = (size_t)sh->C;
+    const size_t hoff = (size_t)h * (size_t)sh->hs;
+    const size_t base = (size_t)slot[i] * (size_t)ctx * Cs + hoff;
+    const float *q    = qkv + (size_t)i * C3 + (size_t)h * 3 * (size_t)sh->hs;
+    const int    n    = pos[i] + m, hs = sh->hs;
+
+    if (k16 == NULL) {
+        kv_attn_core(sh, out + (size_t)i * Cs + hoff, Cs, q, C3, kcache + base, vcache + base,
+                     sh->C, S, pos[i], m);
+        return;
+    }
+    for (int j = 0; j < n; j++) {
+        const uint16_t *kr = k16 + base + (size_t)j * Cs, *vr = v16 + base + (size_t)j * Cs;
+        float          *kd = KV + (size_t)j * (size_t)hs, *vd = KV + ((size_t)n + j) * (size_t)hs;
+#pragma omp simd
+        for (int d = 0; d < hs; d++) {
+            kd[d] = tpm_bf16_to_float(kr[d]);
+            vd[d] = tpm_bf16_to_float(vr[d]);
+        }
+    }
+    kv_attn_core(sh, out + (size_t)i * Cs + hoff, Cs, q, C3, KV, KV + (size_t)n * (size_t)hs, hs, S,
+                 pos[i], m);
+}
+
+/* attention_kv and attention_kv16: the caches are fp32 (kcache, vcache) or bf16 (k16, v16) */
+static tpm_status_t attention_kv_any(tpm_backend_t *be, float *out, const float *qkv,
+                                     float *kcache, float *vcache, uint16_t *k16, uint16_t *v16,
+                                     const int32_t *slot, const int32_t *pos, int N, int C, int NH,
+                                     int ctx)
 {
     attn_shape_t sh;
     size_t       n_tiles, units, stride, C3 = 3 * (size_t)C;
@@ -1012,8 +1040,8 @@ static tpm_status_t cpu_attention_kv(tpm_backend_t *be, float *out, const float 
         return TPM_OK; /* C == 0: a tensor-parallel rank that owns no head */
     }
     TPM_CHECK(attn_check(1, 1, C, NH));
-    CPU_REQUIRE(out != NULL && qkv != NULL && kcache != NULL && vcache != NULL && slot != NULL &&
-                pos != NULL);
+    CPU_REQUIRE(out != NULL && qkv != NULL && slot != NULL && pos != NULL &&
+                ((kcache != NULL && vcache != NULL) || (k16 != NULL && v16 != NULL)));
     for (int i = 0; i < N; i++) {
         if (slot[i] < 0 || pos[i] < 0 || pos[i] >= ctx) {
             tpm_log_error("cpu backend: token %d has slot %d position %d (cache length %d)", i,
@@ -1035,17 +1063,28 @@ static tpm_status_t cpu_attention_kv(tpm_backend_t *be, float *out, const float 
         const float *src = qkv + (size_t)i * C3;
 
         for (int h = 0; h < NH; h++) {
-            size_t so = (size_t)h * 3 * (size_t)sh.hs, co = (size_t)h * (size_t)sh.hs;
+            size_t       so = (size_t)h * 3 * (size_t)sh.hs, co = (size_t)h * (size_t)sh.hs;
+            const float *k = src + so + (size_t)sh.hs, *v = src + so + 2 * (size_t)sh.hs;
 
-            memcpy(kcache + row + co, src + so + (size_t)sh.hs, (size_t)sh.hs * sizeof(float));
-            memcpy(vcache + row + co, src + so + 2 * (size_t)sh.hs, (size_t)sh.hs * sizeof(float));
+            if (k16 != NULL) {
+                for (int d = 0; d < sh.hs; d++) {
+                    k16[row + co + (size_t)d] = tpm_bf16_rne(k[d]);
+                    v16[row + co + (size_t)d] = tpm_bf16_rne(v[d]);
+                }
+            } else {
+                memcpy(kcache + row + co, k, (size_t)sh.hs * sizeof(float));
+                memcpy(vcache + row + co, v, (size_t)sh.hs * sizeof(float));
+            }
         }
     }
 
     TPM_CHECK(kv_tiles(be, slot, pos, N, &n_tiles));
     units = n_tiles * (size_t)NH;
     par   = attn_parallel(units);
-    TPM_CHECK(cpu_scratch(be, (size_t)CPU_ATTN_TILE * (size_t)n_max,
+    /* per thread: the scores, and with bf16 caches the widened rows of one head */
+    TPM_CHECK(cpu_scratch(be,
+                          (size_t)CPU_ATTN_TILE * (size_t)n_max +
+                              (k16 != NULL ? 2 * (size_t)n_max * (size_t)sh.hs : 0),
                           par ? (size_t)omp_get_max_threads() : 1, &base, &stride));
     {
         const int32_t *tiles = ((cpu_priv_t *)be->priv)->tiles;
@@ -1058,11 +1097,26 @@ static tpm_status_t cpu_attention_kv(tpm_backend_t *be, float *out, const float 
             int    i1 = t + 1 < n_tiles ? tiles[t + 1] : N;
             float *S  = base + (size_t)omp_get_thread_num() * stride;
 
-            kv_attn_tile(&sh, out, qkv, kcache, vcache, slot, pos, ctx, S, i, i1 - i,
+            kv_attn_tile(&sh, out, qkv, kcache, vcache, k16, v16, slot, pos, ctx, S,
+                         S + (size_t)CPU_ATTN_TILE * (size_t)n_max, i, i1 - i,
                          (int)(u % (size_t)NH));
         }
     }
     return TPM_OK;
+}
+
+static tpm_status_t cpu_attention_kv(tpm_backend_t *be, float *out, const float *qkv, float *kcache,
+                                     float *vcache, const int32_t *slot, const int32_t *pos, int N,
+                                     int C, int NH, int ctx)
+{
+    return attention_kv_any(be, out, qkv, kcache, vcache, NULL, NULL, slot, pos, N, C, NH, ctx);
+}
+
+static tpm_status_t cpu_attention_kv16(tpm_backend_t *be, float *out, const float *qkv,
+                                       uint16_t *kcache, uint16_t *vcache, const int32_t *slot,
+                                       const int32_t *pos, int N, int C, int NH, int ctx)
+{
+    return attention_kv_any(be, out, qkv, NULL, NULL, kcache, vcache, slot, pos, N, C, NH, ctx);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -1443,6 +1497,7 @@ const tpm_backend_ops_t tpm_backend_cpu_ops = {
     .attention_fwd     = cpu_attention_fwd,
     .attention_bwd     = cpu_attention_bwd,
     .attention_kv      = cpu_attention_kv,
+    .attention_kv16    = cpu_attention_kv16,
     .gelu_fwd          = cpu_gelu_fwd,
     .gelu_bwd          = cpu_gelu_bwd,
     .add               = cpu_add,

@@ -12,6 +12,12 @@
 
 tpm_log_level_t tpm_log_level_cur = TPM_LOG_INFO;
 int             tpm_log_rank      = -1;
+int             tpm_log_lead      = 0;
+
+void tpm_log_set_lead(int lead)
+{
+    tpm_log_lead = lead;
+}
 
 void tpm_log_set_rank(int rank)
 {

@@ -25,9 +25,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "base/file.h"
 #include "base/mem.h"
 #include "base/timer.h"
 #include "data/loader.h"
@@ -249,6 +251,32 @@ static tpm_status_t ck_agree(tpm_comm_t *c, tpm_status_t local)
     return (tpm_status_t)(-r[2]);
 }
 
+/*
+ * ck_agree for a step that also carries the status of the previous collective data transfer
+ * (@p io). A transfer that failed on some ranks only does not put the ranks out of step:
+ * every rank has returned from the same H5Dwrite/H5Dread, whose collective parts all ran (a
+ * failing pwritev inside MPI-IO is reported after the exchange). So @p io failures are agreed
+ * on as a failure of every rank; only a mixed @p local outcome stops the job.
+ */
+static tpm_status_t ck_agree_io(tpm_comm_t *c, tpm_status_t local, tpm_status_t io)
+{
+    int32_t v[4] = {local == TPM_OK, local != TPM_OK, -(int32_t)local, -(int32_t)io}, r[4];
+
+    if (tpm_comm_all_reduce(c, v, r, 4, TPM_DT_INT32, TPM_RED_MAX) != TPM_OK) {
+        tpm_fatal(TPM_ERR_MPI, "%s: agreement all-reduce failed", ck_ctx);
+    }
+    if (r[1] && r[0]) {
+        tpm_fatal(local != TPM_OK ? local : TPM_ERR_REMOTE,
+                  "%s: failed on some ranks only (messages above); ranks can no longer close "
+                  "the file together, stopping the job",
+                  ck_ctx);
+    }
+    if (r[1]) {
+        return (tpm_status_t)(-r[2]);
+    }
+    return (tpm_status_t)(-r[3]);
+}
+
 tpm_status_t tpm_ckpt_agree(tpm_comm_t *c, tpm_status_t local)
 {
     int32_t v = -(int32_t)local, r = 0;
@@ -266,30 +294,41 @@ static void set_ctx(const char *what, const char *path, const char *name)
     }
 }
 
-/* HDF5 needs an MPI communicator: the one tpm_comm wraps is a duplicate of MPI_COMM_WORLD */
-static tpm_status_t check_world(tpm_comm_t *c)
+/*
+ * HDF5 needs an MPI communicator: the one the comm layer runs @p c over (the world, or a
+ * group of a --mode=trainserve job). *mpi_p is NULL when c has none.
+ */
+static tpm_status_t check_world(tpm_comm_t *c, const MPI_Comm **mpi_p)
 {
-    int size = 0, rank = 0;
+    const MPI_Comm *mpi  = tpm_comm_mpi_handle(c);
+    int             size = 0, rank = 0;
 
-    MPI_Comm_size(MPI_COMM_WORLD, &size);
-    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    *mpi_p = NULL;
+    if (mpi == NULL) {
+        tpm_log_error("checkpoint I/O needs an MPI communicator; the %s communicator has none",
+                      c->ops->name);
+        return TPM_ERR_UNSUPPORTED;
+    }
+    MPI_Comm_size(*mpi, &size);
+    MPI_Comm_rank(*mpi, &rank);
     if (size != c->size || rank != c->rank) {
-        tpm_log_error("checkpoint I/O runs over MPI_COMM_WORLD (%d ranks), but the communicator "
-                      "given has %d",
+        tpm_log_error("checkpoint I/O: the MPI communicator has %d ranks, the communicator "
+                      "given %d",
                       size, c->size);
         return TPM_ERR_UNSUPPORTED;
     }
+    *mpi_p = mpi;
     return TPM_OK;
 }
 
-static tpm_status_t make_fapl(hid_t *fapl_p)
+static tpm_status_t make_fapl(MPI_Comm mpi, hid_t *fapl_p)
 {
     hid_t        fapl;
     tpm_status_t status;
 
     TPM_CHECK(TPM_H5_CALL(fapl = H5Pcreate(H5P_FILE_ACCESS)));
     /* MPI-IO with collective metadata: rank 0 reads metadata and broadcasts it */
-    TPM_CHECK_GOTO(TPM_H5_CALL(H5Pset_fapl_mpio(fapl, MPI_COMM_WORLD, MPI_INFO_NULL)), status, err);
+    TPM_CHECK_GOTO(TPM_H5_CALL(H5Pset_fapl_mpio(fapl, mpi, MPI_INFO_NULL)), status, err);
     TPM_CHECK_GOTO(TPM_H5_CALL(H5Pset_all_coll_metadata_ops(fapl, 1)), status, err);
     TPM_CHECK_GOTO(TPM_H5_CALL(H5Pset_coll_metadata_write(fapl, 1)), status, err);
     /* 1.8 object headers carry checksums, so a damaged header is detected, not misread */
@@ -943,6 +982,13 @@ static tpm_status_t meta_read(tpm_comm_t *c, hid_t file, hid_t dxpl, tpm_ckpt_me
     m->seq_len    = i32[9];
     TPM_CHECK(attr_read(c, file, "step", H5T_NATIVE_INT64, &m->step));
     TPM_CHECK(attr_read(c, file, "tokens_seen", H5T_NATIVE_INT64, &m->tokens_seen));
+    if (m->step < 0 || m->tokens_seen < 0) {
+        /* every rank read the same attributes: the same verdict everywhere */
+        tpm_log_error("%s: step %lld, tokens_seen %lld: negative counts, the file is damaged or "
+                      "was not written by tpmpi",
+                      ck_ctx, (long long)m->step, (long long)m->tokens_seen);
+        return TPM_ERR_FORMAT;
+    }
     TPM_CHECK(attr_read(c, file, "seed", H5T_NATIVE_UINT64, &m->seed));
     TPM_CHECK(attr_read(c, file, "lr", H5T_NATIVE_DOUBLE, &m->lr));
     TPM_CHECK(meta_read_arch(c, file, &m->model));
@@ -1052,14 +1098,15 @@ static void ck_free(tpm_ckpt_t *ck)
 
 tpm_status_t tpm_ckpt_open(tpm_comm_t *comm, const char *path, tpm_ckpt_t **ck_p)
 {
-    tpm_ckpt_t  *ck   = NULL;
-    hid_t        fapl = -1;
-    tpm_status_t status;
+    tpm_ckpt_t     *ck   = NULL;
+    hid_t           fapl = -1;
+    const MPI_Comm *mpi  = NULL;
+    tpm_status_t    status;
 
     h5_quiet();
     ck_reading = 1;
     set_ctx("checkpoint", path, NULL);
-    status = check_world(comm);
+    status = check_world(comm, &mpi);
     if (status == TPM_OK) {
         status = ck_file_check(path);
     }
@@ -1080,7 +1127,7 @@ tpm_status_t tpm_ckpt_open(tpm_comm_t *comm, const char *path, tpm_ckpt_t **ck_p
         status = tpm_calloc(4, sizeof(int64_t), (void **)&ck->limbs);
     }
     if (status == TPM_OK) {
-        status = make_fapl(&fapl);
+        status = make_fapl(*mpi, &fapl);
     }
     if (status == TPM_OK) {
         status = make_dxpl(&ck->dxpl);
@@ -1288,6 +1335,14 @@ static long test_delay_ms(void)
     return (errno == 0 && *end == '\0' && v > 0 && v < 600000) ? v : 0;
 }
 
+/* test hook (docs/CHECKPOINT.md): skip the free-space probe, to reach the write-error paths */
+static int test_env_set(const char *name)
+{
+    const char *s = getenv(name);
+
+    return s != NULL && strcmp(s, "1") == 0;
+}
+
 static void sleep_ms(long ms)
 {
     struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
@@ -1296,62 +1351,266 @@ static void sleep_ms(long ms)
     }
 }
 
-static tpm_status_t fsync_path(const char *path, int directory)
+/*
+ * Bytes the file will take: the tensors, the tokenizer, and a generous allowance for HDF5's
+ * metadata (object headers, attributes, the group B-trees: well under 2 KiB per dataset
+ * here, plus the configuration string).
+ */
+static uint64_t expected_bytes(const tpm_zero3_t *z, const tpm_ckpt_meta_t *meta, size_t n_ds)
 {
-    int fd = open(path, O_RDONLY | (directory ? O_DIRECTORY : 0));
+    uint64_t b = (uint64_t)CK_N_SETS * z->lay.logical_numel * sizeof(float);
 
-    if (fd < 0) {
-        tpm_log_error("open %s for fsync failed: %s", path, strerror(errno));
-        return TPM_ERR_IO;
-    }
-    if (fsync(fd) != 0) {
-        tpm_log_error("fsync %s failed: %s", path, strerror(errno));
-        close(fd);
-        return TPM_ERR_IO;
-    }
-    close(fd);
-    return TPM_OK;
+    b += meta->tokenizer_len + (meta->config_json ? 2 * strlen(meta->config_json) : 0);
+    return b + (1u << 20) + 4096 * (uint64_t)n_ds;
 }
 
-static void dir_of(const char *path, char *buf, size_t cap)
+/*
+ * Rank 0, before any HDF5 call: is there room for the whole file? A full disk found in the
+ * middle of HDF5's collective writes cannot be recovered from cleanly (the ranks may fail at
+ * different points), so it is found here instead, where the ranks can simply agree on it.
+ * fallocate reserves the blocks for real (quotas included) and is released at once; file
+ * systems without it are not probed (the write path still checks every step).
+ */
+static tpm_status_t space_probe(const char *tmp, uint64_t need)
 {
-    const char *slash = strrchr(path, '/');
+    int          fd     = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    tpm_status_t status = TPM_OK;
 
-    if (slash == NULL) {
-        snprintf(buf, cap, ".");
-    } else if (slash == path) {
-        snprintf(buf, cap, "/");
-    } else {
-        snprintf(buf, cap, "%.*s", (int)(slash - path), path);
+    if (fd < 0) {
+        tpm_log_error("cannot create %s: %s", tmp, strerror(errno));
+        return TPM_ERR_IO;
     }
+    if (fallocate(fd, 0, 0, (off_t)need) != 0) {
+        int err = errno;
+        if (err == ENOSPC || err == EDQUOT) {
+            struct statvfs vfs;
+            double         avail = -1.0;
+            if (fstatvfs(fd, &vfs) == 0) {
+                avail = (double)vfs.f_bavail * (double)vfs.f_frsize / 1048576.0;
+            }
+            tpm_log_error("no room for checkpoint %s: it needs about %.1f MiB, the file system "
+                          "has %.1f MiB free (%s)",
+                          tmp, (double)need / 1048576.0, avail, strerror(err));
+            status = TPM_ERR_IO;
+        } else if (err != EOPNOTSUPP && err != ENOSYS) {
+            tpm_log_error("fallocate %s failed: %s", tmp, strerror(err));
+            status = TPM_ERR_IO;
+        }
+    }
+    if (ftruncate(fd, 0) != 0 && status == TPM_OK) {
+        tpm_log_error("truncate %s failed: %s", tmp, strerror(errno));
+        status = TPM_ERR_IO;
+    }
+    close(fd);
+    if (status != TPM_OK) {
+        unlink(tmp);
+    }
+    return status;
+}
+
+/*
+ * A failed write inside HDF5's collective sequence (a data transfer, the metadata flush, the
+ * close) cannot be agreed on: the ranks it did not strike may already wait in the next
+ * collective of HDF5 1.10 (measured here: after an I/O error, one rank in MPI_File_set_size,
+ * another in the metadata barrier, forever; and a failed H5Fclose leaves a half-destroyed
+ * file ID that HDF5 frees again at MPI_Finalize, a segfault). So the rank that sees such a
+ * failure stops the job at once (MPI_Abort ends every rank); the previous checkpoint and
+ * "latest" are untouched, and the next run deletes the temporary. A full disk is found before
+ * any of this by space_probe, where the ranks can agree and training goes on.
+ */
+static void write_failed(tpm_status_t status, const char *tmp) __attribute__((noreturn));
+
+static void write_failed(tpm_status_t status, const char *tmp)
+{
+    tpm_fatal(status,
+              "%s: I/O error inside HDF5's collective write (above); HDF5 cannot recover from it "
+              "on the other ranks, so the job stops; %s is left behind and the previous "
+              "checkpoint, if any, is intact",
+              ck_ctx, tmp);
+}
+
+static void close_written(hid_t file, const char *tmp)
+{
+    tpm_status_t status = TPM_H5_CALL(H5Fclose(file));
+
+    if (status != TPM_OK) {
+        write_failed(status, tmp);
+    }
+}
+
+/*
+ * Read the closed temporary back and compare every dataset with what was written: the sums
+ * of the row hashes computed from memory (@p want, n_ds of them, summed over ranks) and the
+ * stored checksum attributes. MPI-IO does not always report a failed write (at N >= 3 Open
+ * MPI's aggregators may print "fbtl_pwritev failed" and return success), so a lost write is
+ * found here, before the file gets its final name. Each rank reads the rows it wrote, in
+ * chunks of at most CK_VERIFY_CHUNK bytes. Collective.
+ */
+#define CK_VERIFY_CHUNK (4u << 20)
+
+static tpm_status_t verify_written(tpm_zero3_t *z, const char *tmp, const uint64_t *want,
+                                   size_t n_ds, const tpm_ckpt_meta_t *meta)
+{
+    tpm_comm_t  *c   = z->comm;
+    tpm_ckpt_t  *ck  = NULL;
+    uint64_t    *got = NULL, *stored = NULL;
+    int64_t     *limbs = NULL;
+    float       *buf   = NULL;
+    size_t       d     = 0;
+    tpm_status_t status, pending = TPM_OK;
+
+    status = tpm_ckpt_open(c, tmp, &ck);
+    if (status != TPM_OK) {
+        tpm_log_error("checkpoint %s: the file just written does not read back (above): a "
+                      "write was lost; the file is not used",
+                      tmp);
+        return TPM_ERR_IO;
+    }
+    set_ctx("verifying checkpoint", tmp, NULL);
+    status = tpm_calloc(n_ds + 1, sizeof(uint64_t), (void **)&got);
+    if (status == TPM_OK) {
+        status = tpm_calloc(n_ds + 1, sizeof(uint64_t), (void **)&stored);
+    }
+    if (status == TPM_OK) {
+        status = tpm_calloc(4 * (n_ds + 1), sizeof(int64_t), (void **)&limbs);
+    }
+    if (status == TPM_OK) {
+        status = tpm_malloc(CK_VERIFY_CHUNK, (void **)&buf);
+    }
+    TPM_CHECK_GOTO(tpm_ckpt_agree(c, status), status, out);
+
+    for (int set = 0; set < CK_N_SETS; set++) {
+        for (int gi = 0; gi < z->lay.n_groups; gi++) {
+            const tpm_shard_group_t *g = &z->lay.g[gi];
+            for (int t = 0; t < g->n_tensors; t++, d++) {
+                const tpm_shard_tensor_t *st   = &g->t[t];
+                const int64_t             cols = st->desc.cols;
+                const int64_t per  = (int64_t)(CK_VERIFY_CHUNK / ((size_t)cols * sizeof(float)));
+                int64_t       rows = st->desc.rows, fcols = cols, row0, nrows;
+                char          name[CK_NAME_MAX];
+                hid_t         ds;
+                tpm_status_t  local;
+
+                ds_name(&z->cfg, set, gi, t, name, sizeof(name));
+                set_ctx("verifying checkpoint", tmp, name);
+                tpm_shard_rows(st, c->rank, &row0, &nrows);
+                local = ds_open_local(ck->file, name, H5T_FLOAT, &rows, &fcols, &ds);
+                if (local == TPM_OK) {
+                    local = attr_read_local(ds, "checksum", H5T_NATIVE_UINT64, &stored[d]);
+                }
+                status = ck_agree_io(c, local, pending);
+                /* the same number of collective reads on every rank: rows_per_rank is global */
+                for (int64_t k = 0;
+                     status == TPM_OK && k<st->rows_per_rank; k += per> 0 ? per : 1) {
+                    int64_t  n = nrows - k;
+                    ck_sel_t sel;
+                    n      = n < 0 ? 0 : n > per ? per : n;
+                    local  = sel_rows(ds, row0 + k, n, cols, buf, &sel);
+                    status = ck_agree_io(c, local, pending);
+                    if (status == TPM_OK) {
+                        pending = sel_transfer(ds, ck->dxpl, 0, H5T_NATIVE_FLOAT, &sel);
+                        if (pending == TPM_OK) {
+                            got[d] += rows_hash(buf, row0 + k, n, cols);
+                        }
+                    }
+                    sel_close(&sel);
+                }
+                if (ds >= 0) {
+                    H5Dclose(ds);
+                }
+                TPM_CHECK_GOTO(status, status, out);
+            }
+        }
+    }
+    TPM_CHECK_GOTO(ck_agree_io(c, TPM_OK, pending), status, out);
+    set_ctx("verifying checkpoint", tmp, "(checksums)");
+    status = sum_u64(c, got, got, n_ds, limbs);
+    TPM_CHECK_GOTO(tpm_ckpt_agree(c, status), status, out);
+    d = 0;
+    for (int set = 0; set < CK_N_SETS; set++) {
+        for (int gi = 0; gi < z->lay.n_groups; gi++) {
+            for (int t = 0; t < z->lay.g[gi].n_tensors; t++, d++) {
+                char name[CK_NAME_MAX];
+                if (got[d] == want[d] && stored[d] == want[d]) {
+                    continue;
+                }
+                ds_name(&z->cfg, set, gi, t, name, sizeof(name));
+                tpm_log_error("checkpoint %s: dataset %s reads back differently from what was "
+                              "written (written %016" PRIx64 ", read %016" PRIx64
+                              ", stored %016" PRIx64 "): a write was lost; the file is not used",
+                              tmp, name, want[d], got[d], stored[d]);
+                status = TPM_ERR_IO;
+            }
+        }
+    }
+    if (status == TPM_OK && meta->tokenizer != NULL && meta->tokenizer_len > 0) {
+        /* the tokenizer: rank 0 reads it whole, the others take part with no rows */
+        hid_t   ds;
+        int64_t rows = (int64_t)meta->tokenizer_len, cols = 1;
+        int64_t n  = c->rank == 0 ? rows : 0;
+        void   *tb = NULL;
+
+        set_ctx("verifying checkpoint", tmp, "/tokenizer");
+        status = tpm_ckpt_agree(c, tpm_malloc(meta->tokenizer_len, &tb));
+        if (status != TPM_OK) {
+            tpm_free(tb);
+            goto out;
+        }
+        status = ds_open(c, ck->file, "/tokenizer", H5T_INTEGER, &rows, &cols, &ds);
+        if (status == TPM_OK) {
+            status = ds_rows_io(c, ds, ck->dxpl, 0, H5T_NATIVE_UINT8, 0, n, 1, tb);
+            H5Dclose(ds);
+        }
+        if (status == TPM_OK && c->rank == 0 &&
+            (tpm_ckpt_row_hash(0, tb, meta->tokenizer_len) !=
+             tpm_ckpt_row_hash(0, meta->tokenizer, meta->tokenizer_len))) {
+            tpm_log_error("checkpoint %s: the tokenizer reads back differently from what was "
+                          "written: a write was lost; the file is not used",
+                          tmp);
+            status = TPM_ERR_IO;
+        }
+        tpm_free(tb);
+    }
+    status = tpm_ckpt_agree(c, status);
+
+out:
+    if (status == TPM_ERR_FORMAT) {
+        status = TPM_ERR_IO; /* what was just written does not read back: an I/O failure */
+    }
+    tpm_free(buf);
+    tpm_free(limbs);
+    tpm_free(stored);
+    tpm_free(got);
+    tpm_ckpt_close(ck);
+    return status;
 }
 
 tpm_status_t tpm_ckpt_save(tpm_zero3_t *z, const char *path, const tpm_ckpt_meta_t *meta)
 {
-    tpm_comm_t  *c     = z->comm;
-    const size_t n_t   = n_tensors(&z->lay);
-    const size_t n_ds  = CK_N_SETS * n_t;
-    const long   delay = test_delay_ms();
-    const int    host  = host_shards(z);
-    char         tmp[TPM_PATH_MAX + 8], dir[TPM_PATH_MAX];
-    hid_t        fapl = -1, file = -1, dxpl = -1, *ds = NULL;
-    uint64_t    *sums  = NULL;
-    int64_t     *limbs = NULL;
-    float       *stage = NULL;
-    size_t       d = 0, n_open = 0;
-    tpm_status_t status = TPM_OK, pending = TPM_OK;
-    double       t0 = tpm_time_now(), bytes;
+    tpm_comm_t     *c     = z->comm;
+    const size_t    n_t   = n_tensors(&z->lay);
+    const size_t    n_ds  = CK_N_SETS * n_t;
+    const long      delay = test_delay_ms();
+    const int       host  = host_shards(z);
+    char            tmp[TPM_PATH_MAX + 8];
+    hid_t           fapl = -1, file = -1, dxpl = -1, *ds = NULL;
+    uint64_t       *sums  = NULL;
+    int64_t        *limbs = NULL;
+    float          *stage = NULL;
+    size_t          d = 0, n_open = 0;
+    const MPI_Comm *mpi    = NULL;
+    tpm_status_t    status = TPM_OK;
+    double          t0 = tpm_time_now(), bytes;
 
     h5_quiet();
     ck_reading = 0;
     set_ctx("writing checkpoint", path, NULL);
-    if (snprintf(tmp, sizeof(tmp), "%s.tmp", path) >= (int)sizeof(tmp) ||
-        strlen(path) >= sizeof(dir)) {
+    if (snprintf(tmp, sizeof(tmp), "%s.tmp", path) >= (int)sizeof(tmp)) {
         tpm_log_error("checkpoint path %s is too long", path);
         status = TPM_ERR_INVALID_ARG;
     }
     if (status == TPM_OK) {
-        status = check_world(c);
+        status = check_world(c, &mpi);
     }
     if (status == TPM_OK) {
         status = tpm_calloc(n_ds, sizeof(hid_t), (void **)&ds);
@@ -1366,7 +1625,7 @@ tpm_status_t tpm_ckpt_save(tpm_zero3_t *z, const char *path, const tpm_ckpt_meta
         status = tpm_malloc(max_group_shard(&z->lay) * sizeof(float), (void **)&stage);
     }
     if (status == TPM_OK) {
-        status = make_fapl(&fapl);
+        status = make_fapl(*mpi, &fapl);
     }
     if (status == TPM_OK) {
         status = make_dxpl(&dxpl);
@@ -1376,13 +1635,83 @@ tpm_status_t tpm_ckpt_save(tpm_zero3_t *z, const char *path, const tpm_ckpt_meta
         tpm_log_error("cannot remove the stale %s: %s", tmp, strerror(errno));
         status = TPM_ERR_IO;
     }
+    if (status == TPM_OK && c->rank == 0 && !test_env_set("TPMPI_CKPT_TEST_NO_PROBE")) {
+        status = space_probe(tmp, expected_bytes(z, meta, n_ds));
+    }
     TPM_CHECK_GOTO(tpm_ckpt_agree(c, status), status, out);
 
     status = TPM_H5_CALL(file = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, fapl));
     TPM_CHECK_GOTO(ck_agree(c, status), status, out);
     set_ctx("writing checkpoint", tmp, NULL);
-    TPM_CHECK_GOTO(meta_write(c, file, dxpl, meta), status, out_close);
+    status = meta_write(c, file, dxpl, meta); /* agreed; includes the tokenizer's rows */
+    if (status != TPM_OK) {
+        write_failed(status, tmp);
+    }
 
+    /*
+     * Three passes, so that every metadata write is over before the bulk of the bytes goes
+     * out. A failed data write (a full disk, a failing device) then leaves HDF5's metadata
+     * cache clean, and the collective close has nothing to flush that could fail on some
+     * ranks only, which is where HDF5 1.10 deadlocks.
+     * Pass 1: the checksums, from memory (they are what the file must hold).
+     */
+    for (int set = 0; set < CK_N_SETS; set++) {
+        for (int gi = 0; gi < z->lay.n_groups; gi++) {
+            const tpm_shard_group_t *g   = &z->lay.g[gi];
+            const float             *src = set_base(z, set) + g->shard_base;
+            if (!host) {
+                status = z->be->ops->copy(z->be, stage, src, g->shard_numel * sizeof(float),
+                                          TPM_COPY_D2H);
+                TPM_CHECK_GOTO(tpm_ckpt_agree(c, status), status, out_close);
+                src = stage;
+            }
+            for (int t = 0; t < g->n_tensors; t++, d++) {
+                const tpm_shard_tensor_t *st = &g->t[t];
+                int64_t                   row0, nrows;
+                tpm_shard_rows(st, c->rank, &row0, &nrows);
+                sums[d] = rows_hash(src + st->shard_off, row0, nrows, st->desc.cols);
+            }
+        }
+    }
+    set_ctx("writing checkpoint", tmp, "(checksums)");
+    status = sum_u64(c, sums, sums, n_ds, limbs);
+    if (status != TPM_OK) {
+        tpm_fatal(status, "%s: checksum all-reduce failed", ck_ctx);
+    }
+
+    /* pass 2: every dataset with its checksum attribute, then one collective metadata flush */
+    d = 0;
+    for (int set = 0; set < CK_N_SETS; set++) {
+        for (int gi = 0; gi < z->lay.n_groups; gi++) {
+            const tpm_shard_group_t *g = &z->lay.g[gi];
+            for (int t = 0; t < g->n_tensors; t++, d++) {
+                const tpm_shard_tensor_t *st = &g->t[t];
+                char                      name[CK_NAME_MAX];
+                tpm_status_t              local;
+
+                ds_name(&z->cfg, set, gi, t, name, sizeof(name));
+                set_ctx("writing checkpoint", tmp, name);
+                local = ds_create_local(file, name, H5T_IEEE_F32LE, st->desc.rows, st->desc.cols,
+                                        &ds[d]);
+                if (ds[d] >= 0) {
+                    n_open = d + 1;
+                }
+                if (local == TPM_OK) {
+                    local = attr_write_local(ds[d], "checksum", H5T_STD_U64LE, H5T_NATIVE_UINT64,
+                                             &sums[d]);
+                }
+                TPM_CHECK_GOTO(ck_agree(c, local), status, out_close);
+            }
+        }
+    }
+    set_ctx("writing checkpoint", tmp, "(metadata flush)");
+    status = TPM_H5_CALL(H5Fflush(file, H5F_SCOPE_GLOBAL));
+    if (status != TPM_OK) {
+        write_failed(status, tmp);
+    }
+
+    /* pass 3: the rows, one collective transfer per dataset */
+    d = 0;
     for (int set = 0; set < CK_N_SETS; set++) {
         for (int gi = 0; gi < z->lay.n_groups; gi++) {
             const tpm_shard_group_t *g   = &z->lay.g[gi];
@@ -1397,53 +1726,31 @@ tpm_status_t tpm_ckpt_save(tpm_zero3_t *z, const char *path, const tpm_ckpt_meta
                 const tpm_shard_tensor_t *st = &g->t[t];
                 char                      name[CK_NAME_MAX];
                 int64_t                   row0, nrows;
-                const float              *rows = src + st->shard_off;
                 ck_sel_t                  sel;
-                tpm_status_t              local;
 
                 ds_name(&z->cfg, set, gi, t, name, sizeof(name));
                 set_ctx("writing checkpoint", tmp, name);
                 tpm_shard_rows(st, c->rank, &row0, &nrows);
                 /*
-                 * One agreement per dataset: it covers the creation and the selection, and
-                 * the previous transfer, so nobody enters a transfer alone.
+                 * One agreement per dataset: it covers the selection and the previous
+                 * transfer, so nobody enters a transfer alone.
                  */
-                local = ds_create_local(file, name, H5T_IEEE_F32LE, st->desc.rows, st->desc.cols,
-                                        &ds[d]);
-                if (ds[d] >= 0) {
-                    n_open = d + 1;
-                }
-                if (local == TPM_OK) {
-                    local = sel_rows(ds[d], row0, nrows, st->desc.cols, (void *)rows, &sel);
-                } else {
-                    sel.fsp = sel.msp = -1;
-                }
-                status = ck_agree(c, pending != TPM_OK ? pending : local);
+                status = ck_agree(c, sel_rows(ds[d], row0, nrows, st->desc.cols,
+                                              (void *)(src + st->shard_off), &sel));
                 if (status == TPM_OK) {
-                    pending = sel_transfer(ds[d], dxpl, 1, H5T_NATIVE_FLOAT, &sel);
+                    status = sel_transfer(ds[d], dxpl, 1, H5T_NATIVE_FLOAT, &sel);
+                    if (status != TPM_OK) {
+                        write_failed(status, tmp);
+                    }
                 }
                 sel_close(&sel);
                 TPM_CHECK_GOTO(status, status, out_close);
-                sums[d] = rows_hash(rows, row0, nrows, st->desc.cols);
                 if (delay > 0) {
                     sleep_ms(delay);
                 }
             }
         }
     }
-    TPM_CHECK_GOTO(ck_agree(c, pending), status, out_close);
-    set_ctx("writing checkpoint", tmp, "(checksums)");
-    status = sum_u64(c, sums, sums, n_ds, limbs);
-    if (status != TPM_OK) {
-        tpm_fatal(status, "%s: checksum all-reduce failed", ck_ctx);
-    }
-    /* metadata only (written collectively at close): one agreement for all of them */
-    for (d = 0; d < n_ds; d++) {
-        tpm_status_t local =
-            attr_write_local(ds[d], "checksum", H5T_STD_U64LE, H5T_NATIVE_UINT64, &sums[d]);
-        status = status != TPM_OK ? status : local;
-    }
-    TPM_CHECK_GOTO(ck_agree(c, status), status, out_close);
 
 out_close:
     for (size_t i = 0; i < n_open; i++) {
@@ -1451,29 +1758,30 @@ out_close:
             H5Dclose(ds[i]);
         }
     }
-    {
-        tpm_status_t cs = TPM_H5_CALL(H5Fclose(file));
-        cs              = ck_agree(c, cs);
-        status          = status != TPM_OK ? status : cs;
-    }
+    close_written(file, tmp); /* collective; does not return on failure */
     if (status == TPM_OK) {
         /* every rank flushes what it wrote (on parallel file systems each client caches) */
-        status = tpm_ckpt_agree(c, fsync_path(tmp, 0));
+        set_ctx("writing checkpoint", tmp, "(fsync)");
+        status = tpm_ckpt_agree(c, tpm_file_sync(tmp));
+    }
+    if (status == TPM_OK) {
+        /* read back and compare before the file gets its final name */
+        status = verify_written(z, tmp, sums, n_ds, meta);
     }
     if (status == TPM_OK && c->rank == 0) {
-        dir_of(path, dir, sizeof(dir));
-        if (rename(tmp, path) != 0) {
-            tpm_log_error("rename %s -> %s failed: %s", tmp, path, strerror(errno));
-            status = TPM_ERR_IO;
-        } else {
-            status = fsync_path(dir, 1);
-        }
+        status = tpm_file_publish(tmp, path);
     }
     status = tpm_ckpt_agree(c, status);
     if (status != TPM_OK && c->rank == 0) {
         unlink(tmp); /* the previous checkpoint and "latest" are untouched */
     }
 out:
+    if (status != TPM_OK) {
+        /* on every rank: each one's log says what happened to the checkpoint */
+        tpm_log_error("checkpoint %s was not written (the reason is above, on rank 0 or on the "
+                      "rank that failed); the previous checkpoint, if any, is untouched",
+                      path);
+    }
     if (dxpl >= 0) {
         H5Pclose(dxpl);
     }

@@ -50,7 +50,12 @@ void tpm_ckpt_meta_cleanup(tpm_ckpt_meta_t *meta);
 /**
  * Write @p path from the ZeRO-3 shards of @p z: /model/<name> from the parameter
  * shard, /optim/m/<name> and /optim/v/<name> from the AdamW moments, plus @p meta
- * and per-dataset checksums. Atomic: writes "<path>.tmp", fsyncs, then renames.
+ * and per-dataset checksums. Atomic: checks that the file system has room, writes
+ * "<path>.tmp", fsyncs it, reads it back and verifies every dataset, and only then renames it
+ * (docs/CHECKPOINT.md, section 2). A full disk or a lost write is returned on every rank
+ * (TPM_ERR_IO; the previous checkpoint is untouched and training may go on); an I/O error
+ * that HDF5 reports inside its collective write stops the job (tpm_fatal), because HDF5 1.10
+ * cannot close the file on the other ranks after it.
  */
 tpm_status_t tpm_ckpt_save(tpm_zero3_t *z, const char *path, const tpm_ckpt_meta_t *meta);
 

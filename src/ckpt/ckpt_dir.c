@@ -16,6 +16,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "base/file.h"
 #include "base/mem.h"
 
 #define CKPT_LATEST "latest"
@@ -163,53 +164,23 @@ tpm_status_t tpm_ckpt_resolve(const char *path_or_dir, char *buf, size_t cap)
     return TPM_OK;
 }
 
-static tpm_status_t fsync_dir(const char *dir)
-{
-    DIR *dp = opendir(dir);
-
-    if (dp == NULL) {
-        tpm_log_error("open %s failed: %s", dir, strerror(errno));
-        return TPM_ERR_IO;
-    }
-    if (fsync(dirfd(dp)) != 0) {
-        tpm_log_error("fsync %s failed: %s", dir, strerror(errno));
-        closedir(dp);
-        return TPM_ERR_IO;
-    }
-    closedir(dp);
-    return TPM_OK;
-}
-
+/* DIR/latest by temporary, fsync, rename, fsync of DIR (tpm_file_commit) */
 static tpm_status_t write_latest(const char *dir, const char *name)
 {
-    char  tmp[TPM_PATH_MAX + 16], dst[TPM_PATH_MAX + 16];
-    FILE *f;
-    int   ok;
+    char         tmp[TPM_PATH_MAX + 16], dst[TPM_PATH_MAX + 16];
+    FILE        *f;
+    tpm_status_t status = TPM_OK;
 
-    snprintf(tmp, sizeof(tmp), "%s/%s.tmp", dir, CKPT_LATEST);
-    snprintf(dst, sizeof(dst), "%s/%s", dir, CKPT_LATEST);
-    f = fopen(tmp, "w");
-    if (f == NULL) {
+    if (snprintf(dst, sizeof(dst), "%s/%s", dir, CKPT_LATEST) >= (int)sizeof(dst)) {
+        tpm_log_error("checkpoint directory name %s is too long", dir);
+        return TPM_ERR_OVERFLOW;
+    }
+    TPM_CHECK(tpm_file_create_tmp(dst, tmp, sizeof(tmp), &f));
+    if (fprintf(f, "%s\n", name) < 0) {
         tpm_log_error("cannot write %s: %s", tmp, strerror(errno));
-        return TPM_ERR_IO;
+        status = TPM_ERR_IO;
     }
-    ok = fprintf(f, "%s\n", name) > 0 && fflush(f) == 0 && fsync(fileno(f)) == 0;
-    if (!ok) {
-        tpm_log_error("cannot write %s: %s", tmp, strerror(errno));
-    }
-    if (fclose(f) != 0 && ok) {
-        tpm_log_error("cannot write %s: %s", tmp, strerror(errno));
-        ok = 0;
-    }
-    if (ok && rename(tmp, dst) != 0) {
-        tpm_log_error("rename %s -> %s failed: %s", tmp, dst, strerror(errno));
-        ok = 0;
-    }
-    if (!ok) {
-        unlink(tmp);
-        return TPM_ERR_IO;
-    }
-    return fsync_dir(dir);
+    return tpm_file_commit(f, tmp, dst, status);
 }
 
 static int cmp_step_desc(const void *a, const void *b)

@@ -14,6 +14,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "base/file.h"
 #include "base/mem.h"
 #include "ckpt/ckpt.h"
 #include "zero3/shard.h"
@@ -457,9 +458,9 @@ tpm_status_t tpm_ckpt_export_llmc(tpm_comm_t *comm, const char *ckpt_path, const
             status = TPM_ERR_IO;
         }
         fd = -1;
-        if (status == TPM_OK && rename(tmp_path, out_path) != 0) {
-            tpm_log_error("rename %s -> %s failed: %s", tmp_path, out_path, strerror(errno));
-            status = TPM_ERR_IO;
+        if (status == TPM_OK) {
+            /* rename, then fsync of the folder (base/file.h) */
+            status = tpm_file_publish(tmp_path, out_path);
         }
         if (status != TPM_OK) {
             unlink(tmp_path);

@@ -14,6 +14,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "base/file.h"
 #include "base/log.h"
 #include "base/mem.h"
 #include "ckpt/ckpt.h"
@@ -782,9 +783,9 @@ tpm_status_t tpm_ckpt_export_hf(tpm_comm_t *comm, const char *ckpt_path, const c
             status = TPM_ERR_IO;
         }
         snprintf(final, sizeof(final), "%s/model.safetensors", dir);
-        if (status == TPM_OK && rename(tmp, final) != 0) {
-            tpm_log_error("rename %s -> %s failed: %s", tmp, final, strerror(errno));
-            status = TPM_ERR_IO;
+        if (status == TPM_OK) {
+            /* durable: fsync'ed above, renamed, the directory fsync'ed (base/file.h) */
+            status = tpm_file_publish(tmp, final);
         }
         if (status != TPM_OK) {
             unlink(tmp);
@@ -792,13 +793,17 @@ tpm_status_t tpm_ckpt_export_hf(tpm_comm_t *comm, const char *ckpt_path, const c
     }
     if (status == TPM_OK && s.writer) {
         json_t *j = export_config(&cfg);
+        FILE   *cf = NULL;
 
-        snprintf(tmp, sizeof(tmp), "%s/config.json.tmp", dir);
         snprintf(final, sizeof(final), "%s/config.json", dir);
-        if (j == NULL || json_dump_file(j, tmp, JSON_INDENT(2) | JSON_PRESERVE_ORDER) != 0 ||
-            rename(tmp, final) != 0) {
-            tpm_log_error("cannot write %s", final);
-            status = TPM_ERR_IO;
+        status = j != NULL ? tpm_file_create_tmp(final, tmp, sizeof(tmp), &cf) : TPM_ERR_NO_MEMORY;
+        if (status == TPM_OK) {
+            const int w = json_dumpf(j, cf, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+
+            if (w != 0) {
+                tpm_log_error("cannot write %s", tmp);
+            }
+            status = tpm_file_commit(cf, tmp, final, w == 0 ? TPM_OK : TPM_ERR_IO);
         }
         json_decref(j);
     }

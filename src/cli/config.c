@@ -82,7 +82,8 @@ typedef struct {
     const char *const *choices; /* NULL-terminated, CHOICE only */
 } config_opt_t;
 
-static const char *const mode_names[]   = {"train", "prepare", "serve", "export", "eval", NULL};
+static const char *const mode_names[]   = {"train", "prepare", "serve", "export", "eval",
+                                           "trainserve", NULL};
 static const char *const arch_names[]        = {"gpt2", "llama", NULL};
 static const char *const model_names[]  = {"tiny",        "small",        "gpt2-124m",
                                            "gpt2-350m",   "llama-tiny",   "smollm-135m",
@@ -92,8 +93,11 @@ static const char *const cuda_matmul_names[] = {"auto", "fp32", "tf32", "bf16", 
 static const char *const precision_names[] = {"fp32", "bf16", NULL};
 static const char *const serve_dtype_names[] = {"fp32", "bf16", "int8", NULL};
 static const char *const format_names[] = {"llmc", "hf", NULL};
+static const char *const chat_template_names[] = {"chatml", "llama3", NULL};
 static const char *const compression_names[] = {"none", "2bit", NULL};
 static const char *const residual_names[]    = {"fp32", "bf16", "none", NULL};
+static const char *const push_dtype_names[]  = {"fp32", "bf16", NULL};
+static const char *const swap_policy_names[] = {"keep", "recompute", NULL};
 static const char *const level_names[]  = {"error", "warn", "info", "debug", NULL};
 
 static const char *const group_titles[CONFIG_GROUP_COUNT] = {
@@ -294,6 +298,10 @@ static const config_opt_t options[] = {
     {"resume", "TPMPI_RESUME", "0", NULL,
      "resume from the newest complete checkpoint in --ckpt-dir",
      CONFIG_GROUP_CKPT, CONFIG_TYPE_FLAG, OFF(resume), 0, 0, 1, 0, 0, 0, NULL},
+    {"overwrite", "TPMPI_OVERWRITE", "0", NULL,
+     "start afresh in a --ckpt-dir that holds another run's checkpoints: delete them first "
+     "(without it, and without --resume, such a directory is refused)",
+     CONFIG_GROUP_CKPT, CONFIG_TYPE_FLAG, OFF(overwrite), 0, 0, 1, 0, 0, 0, NULL},
     {"init-from", "TPMPI_INIT_FROM", "", "FILE",
      "start from the weights of FILE (a checkpoint, llmc:FILE for an llm.c model file, or "
      "hf:DIR for a Hugging Face LLaMA/Qwen2/Mistral directory whose config.json matches the "
@@ -343,6 +351,10 @@ static const config_opt_t options[] = {
      "(blocks of 32 + fp16 scale), made at load from the fp32 checkpoint; CPU backend",
      CONFIG_GROUP_SERVE, CONFIG_TYPE_CHOICE, OFF(serve_dtype), SZ(serve_dtype), 0, 0, 0, 0, 0,
      serve_dtype_names},
+    {"kv-dtype", "TPMPI_KV_DTYPE", "fp32", NULL,
+     "serve: KV cache in fp32 or bf16 (half the memory; rounded when written); CPU backend",
+     CONFIG_GROUP_SERVE, CONFIG_TYPE_CHOICE, OFF(kv_dtype), SZ(kv_dtype), 0, 0, 0, 0, 0,
+     precision_names},
     {"ctx-size", "TPMPI_CTX_SIZE", "0", "N", "serve: KV cache tokens per slot (0 = n_ctx)",
      CONFIG_GROUP_SERVE, CONFIG_TYPE_INT, OFF(ctx_size), 0, 0, 1048576, 0, 0, 0, NULL},
     {"max-tokens", "TPMPI_MAX_TOKENS", "1024", "N", "serve: largest max_tokens a request may ask",
@@ -352,6 +364,31 @@ static const config_opt_t options[] = {
     {"max-body-bytes", "TPMPI_MAX_BODY_BYTES", "1048576", "N", "serve: request body limit",
      CONFIG_GROUP_SERVE, CONFIG_TYPE_INT, OFF(max_body_bytes), 0, 64, 1073741824, 0, 0, 0,
      NULL},
+    {"chat-template", "TPMPI_CHAT_TEMPLATE", "chatml", "NAME",
+     "serve: how /v1/chat/completions renders messages: chatml or llama3",
+     CONFIG_GROUP_SERVE, CONFIG_TYPE_CHOICE, OFF(chat_template), SZ(chat_template), 0, 0, 0, 0, 0,
+     chat_template_names},
+    {"watch", "TPMPI_WATCH", "0", NULL,
+     "serve: with --ckpt=DIR, load a newer checkpoint of DIR when one appears and swap it in "
+     "(POST /admin/reload: now); a bad one is refused and the old weights kept",
+     CONFIG_GROUP_SERVE, CONFIG_TYPE_FLAG, OFF(watch), 0, 0, 1, 0, 0, 0, NULL},
+    {"serve-ranks", "TPMPI_SERVE_RANKS", "0", "M",
+     "trainserve: the last M ranks serve (tensor parallel), the others train (ZeRO-3); "
+     "1 <= M < ranks",
+     CONFIG_GROUP_SERVE, CONFIG_TYPE_INT, OFF(serve_ranks), 0, 0, 1048576, 0, 0, 0, NULL},
+    {"push-every", "TPMPI_PUSH_EVERY", "0", "S",
+     "trainserve: push the trainer's weights to the serving ranks every S steps (0 = only at "
+     "the end and on POST /admin/push)",
+     CONFIG_GROUP_SERVE, CONFIG_TYPE_I64, OFF(push_every), 0, 0, I64_MAX, 0, 0, 0, NULL},
+    {"push-dtype", "TPMPI_PUSH_DTYPE", "fp32", NULL,
+     "trainserve: precision of the pushed weights (bf16 halves the bytes; served in fp32)",
+     CONFIG_GROUP_SERVE, CONFIG_TYPE_CHOICE, OFF(push_dtype), SZ(push_dtype), 0, 0, 0, 0, 0,
+     push_dtype_names},
+    {"swap-policy", "TPMPI_SWAP_POLICY", "keep", NULL,
+     "trainserve: running sequences at a weight swap keep their KV cache, or recompute it "
+     "with the new weights",
+     CONFIG_GROUP_SERVE, CONFIG_TYPE_CHOICE, OFF(swap_policy), SZ(swap_policy), 0, 0, 0, 0, 0,
+     swap_policy_names},
 };
 /* clang-format on */
 
@@ -602,7 +639,8 @@ tpm_status_t tpm_config_apply_preset(tpm_config_t *cfg)
         }
         /* training builds the preset's model; the other modes take it from a file, or none */
         if (strcmp(cfg->arch, p->arch) != 0 &&
-            (cfg->mode == TPM_MODE_TRAIN || cfg->mode == TPM_MODE_EVAL)) {
+            (cfg->mode == TPM_MODE_TRAIN || cfg->mode == TPM_MODE_EVAL ||
+             cfg->mode == TPM_MODE_TRAINSERVE)) {
             tpm_log_error("--model=%s is a %s preset, but --arch=%s (give --arch=%s, or a %s "
                           "preset: %s)",
                           cfg->model, p->arch, cfg->arch, p->arch, cfg->arch,
@@ -687,6 +725,11 @@ static tpm_status_t config_check_arch(const tpm_config_t *cfg)
     }
     if (cfg->mode == TPM_MODE_PREPARE) {
         return TPM_OK;
+    }
+    if (cfg->mode == TPM_MODE_TRAINSERVE) {
+        tpm_log_error("--mode=trainserve --arch=llama: the live weight push of a LLaMA model is "
+                      "not implemented yet (train, then --mode=serve the checkpoint)");
+        return TPM_ERR_INVALID_ARG;
     }
     if (strcmp(cfg->device, "cuda") == 0) {
         tpm_log_error("--device=cuda --arch=llama: the CUDA backend has no LLaMA kernels "

@@ -25,6 +25,7 @@ typedef enum {
     TPM_MODE_SERVE,
     TPM_MODE_EXPORT,
     TPM_MODE_EVAL,
+    TPM_MODE_TRAINSERVE, /* one job: a training group and a serving group, live weight push */
 } tpm_mode_t;
 
 typedef struct tpm_config {
@@ -80,6 +81,7 @@ typedef struct tpm_config {
     char     cuda_matmul[8];        /* auto | fp32 | tf32 | bf16 (CUDA matmul inputs) */
     char     precision[8];          /* fp32 | bf16 working weights */
     char     serve_dtype[8];        /* serve: fp32 | bf16 | int8 matrix weights */
+    char     kv_dtype[8];           /* serve: fp32 | bf16 KV cache */
     int      debug_collectives;
     char     log_level[16];
 
@@ -88,6 +90,7 @@ typedef struct tpm_config {
     int64_t ckpt_every;             /* steps between checkpoints (0 = only at the end) */
     int     keep;                   /* newest K checkpoints kept */
     int     resume;                 /* resume from the newest complete checkpoint in ckpt_dir */
+    int     overwrite;              /* a fresh run deletes the old run's checkpoints first */
     char    init_from[TPM_PATH_MAX]; /* weights only: FILE.h5 or llmc:FILE.bin */
     char    ckpt[TPM_PATH_MAX];      /* serve/export/eval: checkpoint file or directory */
     char    format[16];              /* export: llmc */
@@ -108,6 +111,14 @@ typedef struct tpm_config {
     int  max_tokens;      /* upper bound for a request's max_tokens */
     int  max_queue;       /* waiting requests before 503 */
     int  max_body_bytes;  /* request body limit */
+    char chat_template[16]; /* chatml | llama3 */
+    int  watch;           /* serve: load a newer checkpoint of --ckpt=DIR when one appears */
+
+    /* train and serve (--mode=trainserve) */
+    int     serve_ranks;      /* ranks of the serving group (the last M of the world) */
+    int64_t push_every;       /* push the weights every S steps (0 = only at the end) */
+    char    push_dtype[16];   /* fp32 | bf16: what the push moves */
+    char    swap_policy[16];  /* keep | recompute: running sequences at a swap */
 } tpm_config_t;
 
 /** Fill @p cfg with the built-in defaults. */

@@ -269,6 +269,11 @@ tpm_status_t tpm_comm_test(tpm_comm_t *c, tpm_comm_req_t *req)
     return c->ops->test(c, req, &done);
 }
 
+const void *tpm_comm_mpi_handle(tpm_comm_t *c)
+{
+    return c != NULL && c->ops->mpi_handle != NULL ? c->ops->mpi_handle(c) : NULL;
+}
+
 tpm_status_t tpm_comm_agree(tpm_comm_t *c, tpm_status_t local)
 {
     int32_t ok = (local == TPM_OK), all_ok = 0;

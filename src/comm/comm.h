@@ -114,6 +114,8 @@ typedef struct tpm_comm_ops {
     tpm_status_t (*wait)(tpm_comm_t *c, tpm_comm_req_t *req);
     /* *done_p = 1 when finished (then the request is released); drives progress */
     tpm_status_t (*test)(tpm_comm_t *c, tpm_comm_req_t *req, int *done_p);
+    /* (optional) the address of the MPI_Comm this communicator runs over (for MPI-IO) */
+    const void *(*mpi_handle)(tpm_comm_t *c);
     void (*destroy)(tpm_comm_t *c);
 } tpm_comm_ops_t;
 
@@ -146,6 +148,14 @@ void tpm_comm_destroy(tpm_comm_t *c); /* no-op on NULL */
 
 size_t tpm_dtype_size(tpm_dtype_t dt);
 const char *tpm_coll_kind_name(tpm_coll_kind_t kind);
+
+/**
+ * The MPI communicator behind @p c, as the address of an MPI_Comm (borrowed, valid while c
+ * lives), or NULL when c has none. Only for libraries that need MPI themselves (parallel
+ * HDF5's MPI-IO in ckpt/ckpt.c); everything else goes through the ops above, so that no
+ * code outside comm includes mpi.h for its communication.
+ */
+const void *tpm_comm_mpi_handle(tpm_comm_t *c);
 
 /** Colour of a rank that joins no group in tpm_comm_split(). */
 #define TPM_COMM_NO_GROUP (-1)

@@ -393,6 +393,11 @@ static void mpi_destroy(tpm_comm_t *c)
     tpm_free(c);
 }
 
+static const void *mpi_handle(tpm_comm_t *c)
+{
+    return &((mpi_priv_t *)c->priv)->comm;
+}
+
 static const tpm_comm_ops_t comm_mpi_ops = {
     .name                   = "mpi",
     .all_gather             = mpi_all_gather,
@@ -408,6 +413,7 @@ static const tpm_comm_ops_t comm_mpi_ops = {
     .recv                   = mpi_recv,
     .wait                   = mpi_wait,
     .test                   = mpi_test,
+    .mpi_handle             = mpi_handle,
     .destroy                = mpi_destroy,
 };
 

@@ -707,6 +707,12 @@ static tpm_status_t nccl_recv(tpm_comm_t *c, void *buf, size_t count, tpm_dtype_
     return nccl_p2p(c, &a, req);
 }
 
+/* host buffers go through the MPI communicator underneath: MPI-IO uses it too */
+static const void *nccl_mpi_handle(tpm_comm_t *c)
+{
+    return tpm_comm_mpi_handle(priv_of(c)->mpi);
+}
+
 static const tpm_comm_ops_t comm_nccl_ops = {
     .name           = "nccl",
     .all_gather     = nccl_all_gather,
@@ -721,6 +727,7 @@ static const tpm_comm_ops_t comm_nccl_ops = {
     .recv           = nccl_recv,
     .wait           = nccl_wait,
     .test           = nccl_test,
+    .mpi_handle     = nccl_mpi_handle,
     .destroy        = nccl_destroy,
 };
 

@@ -565,8 +565,11 @@ static tpm_status_t gpt2_block_fwd(tpm_backend_t *be, const tpm_model_config_t *
     if (io->ctx > 0) {
         if (nh > 0) {
             PROF_CALL(TPM_PROF_ATTN_FWD,
-                      op->attention_kv(be, io->atty, io->qkv, io->kcache, io->vcache, io->slot,
-                                       io->pos, n, Cl, nh, io->ctx));
+                      io->kcache16 != NULL
+                          ? op->attention_kv16(be, io->atty, io->qkv, io->kcache16, io->vcache16,
+                                               io->slot, io->pos, n, Cl, nh, io->ctx)
+                          : op->attention_kv(be, io->atty, io->qkv, io->kcache, io->vcache,
+                                             io->slot, io->pos, n, Cl, nh, io->ctx));
         }
     } else {
         PROF_CALL(TPM_PROF_ATTN_FWD,

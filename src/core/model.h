@@ -266,6 +266,7 @@ typedef struct tpm_block_io {
      * (n_slots, ctx, Cl) of this layer (NULL when Cl = 0); B, T and att_lse are unused.
      */
     float         *kcache, *vcache;
+    uint16_t      *kcache16, *vcache16; /* (optional) bf16 caches instead (attention_kv16) */
     const int32_t *slot, *pos;
     int            ctx;
     /*

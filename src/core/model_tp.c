@@ -44,12 +44,10 @@ tpm_tp_slice_t *tpm_tp_slice(tpm_tp_model_t *m, int g, int t)
     return &m->w[(size_t)g * TPM_GROUP_MAX_NT + (size_t)t];
 }
 
-/* rows [row0, row0 + nrows) of a tensor on this rank, from its split kind (core/arch.h) */
-static void slice_rows(const tpm_tp_model_t *m, const tpm_param_desc_t *d, int64_t *row0_p,
-                       int64_t *nrows_p)
+void tpm_tp_rows(const tpm_model_config_t *cfg, const tpm_tp_part_t *p, const tpm_param_desc_t *d,
+                 int64_t *row0_p, int64_t *nrows_p)
 {
-    const tpm_tp_part_t *p  = &m->part;
-    const int64_t        hs = m->cfg.C / m->cfg.NH;
+    const int64_t hs = cfg->C / cfg->NH;
 
     switch (d->split) {
     case TPM_SPLIT_REPLICATED:
@@ -58,7 +56,7 @@ static void slice_rows(const tpm_tp_model_t *m, const tpm_param_desc_t *d, int64
         return;
     case TPM_SPLIT_HEADS_QKV: {
         /* whole KV groups: (NH / NKV + 2) hs rows each (GPT-2: 3 hs per head) */
-        const int64_t grp = (int64_t)(m->cfg.NH / tpm_model_nkv(&m->cfg) + 2) * hs;
+        const int64_t grp = (int64_t)(cfg->NH / tpm_model_nkv(cfg) + 2) * hs;
         *row0_p           = grp * p->kv0;
         *nrows_p          = grp * p->nkv;
         return;
@@ -70,7 +68,7 @@ static void slice_rows(const tpm_tp_model_t *m, const tpm_param_desc_t *d, int64
     case TPM_SPLIT_COL:
     case TPM_SPLIT_ROW:
         /* the MLP hidden units: the only equal-block split of a block (tpm_tp_part_t f0, nf) */
-        TPM_ASSERT(d->rows == tpm_model_ffn(&m->cfg));
+        TPM_ASSERT(d->rows == tpm_model_ffn(cfg));
         *row0_p  = p->f0;
         *nrows_p = p->nf;
         return;
@@ -80,6 +78,13 @@ static void slice_rows(const tpm_tp_model_t *m, const tpm_param_desc_t *d, int64
         return;
     }
     TPM_ASSERT(0);
+}
+
+/* rows [row0, row0 + nrows) of a tensor on this rank, from its split kind (core/arch.h) */
+static void slice_rows(const tpm_tp_model_t *m, const tpm_param_desc_t *d, int64_t *row0_p,
+                       int64_t *nrows_p)
+{
+    tpm_tp_rows(&m->cfg, &m->part, d, row0_p, nrows_p);
 }
 
 static size_t align64(size_t nbytes)
@@ -240,6 +245,45 @@ tpm_status_t tpm_tp_set_weight_dtype(tpm_tp_model_t *m, tpm_wdtype_t dt)
     return weights_alloc(m);
 }
 
+tpm_status_t tpm_tp_set_kv_dtype(tpm_tp_model_t *m, int bf16)
+{
+    const size_t kv_floats = m->mem.kv_bytes / (2 * (m->kcache16 != NULL ? 2 : 4));
+
+    if (!bf16 == (m->kcache16 == NULL)) {
+        return TPM_OK;
+    }
+    if (bf16 && m->cfg.arch == TPM_ARCH_LLAMA) {
+        /* the grouped-query attention reads an fp32 cache only (backend.h attention_gqa_kv) */
+        tpm_log_error("a bf16 KV cache is not implemented for LLaMA models yet; use "
+                      "--kv-dtype=fp32");
+        return TPM_ERR_UNSUPPORTED;
+    }
+    if (bf16 && m->be->ops->attention_kv16 == NULL) {
+        tpm_log_error("a bf16 KV cache needs the CPU backend (the %s backend has no bf16 "
+                      "attention yet); use --kv-dtype=fp32",
+                      m->be->ops->name);
+        return TPM_ERR_UNSUPPORTED;
+    }
+    m->be->ops->free(m->be, m->kvmem);
+    m->kvmem  = NULL;
+    m->kcache = m->vcache = NULL;
+    m->kcache16 = m->vcache16 = NULL;
+    m->mem.kv_bytes           = 2 * kv_floats * (bf16 ? sizeof(uint16_t) : sizeof(float));
+    if (m->mem.kv_bytes == 0) {
+        return TPM_OK;
+    }
+    TPM_CHECK(m->be->ops->alloc(m->be, m->mem.kv_bytes, &m->kvmem));
+    TPM_CHECK(m->be->ops->memzero(m->be, m->kvmem, m->mem.kv_bytes));
+    if (bf16) {
+        m->kcache16 = m->kvmem;
+        m->vcache16 = m->kcache16 + kv_floats;
+    } else {
+        m->kcache = m->kvmem;
+        m->vcache = m->kcache + kv_floats;
+    }
+    return TPM_OK;
+}
+
 tpm_status_t tpm_tp_create(tpm_backend_t *be, tpm_comm_t *comm, const tpm_model_config_t *cfg,
                            int n_slots, int ctx, int max_tok, int max_logits, tpm_tp_model_t **m_p)
 {
@@ -335,11 +379,67 @@ err:
     return status;
 }
 
+tpm_status_t tpm_tp_back_create(tpm_tp_model_t *m)
+{
+    const size_t n = (size_t)tpm_model_n_groups(&m->cfg) * TPM_GROUP_MAX_NT;
+    char        *base, *front = m->wmem;
+
+    if (m->wmem_back != NULL) {
+        return TPM_OK;
+    }
+    if (m->wdt != TPM_WDT_F32) {
+        /* the back buffer is fp32 slices; a swap would leave the held matrices as they were */
+        tpm_log_error("weights arriving while serving (--mode=trainserve, --watch) need "
+                      "--serve-dtype=fp32 for now, not %s",
+                      tpm_wdtype_name(m->wdt));
+        return TPM_ERR_UNSUPPORTED;
+    }
+    TPM_CHECK(tpm_calloc(n, sizeof(*m->w_back), (void **)&m->w_back));
+    if (m->be->ops->alloc(m->be, m->mem.weight_bytes, &m->wmem_back) != TPM_OK ||
+        m->be->ops->memzero(m->be, m->wmem_back, m->mem.weight_bytes) != TPM_OK) {
+        m->be->ops->free(m->be, m->wmem_back);
+        m->wmem_back = NULL;
+        tpm_free(m->w_back);
+        m->w_back = NULL;
+        return TPM_ERR_NO_MEMORY;
+    }
+    /* the same carving as the front: every slice at the same offset */
+    base = m->wmem_back;
+    for (size_t i = 0; i < n; i++) {
+        m->w_back[i] = m->w[i];
+        if (m->w[i].data != NULL) {
+            m->w_back[i].data = (float *)(void *)(base + ((char *)m->w[i].data - front));
+        }
+    }
+    m->mem.weight_bytes_back = m->mem.weight_bytes;
+    return TPM_OK;
+}
+
+tpm_tp_slice_t *tpm_tp_back_slice(tpm_tp_model_t *m, int g, int t)
+{
+    TPM_ASSERT(m->w_back != NULL);
+    return &m->w_back[(size_t)g * TPM_GROUP_MAX_NT + (size_t)t];
+}
+
+void tpm_tp_swap(tpm_tp_model_t *m)
+{
+    tpm_tp_slice_t *w   = m->w;
+    void           *mem = m->wmem;
+
+    TPM_ASSERT(m->w_back != NULL);
+    m->w         = m->w_back;
+    m->w_back    = w;
+    m->wmem      = m->wmem_back;
+    m->wmem_back = mem;
+}
+
 void tpm_tp_destroy(tpm_tp_model_t *m)
 {
     if (m == NULL) {
         return;
     }
+    m->be->ops->free(m->be, m->wmem_back);
+    tpm_free(m->w_back);
     if (m->lg_all_h != m->lg_all) {
         tpm_free(m->lg_all_h);
     }
@@ -513,6 +613,8 @@ static tpm_status_t block_fwd(tpm_tp_model_t *m, int l, int n)
         .part     = m->buf,
         .kcache   = m->kcache != NULL ? m->kcache + kv_off : NULL,
         .vcache   = m->vcache != NULL ? m->vcache + kv_off : NULL,
+        .kcache16 = m->kcache16 != NULL ? m->kcache16 + kv_off : NULL,
+        .vcache16 = m->vcache16 != NULL ? m->vcache16 + kv_off : NULL,
         .slot     = m->slot,
         .pos      = m->pos,
         .ctx      = m->ctx,

@@ -46,6 +46,13 @@ typedef struct tpm_tp_part {
 /** Pure arithmetic (unit-tested): the partition of @p cfg for @p rank of @p world. */
 void tpm_tp_partition(const tpm_model_config_t *cfg, int world, int rank, tpm_tp_part_t *p);
 
+/**
+ * Pure: the rows [*row0_p, *row0_p + *nrows_p) of tensor @p d that the rank of partition
+ * @p p holds (all rows of a replicated tensor, its heads' rows, its MLP or vocabulary rows).
+ */
+void tpm_tp_rows(const tpm_model_config_t *cfg, const tpm_tp_part_t *p, const tpm_param_desc_t *d,
+                 int64_t *row0_p, int64_t *nrows_p);
+
 /** This rank's rows of one parameter tensor. */
 typedef struct tpm_tp_slice {
     float  *data;  /* (nrows, cols) on the backend's device */
@@ -55,9 +62,10 @@ typedef struct tpm_tp_slice {
 } tpm_tp_slice_t;
 
 typedef struct tpm_tp_mem {
-    size_t weight_bytes; /* parameter slices, in their serving format */
-    size_t kv_bytes;     /* K and V caches */
-    size_t act_bytes;    /* activations for the largest forward call */
+    size_t weight_bytes;      /* parameter slices, in their serving format */
+    size_t kv_bytes;          /* K and V caches */
+    size_t act_bytes;         /* activations for the largest forward call */
+    size_t weight_bytes_back; /* the second weight buffer (tpm_tp_back_create), 0 without */
 } tpm_tp_mem_t;
 
 typedef struct tpm_tp_model {
@@ -76,7 +84,8 @@ typedef struct tpm_tp_model {
      */
     tpm_wdtype_t wdt;
     tpm_qmat_t  *q;
-    float             *kcache, *vcache; /* (L, n_slots, ctx, nkv * hs) each */
+    float             *kcache, *vcache; /* (L, n_slots, ctx, nkv * hs) each; NULL when bf16 */
+    uint16_t          *kcache16, *vcache16; /* the same in bf16 (tpm_tp_set_kv_dtype) */
 
     /* activations (device), sized for max_tok tokens / max_logits rows */
     float   *x;      /* (max_tok, C) residual stream */
@@ -106,6 +115,10 @@ typedef struct tpm_tp_model {
 
     tpm_tp_mem_t mem;
     void        *wmem, *kvmem, *amem; /* the allocations the pointers above carve up */
+
+    /* the second weight buffer (NULL until tpm_tp_back_create): filled while serving */
+    tpm_tp_slice_t *w_back;
+    void           *wmem_back;
 } tpm_tp_model_t;
 
 /**
@@ -129,6 +142,24 @@ void         tpm_tp_destroy(tpm_tp_model_t *m); /* no-op on NULL */
  * otherwise. TPM_WDT_F32 is a no-op. Not collective.
  */
 tpm_status_t tpm_tp_set_weight_dtype(tpm_tp_model_t *m, tpm_wdtype_t dt);
+
+/**
+ * Keep the KV cache in bf16 (@p bf16 = 1: half the memory; k and v rounded to nearest even
+ * when written, widened when read) or fp32 (0, the default). Its contents are dropped: call
+ * it before the first forward pass. Needs a backend with attention_kv16 (the CPU one):
+ * TPM_ERR_UNSUPPORTED with a message otherwise. Not collective.
+ */
+tpm_status_t tpm_tp_set_kv_dtype(tpm_tp_model_t *m, int bf16);
+
+/**
+ * A second weight buffer of the same layout (zeroed), for weights that arrive while the
+ * model keeps serving on the first (--mode=trainserve). Not collective. Idempotent.
+ */
+tpm_status_t tpm_tp_back_create(tpm_tp_model_t *m);
+/** The back buffer's slice of tensor (g, t) (tpm_tp_back_create first); borrowed. */
+tpm_tp_slice_t *tpm_tp_back_slice(tpm_tp_model_t *m, int g, int t);
+/** Exchange the two weight buffers: the next forward computes on what was the back one. */
+void tpm_tp_swap(tpm_tp_model_t *m);
 
 /** The slice of tensor @p t of group @p g (tpm_model_group_desc numbering); borrowed. */
 tpm_tp_slice_t *tpm_tp_slice(tpm_tp_model_t *m, int g, int t);

@@ -276,3 +276,76 @@ int32_t tpm_sampler_sample(tpm_sampler_t *s, const float *logits, const tpm_samp
     }
     return s->idx[n_keep - 1];
 }
+
+void tpm_logprobs(const float *logits, int V, int32_t token, int k, float *lp_p, int32_t *top_ids,
+                  float *top_lp)
+{
+    float  mx    = -INFINITY;
+    double sum   = 0.0, lse;
+    int    n_top = 0;
+
+    k = k < 0 ? 0 : (k > TPM_LOGPROBS_MAX_TOP ? TPM_LOGPROBS_MAX_TOP : k);
+    k = k < V ? k : V;
+    for (int i = 0; i < V; i++) {
+        if (logits[i] > mx) { /* false for NaN */
+            mx = logits[i];
+        }
+    }
+    for (int i = 0; i < V; i++) {
+        if (logits[i] == logits[i]) {
+            sum += exp((double)logits[i] - (double)mx);
+        }
+    }
+    lse   = (double)mx + log(sum);
+    *lp_p = (token >= 0 && token < V && logits[token] == logits[token])
+                ? (float)((double)logits[token] - lse)
+                : -INFINITY;
+    /* top-k by insertion into a sorted list of at most k: k is small (<= 20) */
+    for (int i = 0; i < V && k > 0; i++) {
+        float v = logits[i] == logits[i] ? logits[i] : -INFINITY;
+        int   j;
+
+        if (n_top == k && !(v > top_lp[k - 1])) {
+            continue; /* ties keep the lower id, which came first */
+        }
+        j = n_top < k ? n_top++ : k - 1;
+        while (j > 0 && v > top_lp[j - 1]) {
+            top_lp[j]  = top_lp[j - 1];
+            top_ids[j] = top_ids[j - 1];
+            j--;
+        }
+        top_lp[j]  = v;
+        top_ids[j] = i;
+    }
+    for (int j = 0; j < n_top; j++) {
+        top_lp[j] = (float)((double)top_lp[j] - lse);
+    }
+}
+
+void tpm_sampler_adjust(float *logits, int V, const int32_t *bias_ids, const float *bias_val,
+                        int n_bias, const int32_t *gen, int n_gen, float presence, float frequency,
+                        int32_t *counts)
+{
+    for (int i = 0; i < n_bias; i++) {
+        if (bias_ids[i] >= 0 && bias_ids[i] < V) {
+            logits[bias_ids[i]] += bias_val[i];
+        }
+    }
+    if (presence == 0.0f && frequency == 0.0f) {
+        return;
+    }
+    for (int i = 0; i < n_gen; i++) {
+        if (gen[i] >= 0 && gen[i] < V) {
+            counts[gen[i]]++;
+        }
+    }
+    /* each distinct token once (its count is reset the first time it is seen) */
+    for (int i = 0; i < n_gen; i++) {
+        int32_t t = gen[i];
+
+        if (t >= 0 && t < V && counts[t] > 0) {
+            logits[t] -= (float)counts[t] * frequency + presence;
+            counts[t] = 0;
+        }
+    }
+}

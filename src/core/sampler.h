@@ -47,4 +47,26 @@ void         tpm_sampler_destroy(tpm_sampler_t *s); /* no-op on NULL */
 int32_t tpm_sampler_sample(tpm_sampler_t *s, const float *logits, const tpm_sampler_params_t *p,
                            uint64_t step);
 
+#define TPM_LOGPROBS_MAX_TOP 20 /* largest top-k of tpm_logprobs */
+
+/**
+ * Log-probabilities of the full distribution softmax(@p logits[0..V)) (the model's own
+ * distribution: no temperature, top_k or top_p): the log-probability of @p token in *lp_p,
+ * and the @p k (0..TPM_LOGPROBS_MAX_TOP) most likely tokens in @p top_ids / @p top_lp,
+ * most likely first, lowest id first on ties. The log-sum-exp is accumulated in double
+ * after subtracting the maximum; NaN logits count as -inf. Pure and thread-safe.
+ */
+void tpm_logprobs(const float *logits, int V, int32_t token, int k, float *lp_p, int32_t *top_ids,
+                  float *top_lp);
+
+/**
+ * OpenAI's logit adjustments, in place on @p logits[0..V), before sampling: each of the
+ * @p n_bias pairs adds @p bias_val[i] to token @p bias_ids[i] (ids outside [0, V) are
+ * skipped); then a token that occurs c > 0 times in @p gen[0..n_gen) (the tokens generated
+ * so far) loses c * @p frequency + @p presence. @p counts is scratch of V zeros, left zero.
+ */
+void tpm_sampler_adjust(float *logits, int V, const int32_t *bias_ids, const float *bias_val,
+                        int n_bias, const int32_t *gen, int n_gen, float presence, float frequency,
+                        int32_t *counts);
+
 #endif /* TPM_CORE_SAMPLER_H */

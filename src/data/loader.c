@@ -18,6 +18,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "base/file.h"
 #include "base/mem.h"
 #include "base/rng.h"
 
@@ -339,7 +340,7 @@ tpm_status_t tpm_tokens_write_shard(const char *path, const uint16_t *tok, size_
     put_u32(h, SHARD_MAGIC);
     put_u32(h + 4, SHARD_VERSION);
     put_u32(h + 8, (uint32_t)n);
-    /* Write then rename, so a reader never sees a half-written shard. */
+    /* temporary, fsync, rename, fsync of the folder: a reader never sees a torn shard */
     f = fopen(tmp, "wb");
     if (f == NULL) {
         tpm_log_error("open %s failed: %s", tmp, strerror(errno));
@@ -363,17 +364,7 @@ tpm_status_t tpm_tokens_write_shard(const char *path, const uint16_t *tok, size_
     if (status != TPM_OK) {
         tpm_log_error("write %s failed: %s", tmp, strerror(errno));
     }
-    if (fclose(f) != 0 && status == TPM_OK) {
-        tpm_log_error("close %s failed: %s", tmp, strerror(errno));
-        status = TPM_ERR_IO;
-    }
-    if (status == TPM_OK && rename(tmp, path) != 0) {
-        tpm_log_error("rename %s to %s failed: %s", tmp, path, strerror(errno));
-        status = TPM_ERR_IO;
-    }
-    if (status != TPM_OK) {
-        unlink(tmp);
-    }
+    status = tpm_file_commit(f, tmp, path, status);
     tpm_free(tmp);
     return status;
 }

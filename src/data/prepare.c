@@ -19,6 +19,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "base/file.h"
 #include "base/mem.h"
 #include "base/rng.h"
 #include "base/timer.h"
@@ -629,6 +630,8 @@ tpm_status_t tpm_prepare_builtin(char *buf, size_t cap)
     if (slash != NULL && slash != parent) {
         *slash = '\0';
         TPM_CHECK_GOTO(mkdir_p(parent), status, out);
+    } else {
+        snprintf(parent, sizeof(parent), "%s", slash == NULL ? "." : "/");
     }
     ret = snprintf(tmp, sizeof(tmp), "%s.tmp.%ld", dir, (long)getpid());
     if (ret < 0 || (size_t)ret >= sizeof(tmp)) {
@@ -644,7 +647,16 @@ tpm_status_t tpm_prepare_builtin(char *buf, size_t cap)
         remove_flat_dir(tmp);
         goto out;
     }
-    /* rename() is atomic: readers see either no cache folder or a complete one */
+    /*
+     * rename() is atomic: readers see either no cache folder or a complete one. Its files
+     * were fsync'ed as they were written (tpm_file_commit); the folder's entries and then the
+     * rename itself are made durable here.
+     */
+    status = tpm_dir_sync(tmp);
+    if (status != TPM_OK) {
+        remove_flat_dir(tmp);
+        goto out;
+    }
     if (rename(tmp, dir) != 0) {
         int err = errno;
 
@@ -660,7 +672,10 @@ tpm_status_t tpm_prepare_builtin(char *buf, size_t cap)
             goto out;
         }
     }
-    status = copy_out(dir, buf, cap);
+    status = tpm_dir_sync(parent);
+    if (status == TPM_OK) {
+        status = copy_out(dir, buf, cap);
+    }
 out:
     for (int i = 0; i < n; i++) {
         tpm_free(paths[i]);

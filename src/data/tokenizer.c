@@ -19,6 +19,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "base/file.h"
 #include "base/mem.h"
 
 #define TOK_MAGIC        0x424D5054u /* "TPMB" as little-endian bytes */
@@ -1103,37 +1104,19 @@ tpm_status_t tpm_tokenizer_save(const tpm_tokenizer_t *tok, const char *path)
     size_t       n;
     char         tmp[4096];
     FILE        *f;
-    int          ret;
 
-    ret = snprintf(tmp, sizeof(tmp), "%s.tmp", path);
-    if (ret < 0 || (size_t)ret >= sizeof(tmp)) {
-        tpm_log_error("tokenizer: path too long: %s", path);
-        return TPM_ERR_INVALID_ARG;
-    }
     TPM_CHECK(tpm_tokenizer_to_bytes(tok, &buf, &n));
-    /* Write then rename, so a reader never sees a half-written tokenizer. */
-    f = fopen(tmp, "wb");
-    if (f == NULL) {
-        tpm_log_error("open %s failed: %s", tmp, strerror(errno));
+    /* temporary, fsync, rename, fsync of the folder: a reader never sees a torn tokenizer */
+    status = tpm_file_create_tmp(path, tmp, sizeof(tmp), &f);
+    if (status != TPM_OK) {
         tpm_free(buf);
-        return TPM_ERR_IO;
+        return status;
     }
-    status = TPM_OK;
     if (fwrite(buf, 1, n, f) != n) {
         tpm_log_error("write %s failed: %s", tmp, strerror(errno));
         status = TPM_ERR_IO;
     }
-    if (fclose(f) != 0 && status == TPM_OK) {
-        tpm_log_error("close %s failed: %s", tmp, strerror(errno));
-        status = TPM_ERR_IO;
-    }
-    if (status == TPM_OK && rename(tmp, path) != 0) {
-        tpm_log_error("rename %s to %s failed: %s", tmp, path, strerror(errno));
-        status = TPM_ERR_IO;
-    }
-    if (status != TPM_OK) {
-        unlink(tmp);
-    }
+    status = tpm_file_commit(f, tmp, path, status);
     tpm_free(buf);
     return status;
 }

@@ -12,7 +12,10 @@
  */
 #include "serve/api.h"
 
+#include <ctype.h>
+#include <errno.h>
 #include <jansson.h>
+#include <limits.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -231,11 +234,9 @@ static int api_get_bool(json_t *root, const char *key, int *v_p, tpm_api_error_t
 /* OpenAI parameters we do not implement: refuse them rather than silently ignoring them */
 static int api_check_unsupported(json_t *root, tpm_api_error_t *err)
 {
-    json_int_t  k    = 1;
-    int         echo = 0;
-    double      pen  = 0.0;
-    json_t     *v;
-    const char *pens[] = {"presence_penalty", "frequency_penalty"};
+    json_int_t k    = 1;
+    int        echo = 0;
+    json_t    *v;
 
     if (!api_get_int(root, "n", 1, 1, &k, NULL, err)) {
         api_bad(err, "n", "'n' must be 1: this server returns one completion per request");
@@ -250,31 +251,12 @@ static int api_check_unsupported(json_t *root, tpm_api_error_t *err)
     if (!api_get_bool(root, "echo", &echo, err)) {
         return 0;
     }
-    if (echo) {
-        api_bad(err, "echo", "'echo' is not supported");
-        return 0;
-    }
-    if (api_field(root, "logprobs") != NULL) {
-        api_bad(err, "logprobs", "'logprobs' is not supported");
+    if (!api_get_int(root, "logprobs", 0, 20, &k, NULL, err)) {
         return 0;
     }
     v = api_field(root, "suffix");
     if (v != NULL && !(json_is_string(v) && json_string_length(v) == 0)) {
         api_bad(err, "suffix", "'suffix' is not supported");
-        return 0;
-    }
-    for (size_t i = 0; i < sizeof(pens) / sizeof(pens[0]); i++) {
-        if (!api_get_number(root, pens[i], -2.0, 2.0, &pen, err)) {
-            return 0;
-        }
-        if (pen != 0.0) {
-            api_bad(err, pens[i], "'%s' is not supported (only 0)", pens[i]);
-            return 0;
-        }
-    }
-    v = api_field(root, "logit_bias");
-    if (v != NULL && !(json_is_object(v) && json_object_size(v) == 0)) {
-        api_bad(err, "logit_bias", "'logit_bias' is not supported");
         return 0;
     }
     return 1;
@@ -341,6 +323,35 @@ static int api_encode(const tpm_tokenizer_t *tok, json_t *s, int32_t **ids_p, si
     return 1;
 }
 
+/* a growable byte buffer for rendered prompts */
+typedef struct {
+    char  *s;
+    size_t n, cap;
+} api_text_buf_t;
+
+static int api_buf_add(api_text_buf_t *b, const char *s, size_t n, tpm_api_error_t *err)
+{
+    if (b->n + n + 1 > b->cap) {
+        size_t c = b->cap > 0 ? b->cap : 256;
+        char  *p;
+
+        while (c < b->n + n + 1) {
+            c *= 2;
+        }
+        p = realloc(b->s, c);
+        if (p == NULL) {
+            api_oom(err);
+            return 0;
+        }
+        b->s   = p;
+        b->cap = c;
+    }
+    memcpy(b->s + b->n, s, n);
+    b->n += n;
+    b->s[b->n] = '\0';
+    return 1;
+}
+
 /* "prompt": a string, a list of token ids, or a list holding exactly one of those */
 static int api_prompt(json_t *root, const tpm_api_limits_t *lim, const tpm_tokenizer_t *tok,
                       tpm_serve_job_t *job, tpm_api_error_t *err)
@@ -383,6 +394,13 @@ static int api_prompt(json_t *root, const tpm_api_limits_t *lim, const tpm_token
             api_bad(err, "prompt", "'prompt' must not be an empty list");
             return 0;
         }
+        if (json_array_size(p) > (size_t)lim->n_ctx) {
+            api_bad(err, "prompt",
+                    "the prompt has %zu tokens, more than this model's context of %d tokens",
+                    json_array_size(p), lim->n_ctx);
+            err->code = "context_length_exceeded";
+            return 0;
+        }
         if (!api_token_array(p, lim->vocab, (size_t)lim->n_ctx, "prompt", &job->prompt, &n_int,
                              err)) {
             return 0;
@@ -400,7 +418,8 @@ static int api_prompt(json_t *root, const tpm_api_limits_t *lim, const tpm_token
         n              = 1;
     }
     if (n > (size_t)lim->n_ctx) {
-        api_bad(err, "prompt", "the prompt has %zu tokens; this model's context is %d tokens", n,
+        api_bad(err, "prompt",
+                "the prompt has %zu tokens, more than this model's context of %d tokens", n,
                 lim->n_ctx);
         err->code = "context_length_exceeded";
         return 0;
@@ -409,41 +428,37 @@ static int api_prompt(json_t *root, const tpm_api_limits_t *lim, const tpm_token
     return 1;
 }
 
-static int api_max_tokens(json_t *root, const tpm_api_limits_t *lim, tpm_serve_job_t *job,
-                          tpm_api_error_t *err)
+/*
+ * The context rule: a prompt of p tokens (1 <= p <= n_ctx) may generate up to n_ctx - p + 1
+ * tokens. Every generated token but the last is fed back and takes a KV cache row; the last
+ * one only needs the logits of the row before it, so a prompt that fills the context still
+ * gets its next token. The engine stops at the same point (TPM_FINISH_LENGTH).
+ */
+static int api_max_tokens(json_t *root, const char *key, const tpm_api_limits_t *lim,
+                          tpm_serve_job_t *job, tpm_api_error_t *err)
 {
     json_int_t mt      = 0;
     int        present = 0;
-    int        room    = lim->n_ctx - job->n_prompt;
+    int        room    = lim->n_ctx - job->n_prompt + 1; /* >= 1: api_prompt checked p */
+    int        hi      = room < lim->max_tokens ? room : lim->max_tokens;
 
-    if (!api_get_int(root, "max_tokens", INT32_MIN, INT32_MAX, &mt, &present, err)) {
+    if (!api_get_int(root, key, LLONG_MIN, LLONG_MAX, &mt, &present, err)) {
         return 0;
     }
     if (!present) {
-        mt = TPM_API_DEFAULT_MAX_TOKENS;
-        mt = mt < lim->max_tokens ? mt : lim->max_tokens;
-        mt = mt < room ? mt : room;
-        if (mt < 1) {
-            mt = 1; /* reported as a context overflow just below */
-        }
+        mt = TPM_API_DEFAULT_MAX_TOKENS < hi ? TPM_API_DEFAULT_MAX_TOKENS : hi;
     }
-    if (mt < 1) {
-        api_bad(err, "max_tokens", "'max_tokens' must be at least 1, got %lld", (long long)mt);
-        return 0;
-    }
-    if (mt > lim->max_tokens) {
-        api_bad(err, "max_tokens",
-                "'max_tokens' is %lld, more than this server's limit of %d "
-                "(--max-tokens)",
-                (long long)mt, lim->max_tokens);
+    if (mt < 1 || mt > lim->max_tokens) {
+        api_bad(err, key, "'%s' must be from 1 to %d (this server's --max-tokens), got %lld", key,
+                lim->max_tokens, (long long)mt);
         return 0;
     }
     if (mt > room) {
         api_bad(err, "prompt",
-                "this model's maximum context length is %d tokens, however you "
-                "requested %lld tokens (%d in your prompt; %lld for the "
-                "completion); reduce the prompt or max_tokens",
-                lim->n_ctx, (long long)mt + job->n_prompt, job->n_prompt, (long long)mt);
+                "this model's context is %d tokens: a prompt of %d tokens leaves room for at "
+                "most %d new tokens (n_ctx - prompt + 1: the last token needs no room), "
+                "however you requested %s %lld; reduce the prompt or %s",
+                lim->n_ctx, job->n_prompt, room, key, (long long)mt, key);
         err->code = "context_length_exceeded";
         return 0;
     }
@@ -502,6 +517,62 @@ static int api_stop(json_t *root, tpm_serve_job_t *job, tpm_api_error_t *err)
     return 1;
 }
 
+/* presence_penalty, frequency_penalty in [-2, 2]; logit_bias {"token id": bias in [-100, 100]} */
+static int api_penalties(json_t *root, const tpm_api_limits_t *lim, tpm_serve_job_t *job,
+                         tpm_api_error_t *err)
+{
+    double      pres = 0.0, freq = 0.0;
+    json_t     *v = api_field(root, "logit_bias"), *val;
+    const char *key;
+    int         i = 0;
+
+    if (!api_get_number(root, "presence_penalty", -2.0, 2.0, &pres, err) ||
+        !api_get_number(root, "frequency_penalty", -2.0, 2.0, &freq, err)) {
+        return 0;
+    }
+    job->presence_penalty  = (float)pres;
+    job->frequency_penalty = (float)freq;
+    if (v == NULL) {
+        return 1;
+    }
+    if (!json_is_object(v) || json_object_size(v) > TPM_API_MAX_LOGIT_BIAS) {
+        api_bad(err, "logit_bias", "'logit_bias' must be an object of at most %d token ids",
+                TPM_API_MAX_LOGIT_BIAS);
+        return 0;
+    }
+    if (json_object_size(v) == 0) {
+        return 1;
+    }
+    if (tpm_malloc(json_object_size(v) * sizeof(int32_t), (void **)&job->bias_ids) != TPM_OK ||
+        tpm_malloc(json_object_size(v) * sizeof(float), (void **)&job->bias_val) != TPM_OK) {
+        api_oom(err);
+        return 0;
+    }
+    json_object_foreach(v, key, val)
+    {
+        char *endp;
+        long  id;
+
+        errno = 0;
+        id    = strtol(key, &endp, 10);
+        if (errno != 0 || endp == key || *endp != '\0' || id < 0 || id >= lim->vocab) {
+            api_bad(err, "logit_bias",
+                    "'logit_bias' keys must be token ids from 0 to %d, got '%.32s'", lim->vocab - 1,
+                    key);
+            return 0;
+        }
+        if (!json_is_number(val) || json_number_value(val) < -100.0 ||
+            json_number_value(val) > 100.0) {
+            api_bad(err, "logit_bias", "'logit_bias' values must be numbers from -100 to 100");
+            return 0;
+        }
+        job->bias_ids[i] = (int32_t)id;
+        job->bias_val[i] = (float)json_number_value(val);
+        job->n_bias      = ++i;
+    }
+    return 1;
+}
+
 static int api_sampling(json_t *root, const tpm_api_limits_t *lim, uint64_t default_seed,
                         tpm_serve_job_t *job, tpm_api_error_t *err)
 {
@@ -524,7 +595,7 @@ static int api_sampling(json_t *root, const tpm_api_limits_t *lim, uint64_t defa
     /* -1 (vLLM) and 0 both mean off; more than V is the same as off */
     job->top_k = (top_k <= 0 || top_k >= lim->vocab) ? 0 : (int)top_k;
     job->seed  = has_seed ? (uint64_t)seed : default_seed;
-    return 1;
+    return api_penalties(root, lim, job, err);
 }
 
 void tpm_api_job_free(tpm_serve_job_t *job)
@@ -533,6 +604,8 @@ void tpm_api_job_free(tpm_serve_job_t *job)
         return;
     }
     tpm_free(job->prompt);
+    tpm_free(job->bias_ids);
+    tpm_free(job->bias_val);
     for (int i = 0; i < TPM_SERVE_MAX_STOP; i++) {
         tpm_free(job->stop[i]);
     }
@@ -547,7 +620,8 @@ tpm_status_t tpm_api_completion_parse(const char *body, size_t n, const tpm_api_
     tpm_serve_job_t *job    = NULL;
     int              stream = 0, include_usage = 0;
 
-    root = api_load_object(body, n, err);
+    req_p->echo = 0;
+    root        = api_load_object(body, n, err);
     if (root == NULL) {
         return err->http_status == 500 ? TPM_ERR_NO_MEMORY : TPM_ERR_INVALID_ARG;
     }
@@ -569,9 +643,22 @@ tpm_status_t tpm_api_completion_parse(const char *body, size_t n, const tpm_api_
         api_oom(err);
         goto err_bad;
     }
-    if (!api_prompt(root, lim, tok, job, err) || !api_max_tokens(root, lim, job, err) ||
+    if (!api_prompt(root, lim, tok, job, err) ||
+        !api_max_tokens(root, "max_tokens", lim, job, err) ||
         !api_sampling(root, lim, default_seed, job, err) || !api_stop(root, job, err) ||
-        !api_get_bool(root, "stream", &stream, err)) {
+        !api_get_bool(root, "stream", &stream, err) ||
+        !api_get_bool(root, "echo", &req_p->echo, err)) {
+        goto err_bad;
+    }
+    v = api_field(root, "logprobs");
+    if (v != NULL) {
+        job->logprobs     = 1;
+        job->top_logprobs = (int)json_integer_value(v); /* 0..20: api_check_unsupported */
+        job->echo         = req_p->echo;
+    }
+    if (stream && (job->logprobs || req_p->echo)) {
+        api_bad(err, job->logprobs ? "logprobs" : "echo", "'%s' is not supported with 'stream' yet",
+                job->logprobs ? "logprobs" : "echo");
         goto err_bad;
     }
     v = api_field(root, "stream_options");
@@ -589,12 +676,423 @@ tpm_status_t tpm_api_completion_parse(const char *body, size_t n, const tpm_api_
     req_p->job           = job;
     req_p->stream        = stream;
     req_p->include_usage = stream && include_usage;
+    req_p->chat          = 0;
     return TPM_OK;
 
 err_bad:
     tpm_api_job_free(job);
     json_decref(root);
     return err->http_status == 500 ? TPM_ERR_NO_MEMORY : TPM_ERR_INVALID_ARG;
+}
+
+/* ---- chat completions ---------------------------------------------------------------------- */
+
+/* the chat templates: how a list of messages becomes one prompt (docs/SERVING.md) */
+static const struct {
+    const char *name;
+    const char *bos;        /* once, at the start */
+    const char *role_pre;   /* before the role's name ... */
+    const char *role_post;  /* ... and after it */
+    const char *turn_close; /* after each message's content; also the stop string */
+    const char *turn_after; /* after turn_close */
+    int         trim;       /* strip the content's leading and trailing white space */
+} api_chat_templates[] = {
+    [TPM_CHAT_CHATML] = {"chatml", "", "<|im_start|>", "\n", "<|im_end|>", "\n", 0},
+    [TPM_CHAT_LLAMA3] = {"llama3", "<|begin_of_text|>", "<|start_header_id|>",
+                         "<|end_header_id|>\n\n", "<|eot_id|>", "", 1},
+};
+
+const char *tpm_api_chat_template_name(tpm_chat_template_t t)
+{
+    return (unsigned)t < sizeof(api_chat_templates) / sizeof(api_chat_templates[0])
+               ? api_chat_templates[t].name
+               : NULL;
+}
+
+int tpm_api_chat_template_parse(const char *name, tpm_chat_template_t *t_p)
+{
+    for (size_t i = 0; i < sizeof(api_chat_templates) / sizeof(api_chat_templates[0]); i++) {
+        if (strcmp(name, api_chat_templates[i].name) == 0) {
+            *t_p = (tpm_chat_template_t)i;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* a message's content: a string, or a list of {"type": "text", "text": ...} parts (joined) */
+static int api_chat_content(json_t *m, size_t k, int allow_null, api_text_buf_t *out,
+                            tpm_api_error_t *err)
+{
+    json_t *c = api_field(m, "content");
+
+    if (c == NULL && allow_null) {
+        return 1;
+    }
+    if (c != NULL && json_is_string(c)) {
+        return api_buf_add(out, json_string_value(c), json_string_length(c), err);
+    }
+    if (c != NULL && json_is_array(c)) {
+        for (size_t i = 0; i < json_array_size(c); i++) {
+            json_t *part = json_array_get(c, i), *type = json_object_get(part, "type"),
+                   *text = json_object_get(part, "text");
+
+            if (!json_is_object(part) || !json_is_string(type) ||
+                strcmp(json_string_value(type), "text") != 0 || !json_is_string(text)) {
+                api_bad(err, "messages",
+                        "messages[%zu].content[%zu]: only {\"type\": \"text\", \"text\": ...} "
+                        "parts are supported",
+                        k, i);
+                return 0;
+            }
+            if (!api_buf_add(out, json_string_value(text), json_string_length(text), err)) {
+                return 0;
+            }
+        }
+        return 1;
+    }
+    api_bad(err, "messages", "messages[%zu].content must be a string or a list of text parts", k);
+    return 0;
+}
+
+static int api_chat_open_turn(tpm_chat_template_t t, const char *role, api_text_buf_t *out,
+                              tpm_api_error_t *err)
+{
+    return api_buf_add(out, api_chat_templates[t].role_pre, strlen(api_chat_templates[t].role_pre),
+                       err) &&
+           api_buf_add(out, role, strlen(role), err) &&
+           api_buf_add(out, api_chat_templates[t].role_post,
+                       strlen(api_chat_templates[t].role_post), err);
+}
+
+/* render "messages" with the template into one string (caller frees out->s) */
+static int api_chat_render(json_t *root, tpm_chat_template_t t, api_text_buf_t *out,
+                           tpm_api_error_t *err)
+{
+    static const char *roles[] = {"system", "developer", "user", "assistant"};
+    json_t            *msgs    = api_field(root, "messages");
+
+    if (msgs == NULL) {
+        api_bad(err, "messages", "'messages' is required");
+        return 0;
+    }
+    if (!json_is_array(msgs) || json_array_size(msgs) == 0) {
+        api_bad(err, "messages", "'messages' must be a non-empty list of messages");
+        return 0;
+    }
+    if (!api_buf_add(out, api_chat_templates[t].bos, strlen(api_chat_templates[t].bos), err)) {
+        return 0;
+    }
+    for (size_t k = 0; k < json_array_size(msgs); k++) {
+        json_t     *m    = json_array_get(msgs, k), *role;
+        const char *name = NULL;
+        size_t      c0;
+
+        role = json_is_object(m) ? json_object_get(m, "role") : NULL;
+        if (!json_is_string(role)) {
+            api_bad(err, "messages", "messages[%zu] must be an object with a string 'role'", k);
+            return 0;
+        }
+        for (size_t i = 0; i < sizeof(roles) / sizeof(roles[0]); i++) {
+            if (strcmp(json_string_value(role), roles[i]) == 0) {
+                name = roles[i];
+            }
+        }
+        if (name == NULL) {
+            api_bad(err, "messages",
+                    "messages[%zu].role '%.32s' is not supported (system, developer, user, "
+                    "assistant)",
+                    k, json_string_value(role));
+            return 0;
+        }
+        if (strcmp(name, "developer") == 0) {
+            name = "system"; /* OpenAI's newer name for the system message */
+        }
+        if (api_field(m, "tool_calls") != NULL) {
+            api_bad(err, "messages", "messages[%zu]: tool calls are not supported", k);
+            return 0;
+        }
+        if (!api_chat_open_turn(t, name, out, err)) {
+            return 0;
+        }
+        c0 = out->n;
+        if (!api_chat_content(m, k, strcmp(name, "assistant") == 0, out, err)) {
+            return 0;
+        }
+        if (api_chat_templates[t].trim) {
+            size_t a = c0, b = out->n;
+
+            while (a < b && isspace((unsigned char)out->s[a])) {
+                a++;
+            }
+            while (b > a && isspace((unsigned char)out->s[b - 1])) {
+                b--;
+            }
+            memmove(out->s + c0, out->s + a, b - a);
+            out->n = c0 + (b - a);
+        }
+        if (!api_buf_add(out, api_chat_templates[t].turn_close,
+                         strlen(api_chat_templates[t].turn_close), err) ||
+            !api_buf_add(out, api_chat_templates[t].turn_after,
+                         strlen(api_chat_templates[t].turn_after), err)) {
+            return 0;
+        }
+    }
+    /* the generation prompt: the assistant's turn is open */
+    return api_chat_open_turn(t, "assistant", out, err);
+}
+
+/* what stays refused in a chat request (400) */
+static int api_chat_check_unsupported(json_t *root, tpm_api_error_t *err)
+{
+    static const char *refused[] = {"tools", "tool_choice", "functions", "function_call",
+                                    "audio", "modalities",  "prediction"};
+    json_int_t         k = 1, top = 0;
+    int                lp = 0;
+    json_t            *v;
+
+    if (!api_get_int(root, "n", 1, 1, &k, NULL, err)) {
+        api_bad(err, "n", "'n' must be 1: this server returns one choice per request");
+        return 0;
+    }
+    if (!api_get_bool(root, "logprobs", &lp, err) ||
+        !api_get_int(root, "top_logprobs", 0, 20, &top, NULL, err)) {
+        return 0;
+    }
+    if (!lp && api_field(root, "top_logprobs") != NULL) {
+        api_bad(err, "top_logprobs", "'top_logprobs' needs 'logprobs': true");
+        return 0;
+    }
+    for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); i++) {
+        if (api_field(root, refused[i]) != NULL) {
+            api_bad(err, refused[i], "'%s' is not supported", refused[i]);
+            return 0;
+        }
+    }
+    v = api_field(root, "response_format");
+    if (v != NULL) {
+        json_t *type = json_object_get(v, "type");
+
+        if (!json_is_string(type) || strcmp(json_string_value(type), "text") != 0) {
+            api_bad(err, "response_format",
+                    "only 'response_format': {\"type\": \"text\"} is "
+                    "supported");
+            return 0;
+        }
+    }
+    return 1;
+}
+
+tpm_status_t tpm_api_chat_parse(const char *body, size_t n, const tpm_api_limits_t *lim,
+                                const tpm_tokenizer_t *tok, uint64_t default_seed,
+                                tpm_api_completion_t *req_p, tpm_api_error_t *err)
+{
+    json_t          *root, *v, *text = NULL;
+    tpm_serve_job_t *job    = NULL;
+    int              stream = 0, include_usage = 0, slot = -1;
+    api_text_buf_t   prompt = {NULL, 0, 0};
+    size_t           n_ids  = 0;
+    const char      *close  = api_chat_templates[lim->chat_template].turn_close;
+
+    root = api_load_object(body, n, err);
+    if (root == NULL) {
+        return err->http_status == 500 ? TPM_ERR_NO_MEMORY : TPM_ERR_INVALID_ARG;
+    }
+    v = api_field(root, "model");
+    if (v != NULL && !json_is_string(v)) {
+        api_bad(err, "model", "'model' must be a string");
+        goto err_bad;
+    }
+    if (v != NULL && lim->model != NULL && strcmp(json_string_value(v), lim->model) != 0) {
+        tpm_api_error_set(err, 404, "invalid_request_error", "model_not_found", "model",
+                          "the model '%.128s' does not exist; this server serves '%.128s'",
+                          json_string_value(v), lim->model);
+        goto err_bad;
+    }
+    if (!api_chat_check_unsupported(root, err)) {
+        goto err_bad;
+    }
+    if (tpm_calloc(1, sizeof(*job), (void **)&job) != TPM_OK) {
+        api_oom(err);
+        goto err_bad;
+    }
+    if (!api_chat_render(root, lim->chat_template, &prompt, err)) {
+        goto err_bad;
+    }
+    text = json_stringn(prompt.s, prompt.n);
+    if (text == NULL) {
+        api_bad(err, "messages", "message contents must be valid UTF-8");
+        goto err_bad;
+    }
+    if (!api_encode(tok, text, &job->prompt, &n_ids, err)) {
+        goto err_bad;
+    }
+    if (n_ids > (size_t)lim->n_ctx) {
+        api_bad(err, "messages",
+                "the messages take %zu tokens with the chat template, more than this model's "
+                "context of %d tokens",
+                n_ids, lim->n_ctx);
+        err->code = "context_length_exceeded";
+        goto err_bad;
+    }
+    job->n_prompt = (int)n_ids;
+    v             = api_field(root, "logprobs");
+    if (v != NULL && json_is_true(v)) {
+        job->logprobs     = 1;
+        v                 = api_field(root, "top_logprobs");
+        job->top_logprobs = v != NULL ? (int)json_integer_value(v) : 0;
+    }
+    /* max_completion_tokens is the current name; max_tokens the deprecated one */
+    if (!api_max_tokens(root,
+                        api_field(root, "max_completion_tokens") != NULL ? "max_completion_tokens"
+                                                                         : "max_tokens",
+                        lim, job, err) ||
+        !api_sampling(root, lim, default_seed, job, err) || !api_stop(root, job, err) ||
+        !api_get_bool(root, "stream", &stream, err)) {
+        goto err_bad;
+    }
+    /* the end-of-turn marker ends the answer, as a stop string */
+    for (int i = TPM_SERVE_MAX_STOP - 1; i >= 0; i--) {
+        if (job->stop[i] == NULL) {
+            slot = i;
+        }
+    }
+    if (slot < 0) {
+        api_bad(err, "stop",
+                "at most %d stop strings in a chat request (the template's end of turn is one)",
+                TPM_SERVE_MAX_STOP - 1);
+        goto err_bad;
+    }
+    if (tpm_malloc(strlen(close) + 1, (void **)&job->stop[slot]) != TPM_OK) {
+        api_oom(err);
+        goto err_bad;
+    }
+    memcpy(job->stop[slot], close, strlen(close) + 1);
+    if (stream && job->logprobs) {
+        api_bad(err, "logprobs", "'logprobs' is not supported with 'stream' yet");
+        goto err_bad;
+    }
+    v = api_field(root, "stream_options");
+    if (v != NULL) {
+        if (!json_is_object(v)) {
+            api_bad(err, "stream_options", "'stream_options' must be an object");
+            goto err_bad;
+        }
+        if (!api_get_bool(v, "include_usage", &include_usage, err)) {
+            snprintf(err->param, sizeof(err->param), "stream_options.include_usage");
+            goto err_bad;
+        }
+    }
+    json_decref(text);
+    free(prompt.s);
+    json_decref(root);
+    req_p->job           = job;
+    req_p->stream        = stream;
+    req_p->include_usage = stream && include_usage;
+    req_p->chat          = 1;
+    req_p->echo          = 0;
+    return TPM_OK;
+
+err_bad:
+    json_decref(text);
+    free(prompt.s);
+    tpm_api_job_free(job);
+    json_decref(root);
+    return err->http_status == 500 ? TPM_ERR_NO_MEMORY : TPM_ERR_INVALID_ARG;
+}
+
+/* ---- embeddings --------------------------------------------------------------------------- */
+
+tpm_status_t tpm_api_embeddings_parse(const char *body, size_t n, const tpm_api_limits_t *lim,
+                                      const tpm_tokenizer_t *tok, tpm_serve_job_t **job_p,
+                                      tpm_api_error_t *err)
+{
+    json_t          *root, *v;
+    tpm_serve_job_t *job = NULL;
+
+    root = api_load_object(body, n, err);
+    if (root == NULL) {
+        return err->http_status == 500 ? TPM_ERR_NO_MEMORY : TPM_ERR_INVALID_ARG;
+    }
+    v = api_field(root, "model");
+    if (v != NULL && !json_is_string(v)) {
+        api_bad(err, "model", "'model' must be a string");
+        goto err_bad;
+    }
+    if (v != NULL && lim->model != NULL && strcmp(json_string_value(v), lim->model) != 0) {
+        tpm_api_error_set(err, 404, "invalid_request_error", "model_not_found", "model",
+                          "the model '%.128s' does not exist; this server serves '%.128s'",
+                          json_string_value(v), lim->model);
+        goto err_bad;
+    }
+    v = api_field(root, "encoding_format");
+    if (v != NULL && !(json_is_string(v) && strcmp(json_string_value(v), "float") == 0)) {
+        api_bad(err, "encoding_format", "only 'encoding_format': 'float' is supported");
+        goto err_bad;
+    }
+    if (api_field(root, "dimensions") != NULL) {
+        api_bad(err, "dimensions", "'dimensions' is not supported (the model's width is used)");
+        goto err_bad;
+    }
+    v = api_field(root, "input");
+    if (v == NULL) {
+        api_bad(err, "input", "'input' is required");
+        goto err_bad;
+    }
+    if (json_is_array(v) && json_array_size(v) > 1 && !json_is_integer(json_array_get(v, 0))) {
+        api_bad(err, "input", "'input' may hold one text or one list of token ids per request");
+        goto err_bad;
+    }
+    /* the prompt rules of completions (one string or one token list, at most n_ctx) */
+    if (json_object_set(root, "prompt", v) != 0 || tpm_calloc(1, sizeof(*job), (void **)&job)) {
+        api_oom(err);
+        goto err_bad;
+    }
+    if (!api_prompt(root, lim, tok, job, err)) {
+        if (strcmp(err->param, "prompt") == 0) {
+            snprintf(err->param, sizeof(err->param), "input");
+        }
+        goto err_bad;
+    }
+    job->embed      = 1;
+    job->max_tokens = 1;
+    json_decref(root);
+    *job_p = job;
+    return TPM_OK;
+
+err_bad:
+    tpm_api_job_free(job);
+    json_decref(root);
+    return err->http_status == 500 ? TPM_ERR_NO_MEMORY : TPM_ERR_INVALID_ARG;
+}
+
+tpm_status_t tpm_api_embeddings_json(const char *model, const float *vec, int C, int prompt_tokens,
+                                     char **json_p, size_t *n_p)
+{
+    json_t *root = json_object(), *data = json_array(), *item = json_object(), *emb = json_array(),
+           *u = json_object();
+    int ok    = root != NULL && data != NULL && item != NULL && emb != NULL && u != NULL;
+
+    for (int c = 0; ok && c < C; c++) {
+        ok = json_array_append_new(emb, json_real(vec[c])) == 0;
+    }
+    api_set(item, "object", json_string("embedding"), &ok);
+    api_set(item, "index", json_integer(0), &ok);
+    api_set(item, "embedding", emb, &ok);
+    if (ok && json_array_append_new(data, item) != 0) {
+        ok = 0;
+    }
+    api_set(u, "prompt_tokens", json_integer(prompt_tokens), &ok);
+    api_set(u, "total_tokens", json_integer(prompt_tokens), &ok);
+    api_set(root, "object", json_string("list"), &ok);
+    api_set(root, "data", data, &ok);
+    api_set(root, "model", api_json_string(model, strlen(model)), &ok);
+    api_set(root, "usage", u, &ok);
+    if (!ok) {
+        json_decref(root);
+        return TPM_ERR_NO_MEMORY;
+    }
+    return api_dump(root, json_p, n_p);
 }
 
 /* ---- responses --------------------------------------------------------------------------- */
@@ -647,6 +1145,121 @@ static json_t *api_timings(const tpm_api_result_t *r, int *ok)
     return t;
 }
 
+/* a token's text for logprobs (repaired to UTF-8), and its byte length */
+static json_t *api_token_string(const tpm_tokenizer_t *tok, int32_t id, size_t *len_p)
+{
+    size_t      len = 0;
+    const char *b   = tpm_tokenizer_token_bytes(tok, id, &len);
+
+    *len_p = b != NULL ? len : 0;
+    return api_json_string(b != NULL ? b : "", b != NULL ? len : 0);
+}
+
+static json_t *api_token_bytes(const tpm_tokenizer_t *tok, int32_t id, int *ok)
+{
+    size_t               len = 0;
+    const unsigned char *b   = (const unsigned char *)tpm_tokenizer_token_bytes(tok, id, &len);
+    json_t              *a   = json_array();
+
+    if (a == NULL) {
+        *ok = 0;
+        return NULL;
+    }
+    for (size_t i = 0; b != NULL && i < len; i++) {
+        if (json_array_append_new(a, json_integer(b[i])) != 0) {
+            *ok = 0;
+        }
+    }
+    return a;
+}
+
+/* completions: {"tokens", "token_logprobs", "top_logprobs", "text_offset"} */
+static json_t *api_logprobs_completion(const tpm_api_result_t *r, int *ok)
+{
+    json_t *o = json_object(), *toks = json_array(), *lps = json_array(), *tops = json_array(),
+           *offs = json_array();
+    size_t off   = 0;
+
+    if (o == NULL || toks == NULL || lps == NULL || tops == NULL || offs == NULL) {
+        *ok = 0;
+    }
+    for (int i = 0; *ok && i < r->n_lp; i++) {
+        const tpm_api_logprob_t *e = &r->lp[i];
+        size_t                   len;
+        json_t                  *top;
+
+        json_array_append_new(toks, api_token_string(r->tok, e->token, &len));
+        json_array_append_new(lps, e->has ? json_real(e->logprob) : json_null());
+        json_array_append_new(offs, json_integer((json_int_t)off));
+        off += len;
+        if (!e->has) {
+            json_array_append_new(tops, json_null());
+            continue;
+        }
+        top = json_object();
+        for (int k = 0; top != NULL && k < e->n_top; k++) {
+            size_t  l2;
+            json_t *key = api_token_string(r->tok, e->top_ids[k], &l2);
+
+            if (key == NULL ||
+                json_object_set_new(top, json_string_value(key), json_real(e->top_lp[k])) != 0) {
+                *ok = 0;
+            }
+            json_decref(key);
+        }
+        if (top == NULL || json_array_append_new(tops, top) != 0) {
+            *ok = 0;
+        }
+    }
+    api_set(o, "tokens", toks, ok);
+    api_set(o, "token_logprobs", lps, ok);
+    api_set(o, "top_logprobs", tops, ok);
+    api_set(o, "text_offset", offs, ok);
+    return o;
+}
+
+/* chat: {"content": [{"token", "logprob", "bytes", "top_logprobs": [...]}], "refusal": null} */
+static json_t *api_logprobs_chat(const tpm_api_result_t *r, int *ok)
+{
+    json_t *o = json_object(), *content = json_array();
+
+    if (o == NULL || content == NULL) {
+        *ok = 0;
+    }
+    for (int i = 0; *ok && i < r->n_lp; i++) {
+        const tpm_api_logprob_t *e = &r->lp[i];
+        json_t                  *c = json_object(), *tops = json_array();
+        size_t                   len;
+
+        if (c == NULL || tops == NULL) {
+            *ok = 0;
+            json_decref(c);
+            json_decref(tops);
+            break;
+        }
+        api_set(c, "token", api_token_string(r->tok, e->token, &len), ok);
+        api_set(c, "logprob", json_real(e->logprob), ok);
+        api_set(c, "bytes", api_token_bytes(r->tok, e->token, ok), ok);
+        for (int k = 0; k < e->n_top; k++) {
+            json_t *t = json_object();
+
+            api_set(t, "token", api_token_string(r->tok, e->top_ids[k], &len), ok);
+            api_set(t, "logprob", json_real(e->top_lp[k]), ok);
+            api_set(t, "bytes", api_token_bytes(r->tok, e->top_ids[k], ok), ok);
+            if (t == NULL || json_array_append_new(tops, t) != 0) {
+                *ok = 0;
+            }
+        }
+        api_set(c, "top_logprobs", tops, ok);
+        if (json_array_append_new(content, c) != 0) {
+            *ok = 0;
+        }
+    }
+    api_set(o, "content", content, ok);
+    api_set(o, "refusal", json_null(), ok);
+    return o;
+}
+
 tpm_status_t tpm_api_completion_json(const tpm_api_result_t *r, tpm_api_json_kind_t kind,
                                      char **json_p, size_t *n_p)
 {
@@ -659,18 +1272,57 @@ tpm_status_t tpm_api_completion_json(const tpm_api_result_t *r, tpm_api_json_kin
         return TPM_ERR_NO_MEMORY;
     }
     api_set(root, "id", json_string(r->id), &ok);
-    api_set(root, "object", json_string("text_completion"), &ok);
+    api_set(root, "object",
+            json_string(!r->chat ? "text_completion"
+                                 : (kind == TPM_API_JSON_FULL ? "chat.completion"
+                                                              : "chat.completion.chunk")),
+            &ok);
     api_set(root, "created", json_integer(r->created), &ok);
     api_set(root, "model", api_json_string(r->model, strlen(r->model)), &ok);
+    if (r->trainserve) {
+        char fp[40];
+
+        snprintf(fp, sizeof(fp), "tpmpi-step-%lld", (long long)r->weights_step);
+        api_set(root, "system_fingerprint", json_string(fp), &ok);
+    }
     api_set(root, "choices", choices, &ok);
     if (kind != TPM_API_JSON_USAGE) {
         c = json_object();
         if (c == NULL || json_array_append_new(choices, c) != 0) {
             ok = 0;
         } else {
-            api_set(c, "text", api_json_string(r->text != NULL ? r->text : "", r->text_len), &ok);
+            json_t *text = api_json_string(r->text != NULL ? r->text : "", r->text_len);
+
+            if (!r->chat) {
+                api_set(c, "text", text, &ok);
+            } else {
+                /* chat: the answer is a message; a stream sends deltas of it, the role in
+                 * the first one, nothing in the one with the finish_reason */
+                json_t *m = json_object();
+
+                if (m == NULL) {
+                    ok = 0;
+                    json_decref(text);
+                } else {
+                    if (kind == TPM_API_JSON_FULL || r->first) {
+                        api_set(m, "role", json_string("assistant"), &ok);
+                    }
+                    if (kind == TPM_API_JSON_FULL || r->text_len > 0 || r->first ||
+                        r->finish_reason == NULL) {
+                        api_set(m, "content", text, &ok);
+                    } else {
+                        json_decref(text);
+                    }
+                    api_set(c, kind == TPM_API_JSON_FULL ? "message" : "delta", m, &ok);
+                }
+            }
             api_set(c, "index", json_integer(0), &ok);
-            api_set(c, "logprobs", json_null(), &ok);
+            if (r->lp != NULL && r->tok != NULL) {
+                api_set(c, "logprobs",
+                        r->chat ? api_logprobs_chat(r, &ok) : api_logprobs_completion(r, &ok), &ok);
+            } else {
+                api_set(c, "logprobs", json_null(), &ok);
+            }
             api_set(c, "finish_reason",
                     r->finish_reason != NULL ? json_string(r->finish_reason) : json_null(), &ok);
         }
@@ -688,7 +1340,8 @@ tpm_status_t tpm_api_completion_json(const tpm_api_result_t *r, tpm_api_json_kin
     return api_dump(root, json_p, n_p);
 }
 
-static json_t *api_model_object(const char *model, int n_ctx, int64_t created, int *ok)
+static json_t *api_model_object(const char *model, int n_ctx, int64_t created, int64_t weights_step,
+                                int *ok)
 {
     json_t *m = json_object();
 
@@ -701,17 +1354,20 @@ static json_t *api_model_object(const char *model, int n_ctx, int64_t created, i
     api_set(m, "created", json_integer(created), ok);
     api_set(m, "owned_by", json_string("tpmpi"), ok);
     api_set(m, "max_model_len", json_integer(n_ctx), ok);
+    if (weights_step >= 0) {
+        api_set(m, "weights_step", json_integer(weights_step), ok);
+    }
     return m;
 }
 
 tpm_status_t tpm_api_models_json(const char *model, int n_ctx, int64_t created, int one,
-                                 char **json_p, size_t *n_p)
+                                 int64_t weights_step, char **json_p, size_t *n_p)
 {
     json_t *root, *data;
     int     ok = 1;
 
     if (one) {
-        root = api_model_object(model, n_ctx, created, &ok);
+        root = api_model_object(model, n_ctx, created, weights_step, &ok);
         if (!ok) {
             json_decref(root);
             return TPM_ERR_NO_MEMORY;
@@ -727,7 +1383,8 @@ tpm_status_t tpm_api_models_json(const char *model, int n_ctx, int64_t created, 
     }
     api_set(root, "object", json_string("list"), &ok);
     api_set(root, "data", data, &ok);
-    if (ok && json_array_append_new(data, api_model_object(model, n_ctx, created, &ok)) != 0) {
+    if (ok && json_array_append_new(
+                  data, api_model_object(model, n_ctx, created, weights_step, &ok)) != 0) {
         ok = 0;
     }
     if (!ok) {
@@ -997,8 +1654,8 @@ static const double itl_bounds[]  = {0.001, 0.0025, 0.005, 0.01,  0.015, 0.02, 0
                                      0.3,   0.4,    0.5,   0.75,  1.0,   2.5};
 static const double e2e_bounds[]  = {0.01, 0.025, 0.05, 0.1,  0.25, 0.5,  1.0,   2.5,   5.0,  10.0,
                                      15.0, 20.0,  30.0, 40.0, 50.0, 60.0, 120.0, 240.0, 480.0};
-static const int    metric_codes[TPM_API_N_CODES - 1] = {200, 400, 401, 404, 405,
-                                                         408, 413, 429, 500, 503};
+static const int    metric_codes[TPM_API_N_CODES - 1] = {200, 400, 401, 404, 405, 408,
+                                                         413, 429, 499, 500, 503};
 
 #define N_OF(_a) ((int)(sizeof(_a) / sizeof((_a)[0])))
 
@@ -1145,6 +1802,34 @@ tpm_status_t tpm_api_metrics_text(const tpm_api_metrics_t *m, const tpm_api_gaug
     api_text_printf(&t, "tpmpi:num_slots %d\n", g->slots);
     api_text_head(&t, "ready", "gauge", "1 when the weights are loaded and requests are served.");
     api_text_printf(&t, "tpmpi:ready %d\n", g->ready ? 1 : 0);
+    if (g->trainserve) {
+        api_text_head(&t, "weights_step", "gauge",
+                      "Optimizer step of the weights served (-1: none pushed yet).");
+        api_text_printf(&t, "tpmpi:weights_step %lld\n", (long long)g->weights_step);
+        api_text_head(&t, "weight_pushes_total", "counter",
+                      "Weight pushes from the training group swapped in.");
+        api_text_printf(&t, "tpmpi:weight_pushes_total %llu\n", (unsigned long long)g->pushes);
+        api_text_head(&t, "weight_push_bytes_total", "counter",
+                      "Weight bytes received by serving rank 0 in swapped-in pushes.");
+        api_text_printf(&t, "tpmpi:weight_push_bytes_total %llu\n",
+                        (unsigned long long)g->push_bytes);
+        api_text_head(&t, "weight_push_latency_seconds", "histogram",
+                      "Time from a push's header reaching serving rank 0 to the swap.");
+        for (int b = 0; b < g->n_push_buckets && b < TPM_SERVE_PUSH_BUCKETS; b++) {
+            if (isfinite(g->push_bounds[b])) { /* the +Inf bucket is the count, below */
+                api_text_printf(&t, "tpmpi:weight_push_latency_seconds_bucket{le=\"%g\"} %llu\n",
+                                g->push_bounds[b], (unsigned long long)g->push_le[b]);
+            }
+        }
+        api_text_printf(&t, "tpmpi:weight_push_latency_seconds_bucket{le=\"+Inf\"} %llu\n",
+                        (unsigned long long)g->pushes);
+        api_text_printf(&t, "tpmpi:weight_push_latency_seconds_sum %.9g\n", g->push_seconds);
+        api_text_printf(&t, "tpmpi:weight_push_latency_seconds_count %llu\n",
+                        (unsigned long long)g->pushes);
+        api_text_head(&t, "seconds_since_last_swap", "gauge",
+                      "Seconds since the last weight swap (-1: none yet).");
+        api_text_printf(&t, "tpmpi:seconds_since_last_swap %.3f\n", g->since_swap);
+    }
     api_text_hist(&t, "time_to_first_token_seconds",
                   "Time from request arrival to the first generated token.", &m->ttft);
     api_text_hist(&t, "inter_token_latency_seconds",

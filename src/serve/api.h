@@ -20,14 +20,27 @@
 
 #define TPM_API_DEFAULT_MAX_TOKENS 16   /* OpenAI's default when max_tokens is absent */
 #define TPM_API_MAX_STOP_BYTES     256  /* longest stop string accepted */
+#define TPM_API_MAX_LOGIT_BIAS     1024 /* most logit_bias entries in a request */
 #define TPM_API_SSE_KEEPALIVE_S    15.0 /* comment line sent on an idle stream */
 
 /** Limits a completion request is checked against. */
+/** The chat templates (docs/SERVING.md, POST /v1/chat/completions). */
+typedef enum {
+    TPM_CHAT_CHATML = 0, /* <|im_start|>role\ncontent<|im_end|>\n ... (the default) */
+    TPM_CHAT_LLAMA3,     /* <|begin_of_text|><|start_header_id|>role<|end_header_id|>\n\n ... */
+} tpm_chat_template_t;
+
+/** The template's name ("chatml", "llama3"), or NULL for an unknown value. */
+const char *tpm_api_chat_template_name(tpm_chat_template_t t);
+/** Parse a template name: 1 and *t_p set, or 0 for an unknown name. */
+int tpm_api_chat_template_parse(const char *name, tpm_chat_template_t *t_p);
+
 typedef struct tpm_api_limits {
-    const char *model;      /* model id: a request naming another one is answered 404 */
-    int         n_ctx;      /* tokens per slot: prompt + max_tokens must fit */
-    int         vocab;      /* V: prompt token ids must be < V */
-    int         max_tokens; /* --max-tokens: upper bound of a request's max_tokens */
+    const char         *model;         /* model id: a request naming another one is answered 404 */
+    int                 n_ctx;         /* tokens per slot: prompt + max_tokens must fit */
+    int                 vocab;         /* V: prompt token ids must be < V */
+    int                 max_tokens;    /* --max-tokens: upper bound of a request's max_tokens */
+    tpm_chat_template_t chat_template; /* how /v1/chat/completions renders messages */
 } tpm_api_limits_t;
 
 /** An error answer in OpenAI's shape {"error":{"message","type","param","code"}}. */
@@ -55,6 +68,8 @@ typedef struct tpm_api_completion {
     tpm_serve_job_t *job;           /* caller owns: free with tpm_api_job_free() */
     int              stream;        /* "stream": true */
     int              include_usage; /* "stream_options": {"include_usage": true} */
+    int              chat;          /* 1: a chat completion (answered as chat.completion) */
+    int              echo;          /* "echo": true: the answer's text starts with the prompt */
 } tpm_api_completion_t;
 
 /**
@@ -70,8 +85,45 @@ tpm_status_t tpm_api_completion_parse(const char *body, size_t n, const tpm_api_
                                       const tpm_tokenizer_t *tok, uint64_t default_seed,
                                       tpm_api_completion_t *req_p, tpm_api_error_t *err);
 
+/**
+ * Parse a POST /v1/chat/completions body: "messages" (roles system, developer = system,
+ * user, assistant; content a string or a list of text parts) rendered with
+ * lim->chat_template, with the generation prompt for the assistant's turn, then encoded;
+ * max_completion_tokens (or max_tokens), temperature, top_p, top_k, seed, stop (at most 3:
+ * the template's end-of-turn marker is added as a stop string), stream and stream_options
+ * as for completions. What stays refused (n > 1, logprobs, penalties, logit_bias, tools,
+ * a response_format other than text) is 400. Sets req_p->chat. Otherwise as
+ * tpm_api_completion_parse.
+ */
+tpm_status_t tpm_api_chat_parse(const char *body, size_t n, const tpm_api_limits_t *lim,
+                                const tpm_tokenizer_t *tok, uint64_t default_seed,
+                                tpm_api_completion_t *req_p, tpm_api_error_t *err);
+
+/**
+ * Parse a POST /v1/embeddings body: "input" (one string or one list of token ids, with the
+ * prompt rules of completions), "model", "encoding_format" ("float" only); "dimensions" is
+ * refused. The job has embed set. Caller owns *job_p (tpm_api_job_free). Pure.
+ */
+tpm_status_t tpm_api_embeddings_parse(const char *body, size_t n, const tpm_api_limits_t *lim,
+                                      const tpm_tokenizer_t *tok, tpm_serve_job_t **job_p,
+                                      tpm_api_error_t *err);
+
+/** {"object": "list", "data": [{"object": "embedding", "index": 0, "embedding"}], ...}. */
+tpm_status_t tpm_api_embeddings_json(const char *model, const float *vec, int C, int prompt_tokens,
+                                     char **json_p, size_t *n_p);
+
 /** Free a job made by tpm_api_completion_parse (prompt, stop strings, the job). NULL ok. */
 void tpm_api_job_free(tpm_serve_job_t *job);
+
+/** One token's log-probability for the answer (has = 0: JSON null, the echoed first token). */
+typedef struct tpm_api_logprob {
+    int32_t token;
+    float   logprob;
+    int     has;
+    int     n_top;
+    int32_t top_ids[20];
+    float   top_lp[20];
+} tpm_api_logprob_t;
 
 /** Timings and counts of one finished (or finishing) completion, for the response JSON. */
 typedef struct tpm_api_result {
@@ -86,6 +138,14 @@ typedef struct tpm_api_result {
     double      ttft_ms;      /* request arrival -> first token */
     double      prompt_ms;    /* submit -> first token (queue wait + prefill) */
     double      predicted_ms; /* first token -> last token */
+    int         chat;         /* a chat completion: "message" / "delta" instead of "text" */
+    int         first;        /* chat stream: the first chunk (carries the role) */
+    /* log-probabilities (optional: lp NULL means "logprobs": null) */
+    const tpm_api_logprob_t *lp;
+    int                      n_lp;
+    const tpm_tokenizer_t   *tok; /* token strings; needed with lp */
+    int         trainserve;   /* 1: "system_fingerprint" is "tpmpi-step-<weights_step>" */
+    int64_t     weights_step; /* optimizer step of the weights that answered */
 } tpm_api_result_t;
 
 /**
@@ -103,9 +163,12 @@ typedef enum {
 tpm_status_t tpm_api_completion_json(const tpm_api_result_t *r, tpm_api_json_kind_t kind,
                                      char **json_p, size_t *n_p);
 
-/** GET /v1/models (when @p one is 0) or GET /v1/models/{id} (one model object). */
+/**
+ * GET /v1/models (when @p one is 0) or GET /v1/models/{id} (one model object). With
+ * @p weights_step >= 0 (trainserve) the model object carries "weights_step".
+ */
 tpm_status_t tpm_api_models_json(const char *model, int n_ctx, int64_t created, int one,
-                                 char **json_p, size_t *n_p);
+                                 int64_t weights_step, char **json_p, size_t *n_p);
 
 /**
  * POST /tokenize: {"content": "..."} -> {"tokens": [...]}. POST /detokenize:
@@ -156,8 +219,12 @@ typedef struct tpm_api_hist {
     double        sum;
 } tpm_api_hist_t;
 
-/** HTTP status codes counted one by one; anything else goes to "other". */
-#define TPM_API_N_CODES 11
+/**
+ * HTTP status codes counted one by one (200 400 401 404 405 408 413 429 499 500 503);
+ * anything else goes to "other". 499 is a client that went away before its answer was
+ * complete (docs/METRICS.md).
+ */
+#define TPM_API_N_CODES 12
 
 typedef struct tpm_api_metrics {
     uint64_t       http_requests[TPM_API_N_CODES]; /* by status, see tpm_api_metrics_count */
@@ -171,6 +238,15 @@ typedef struct tpm_api_metrics {
 typedef struct tpm_api_gauges {
     int      running, waiting, slots, ready;
     uint64_t prompt_tokens, generated_tokens;
+    /* live weight push (trainserve only: the push metrics are printed when set) */
+    int           trainserve;
+    int64_t       weights_step;
+    uint64_t      pushes, push_bytes;
+    double        push_seconds;
+    const double *push_bounds; /* (n_push_buckets) upper bounds, the last +Inf */
+    uint64_t      push_le[TPM_SERVE_PUSH_BUCKETS]; /* cumulative counts per bound */
+    int           n_push_buckets;                  /* at most TPM_SERVE_PUSH_BUCKETS */
+    double        since_swap;                      /* seconds since the last swap, < 0: none yet */
 } tpm_api_gauges_t;
 
 void tpm_api_metrics_init(tpm_api_metrics_t *m);

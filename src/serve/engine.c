@@ -3,13 +3,15 @@
  * engine.c: the lockstep serving loop (engine.h): slot table, batch planning with chunked
  * prefill, the per-iteration descriptor exchange, sampling and stop handling on rank 0.
  *
- * Descriptor: a header of 4 int32 (tokens n, logit rows nl, stop flag, reserved), then one
+ * Descriptor: a header of 4 int32 (tokens n, logit rows nl, stop flag, and each rank's own
+ * "new weights ready" flag, which is why the header is an all-gather), then one
  * int32 array [token ids (n) | slots (n) | positions (n) | logit rows (nl)]. The header goes
  * out through a non-blocking all-gather (rank 0's entry counts) so that ranks waiting for
  * work can sleep between polls; the array follows with a broadcast.
  */
 #include "serve/engine.h"
 
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -26,7 +28,7 @@
 /* how long an idle rank 0 sleeps on the queue before it sends an empty batch */
 #define ENGINE_IDLE_WAIT_S 0.05
 
-enum { HDR_N = 0, HDR_NL, HDR_STOP, HDR_LEN = 4 };
+enum { HDR_N = 0, HDR_NL, HDR_STOP, HDR_READY, HDR_LEN = 4 };
 
 typedef enum {
     SLOT_FREE = 0,
@@ -40,21 +42,29 @@ typedef struct {
     const int32_t   *prompt; /* the job's prompt, or the end-of-text token for an empty one */
     int              n_prompt;
     int              n_past;  /* positions in the KV cache (prompt fed + tokens fed) */
+    int              replay;  /* positions below it are fed again after a recompute swap: for
+                                 the KV cache only (their echo and embedding rows are done) */
     int              max_gen; /* tokens this job may generate */
     int32_t          last;    /* sampled token to feed next (SLOT_DECODE) */
+    int32_t         *gen;     /* (o.max_tokens) tokens generated so far, for the penalties */
+    double          *emb;     /* (C) embedding jobs: the sum of the final layer norm's rows */
+    int32_t         *hist;    /* (ctx) the tokens in the KV cache, by position */
     char            *hold;    /* generated text not passed on yet (hold_cap bytes) */
     size_t           hold_len;
 } slot_t;
 
 struct tpm_engine {
-    tpm_backend_t     *be;
-    tpm_comm_t        *comm;
-    tpm_model_config_t cfg;
-    tpm_engine_opts_t  o;
-    tpm_tp_model_t    *m;
-    int32_t           *desc;    /* (3 n_batch + n_slots) descriptor, every rank */
-    int32_t           *hdr_all; /* (world * HDR_LEN) all-gathered headers */
-    int                busy;    /* the last iteration ran tokens: the next header is near */
+    tpm_backend_t         *be;
+    tpm_comm_t            *comm;
+    tpm_model_config_t     cfg;
+    tpm_engine_opts_t      o;
+    tpm_tp_model_t        *m;
+    int32_t               *desc;      /* (4 n_batch) descriptor, every rank */
+    int32_t               *hdr_all;   /* (world * HDR_LEN) all-gathered headers */
+    int                    busy;      /* the last iteration ran tokens: the next header is near */
+    tpm_engine_swap_hook_t hook;      /* weights arriving while serving (ready == NULL: none) */
+    int                    recompute; /* --swap-policy=recompute */
+    int                    swap_next; /* every rank was ready: swap at the next step's start */
 
     /* rank 0 */
     const tpm_tokenizer_t *tok;
@@ -62,10 +72,18 @@ struct tpm_engine {
     slot_t                *slots; /* (n_slots) */
     int                   *fifo;  /* (n_slots) slots in prefill, oldest admission first */
     int                    n_fifo;
-    int                   *row_slot; /* (n_slots) logit row -> slot */
-    char                  *hold_mem; /* n_slots * hold_cap */
-    size_t                 hold_cap;
-    tpm_sampler_t         *sampler;
+    int                   *row_slot; /* (n_batch) logit row -> slot */
+    int                   *row_echo; /* (n_batch) logit row -> position it scores the next
+                                        prompt token of (echo), or -1: a row to sample from */
+    char          *hold_mem;         /* n_slots * hold_cap */
+    int32_t       *hist_mem;         /* n_slots * ctx */
+    size_t         hold_cap;
+    tpm_sampler_t *sampler;
+    int32_t       *gen_mem; /* n_slots * o.max_tokens: the slots' gen arrays */
+    int32_t       *counts;  /* (V) zeros: scratch of tpm_sampler_adjust */
+    float         *adj;     /* (V) an adjusted copy of a logit row */
+    double        *emb_mem; /* n_slots * C: the slots' emb sums */
+    float         *emb_row; /* (C) one row of the final layer norm, on the host */
 };
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -104,11 +122,13 @@ tpm_status_t tpm_engine_create(tpm_backend_t *be, tpm_comm_t *comm, const tpm_mo
     if (e->o.n_batch == 0) {
         e->o.n_batch = S + TPM_ENGINE_PREFILL_CHUNK;
     }
-    TPM_CHECK_GOTO(tpm_tp_create(be, comm, cfg, S, e->o.ctx, e->o.n_batch, S, &e->m), status, err);
+    /* a logit row per token at most: echo requests score every prompt token */
+    TPM_CHECK_GOTO(tpm_tp_create(be, comm, cfg, S, e->o.ctx, e->o.n_batch, e->o.n_batch, &e->m),
+                   status, err);
     TPM_CHECK_GOTO(tpm_tp_set_weight_dtype(e->m, e->o.wdt), status, err);
-    TPM_CHECK_GOTO(
-        tpm_calloc(3 * (size_t)e->o.n_batch + (size_t)S, sizeof(int32_t), (void **)&e->desc),
-        status, err);
+    TPM_CHECK_GOTO(tpm_tp_set_kv_dtype(e->m, e->o.kv_bf16), status, err);
+    TPM_CHECK_GOTO(tpm_calloc(4 * (size_t)e->o.n_batch, sizeof(int32_t), (void **)&e->desc), status,
+                   err);
     TPM_CHECK_GOTO(tpm_calloc((size_t)comm->size * HDR_LEN, sizeof(int32_t), (void **)&e->hdr_all),
                    status, err);
     if (comm->rank != 0) {
@@ -135,10 +155,26 @@ tpm_status_t tpm_engine_create(tpm_backend_t *be, tpm_comm_t *comm, const tpm_mo
     e->hold_cap = TPM_ENGINE_MAX_STOP_BYTES + 4 + max_tok_bytes;
     TPM_CHECK_GOTO(tpm_calloc((size_t)S, sizeof(*e->slots), (void **)&e->slots), status, err);
     TPM_CHECK_GOTO(tpm_calloc((size_t)S, sizeof(int), (void **)&e->fifo), status, err);
-    TPM_CHECK_GOTO(tpm_calloc((size_t)S, sizeof(int), (void **)&e->row_slot), status, err);
+    TPM_CHECK_GOTO(tpm_calloc((size_t)e->o.n_batch, sizeof(int), (void **)&e->row_slot), status,
+                   err);
+    TPM_CHECK_GOTO(tpm_calloc((size_t)e->o.n_batch, sizeof(int), (void **)&e->row_echo), status,
+                   err);
     TPM_CHECK_GOTO(tpm_calloc((size_t)S, e->hold_cap, (void **)&e->hold_mem), status, err);
+    TPM_CHECK_GOTO(
+        tpm_calloc((size_t)S * (size_t)e->o.max_tokens, sizeof(int32_t), (void **)&e->gen_mem),
+        status, err);
+    TPM_CHECK_GOTO(tpm_calloc((size_t)cfg->V, sizeof(int32_t), (void **)&e->counts), status, err);
+    TPM_CHECK_GOTO(tpm_calloc((size_t)cfg->V, sizeof(float), (void **)&e->adj), status, err);
+    TPM_CHECK_GOTO(tpm_calloc((size_t)S * (size_t)cfg->C, sizeof(double), (void **)&e->emb_mem),
+                   status, err);
+    TPM_CHECK_GOTO(tpm_calloc((size_t)cfg->C, sizeof(float), (void **)&e->emb_row), status, err);
+    TPM_CHECK_GOTO(tpm_calloc((size_t)S * (size_t)e->o.ctx, sizeof(int32_t), (void **)&e->hist_mem),
+                   status, err);
     for (int s = 0; s < S; s++) {
+        e->slots[s].hist = e->hist_mem + (size_t)s * (size_t)e->o.ctx;
         e->slots[s].hold = e->hold_mem + (size_t)s * e->hold_cap;
+        e->slots[s].gen  = e->gen_mem + (size_t)s * (size_t)e->o.max_tokens;
+        e->slots[s].emb  = e->emb_mem + (size_t)s * (size_t)cfg->C;
     }
     TPM_CHECK_GOTO(tpm_sampler_create(cfg->V, &e->sampler), status, err);
     *e_p = e;
@@ -156,7 +192,14 @@ void tpm_engine_destroy(tpm_engine_t *e)
     }
     tpm_sampler_destroy(e->sampler);
     tpm_free(e->hold_mem);
+    tpm_free(e->gen_mem);
+    tpm_free(e->counts);
+    tpm_free(e->adj);
+    tpm_free(e->emb_mem);
+    tpm_free(e->emb_row);
+    tpm_free(e->hist_mem);
     tpm_free(e->row_slot);
+    tpm_free(e->row_echo);
     tpm_free(e->fifo);
     tpm_free(e->slots);
     tpm_free(e->hdr_all);
@@ -253,7 +296,8 @@ static int job_valid(const tpm_engine_t *e, const tpm_serve_job_t *job)
             return 0;
         }
     }
-    if (job->on_token == NULL || job->on_done == NULL) {
+    if (job->on_token == NULL || job->on_done == NULL ||
+        (job->logprobs && job->on_logprob == NULL) || (job->embed && job->on_embedding == NULL)) {
         tpm_log_warn("serve: rejected a job without callbacks");
         return 0;
     }
@@ -290,6 +334,7 @@ static void admit(tpm_engine_t *e, tpm_serve_queue_t *q, tpm_serve_stats_t *st)
         sl->prompt   = job->n_prompt > 0 ? job->prompt : &e->eot; /* the start of a document */
         sl->n_prompt = job->n_prompt > 0 ? job->n_prompt : 1;
         sl->n_past   = 0;
+        sl->replay   = 0;
         sl->max_gen  = job->max_tokens > 0 && job->max_tokens < e->o.max_tokens ? job->max_tokens
                                                                                 : e->o.max_tokens;
         sl->hold_len = 0;
@@ -318,8 +363,10 @@ static void plan(tpm_engine_t *e, int *n_p, int *nl_p)
         if (sl->state == SLOT_DECODE) {
             tok[n]                 = sl->last;
             slot[n]                = s;
+            sl->hist[sl->n_past]   = sl->last;
             pos[n]                 = sl->n_past++;
             e->row_slot[nl]        = s;
+            e->row_echo[nl]        = -1;
             e->desc[3 * nb + nl++] = n++;
         }
     }
@@ -331,10 +378,26 @@ static void plan(tpm_engine_t *e, int *n_p, int *nl_p)
         for (int j = 0; j < k; j++, n++) {
             tok[n]  = sl->prompt[sl->n_past];
             slot[n] = e->fifo[i];
+            sl->hist[sl->n_past] = tok[n];
             pos[n]  = sl->n_past++;
+            if (pos[n] < sl->replay) {
+                continue; /* replayed for the new weights' KV cache: rows already given */
+            }
+            if (sl->job->embed) {
+                e->row_slot[nl]        = e->fifo[i];
+                e->row_echo[nl]        = -2 - pos[n]; /* an embedding row */
+                e->desc[3 * nb + nl++] = n;
+            } else if (sl->job->logprobs && sl->job->echo && pos[n] + 1 < sl->n_prompt) {
+                e->row_slot[nl]        = e->fifo[i];
+                e->row_echo[nl]        = pos[n]; /* scores prompt[pos + 1] */
+                e->desc[3 * nb + nl++] = n;
+            }
         }
-        if (sl->n_past == sl->n_prompt) {
+        if (sl->n_past == sl->n_prompt && sl->job->embed) {
+            done++; /* its last embedding row ends it */
+        } else if (sl->n_past == sl->n_prompt) {
             e->row_slot[nl]        = e->fifo[i];
+            e->row_echo[nl]        = -1;
             e->desc[3 * nb + nl++] = n - 1;
             done++; /* a prefix of the FIFO: it is served in order */
         }
@@ -466,16 +529,87 @@ static void emit(tpm_engine_t *e, int s, int32_t t, tpm_serve_stats_t *st)
     }
 }
 
+/* the log-probability of @p t under row @p row and its top alternatives, to the job */
+static void report_logprob(tpm_engine_t *e, tpm_serve_job_t *job, const float *row, int index,
+                           int32_t t)
+{
+    int32_t top_ids[TPM_LOGPROBS_MAX_TOP];
+    float   top_lp[TPM_LOGPROBS_MAX_TOP], lp;
+    int     k = job->top_logprobs;
+
+    k = k < 0 ? 0 : (k > TPM_LOGPROBS_MAX_TOP ? TPM_LOGPROBS_MAX_TOP : k);
+    tpm_logprobs(row, e->cfg.V, t, k, &lp, top_ids, top_lp);
+    job->on_logprob(job, index, t, lp, k < e->cfg.V ? k : e->cfg.V, top_ids, top_lp);
+}
+
+/* an embedding job's row j (prompt position pos): add it up; the last one ends the job */
+static void embed_row(tpm_engine_t *e, int s, int j, int pos)
+{
+    slot_t          *sl   = &e->slots[s];
+    tpm_serve_job_t *job  = sl->job;
+    const int        C    = e->cfg.C;
+    const float     *lnf  = e->m->lnf + (size_t)j * (size_t)C;
+    double           norm = 0.0;
+
+    if (pos == 0) {
+        memset(sl->emb, 0, (size_t)C * sizeof(double));
+    }
+    if (e->be->ops->copy(e->be, e->emb_row, lnf, (size_t)C * sizeof(float), TPM_COPY_D2H) !=
+        TPM_OK) {
+        finish_slot(e, s, TPM_FINISH_ERROR);
+        return;
+    }
+    for (int c = 0; c < C; c++) {
+        sl->emb[c] += e->emb_row[c];
+    }
+    if (pos + 1 < sl->n_prompt) {
+        return;
+    }
+    for (int c = 0; c < C; c++) {
+        norm += sl->emb[c] * sl->emb[c]; /* the mean's norm is the sum's over n */
+    }
+    norm = norm > 0.0 ? 1.0 / sqrt(norm) : 0.0;
+    for (int c = 0; c < C; c++) {
+        e->emb_row[c] = (float)(sl->emb[c] * norm);
+    }
+    job->on_embedding(job, e->emb_row, C);
+    finish_slot(e, s, TPM_FINISH_STOP);
+}
+
 static void sample_all(tpm_engine_t *e, const float *logits, int nl, tpm_serve_stats_t *st)
 {
     for (int j = 0; j < nl; j++) {
         const int            s   = e->row_slot[j];
-        tpm_serve_job_t     *job = e->slots[s].job;
+        slot_t              *sl  = &e->slots[s];
+        tpm_serve_job_t     *job = sl->job;
+        const float         *row = logits + (size_t)j * (size_t)e->cfg.Vp;
         tpm_sampler_params_t p   = {job->temperature, job->top_k, job->top_p, job->seed};
         int32_t              t;
 
-        t = tpm_sampler_sample(e->sampler, logits + (size_t)j * (size_t)e->cfg.Vp, &p,
-                               (uint64_t)job->n_generated);
+        if (e->row_echo[j] >= 0) {
+            report_logprob(e, job, row, e->row_echo[j] + 1, sl->prompt[e->row_echo[j] + 1]);
+            continue;
+        }
+        if (e->row_echo[j] <= -2) {
+            embed_row(e, s, j, -2 - e->row_echo[j]);
+            continue;
+        }
+        if (job->n_bias > 0 || job->presence_penalty != 0.0f || job->frequency_penalty != 0.0f) {
+            /* the log-probabilities stay the model's: they are taken from the row itself */
+            memcpy(e->adj, row, (size_t)e->cfg.V * sizeof(float));
+            tpm_sampler_adjust(e->adj, e->cfg.V, job->bias_ids, job->bias_val, job->n_bias, sl->gen,
+                               job->n_generated, job->presence_penalty, job->frequency_penalty,
+                               e->counts);
+            t = tpm_sampler_sample(e->sampler, e->adj, &p, (uint64_t)job->n_generated);
+        } else {
+            t = tpm_sampler_sample(e->sampler, row, &p, (uint64_t)job->n_generated);
+        }
+        if (job->logprobs) {
+            report_logprob(e, job, row, sl->n_prompt + job->n_generated, t);
+        }
+        if (job->n_generated < e->o.max_tokens) {
+            sl->gen[job->n_generated] = t;
+        }
         emit(e, s, t, st);
     }
 }
@@ -516,6 +650,42 @@ static void sleep_ns(long ns)
     nanosleep(&ts, NULL);
 }
 
+void tpm_engine_set_swap_hook(tpm_engine_t *e, const tpm_engine_swap_hook_t *hook, int recompute)
+{
+    memset(&e->hook, 0, sizeof(e->hook));
+    if (hook != NULL) {
+        e->hook = *hook;
+    }
+    e->recompute = recompute;
+    e->swap_next = 0;
+}
+
+/*
+ * Rank 0, after a swap with --swap-policy=recompute: every running sequence feeds its tokens
+ * so far again, as a prompt (hist), so that its KV cache holds the new weights' keys and
+ * values; the last fed token's logits give its next token as a decode step would have.
+ */
+static void recompute_slots(tpm_engine_t *e)
+{
+    for (int s = 0; s < e->o.n_slots; s++) {
+        slot_t *sl = &e->slots[s];
+
+        if (sl->state == SLOT_FREE) {
+            continue;
+        }
+        if (sl->state == SLOT_DECODE) {
+            sl->hist[sl->n_past] = sl->last; /* fits: emit stops a job whose cache is full */
+            sl->n_prompt         = sl->n_past + 1;
+            sl->prompt           = sl->hist;
+            sl->state            = SLOT_PREFILL;
+            e->fifo[e->n_fifo++] = s;
+        }
+        /* echo log-probabilities and embedding sums of the positions fed so far are given */
+        sl->replay = sl->n_past > sl->replay ? sl->n_past : sl->replay;
+        sl->n_past = 0; /* a slot still in prefill keeps its prompt and its FIFO place */
+    }
+}
+
 /*
  * Everyone learns rank 0's header. Rank 0 only calls this when it has decided; the others
  * may wait a long time (an idle server), so they poll with a growing sleep instead of
@@ -553,6 +723,14 @@ tpm_status_t tpm_engine_step(tpm_engine_t *e, tpm_serve_queue_t *q, tpm_serve_st
     tpm_status_t status;
 
     *stop_p = 0;
+    if (e->swap_next) {
+        /* every rank was ready in the last header: all swap here, before the batch is planned */
+        e->hook.swap(e->hook.ctx);
+        e->swap_next = 0;
+        if (e->recompute && e->comm->rank == 0) {
+            recompute_slots(e);
+        }
+    }
     if (e->comm->rank == 0) {
         /* nothing to run: sleep on the queue, then look once more (a bounded idle step) */
         if (!st->stop && prepare(e, q, st, &n, &nl) == 0) {
@@ -575,9 +753,23 @@ tpm_status_t tpm_engine_step(tpm_engine_t *e, tpm_serve_queue_t *q, tpm_serve_st
         hdr[HDR_NL] = nl;
         pack(e, n, nl);
     }
+    if (e->hook.ready != NULL) {
+        hdr[HDR_READY] = (int32_t)e->hook.ready(e->hook.ctx);
+    }
     status = exchange_header(e, hdr);
     if (status != TPM_OK) {
         tpm_fatal(status, "serve: the batch header exchange failed");
+    }
+    if (e->hook.ready != NULL) {
+        int all = 1;
+
+        for (int r = 0; r < e->comm->size; r++) {
+            all = all && e->hdr_all[(size_t)r * HDR_LEN + HDR_READY] == 1;
+        }
+        e->swap_next = all;
+        if (e->hook.agreed != NULL) {
+            e->hook.agreed(e->hook.ctx, e->hdr_all[HDR_READY]);
+        }
     }
     if (hdr[HDR_STOP]) {
         *stop_p = 1;

@@ -49,7 +49,8 @@ typedef struct tpm_engine_opts {
     int ctx;        /* KV cache positions per slot (<= the model's position table) */
     int max_tokens; /* upper bound of a job's max_tokens (a job's 0 or less means this) */
     int n_batch;    /* tokens per iteration (0: n_slots + TPM_ENGINE_PREFILL_CHUNK) */
-    tpm_wdtype_t wdt; /* matrix weights' serving format (0: fp32) */
+    tpm_wdtype_t wdt;     /* matrix weights' serving format (0: fp32) */
+    int          kv_bf16; /* KV cache in bf16 (0: fp32) */
 } tpm_engine_opts_t;
 
 typedef struct tpm_engine tpm_engine_t;
@@ -91,6 +92,24 @@ tpm_status_t tpm_serve_load_model(tpm_tp_model_t *m, tpm_ckpt_t *ck);
 tpm_status_t tpm_engine_step(tpm_engine_t *e, tpm_serve_queue_t *q, tpm_serve_stats_t *stats,
                              int *stop_p);
 
+/**
+ * Weights that arrive while serving (--mode=trainserve, serve/swap.h). Every iteration each
+ * rank calls ready() (local: it may progress transfers) and reports the answer in the
+ * iteration's header; when every rank reported 1, every rank calls swap() at the start of
+ * the next iteration, before rank 0 plans its batch. With @p recompute, rank 0 then refills
+ * the KV caches of the running sequences with the new weights (their tokens so far are fed
+ * again as a prompt); otherwise they continue with the cache they have (--swap-policy).
+ */
+typedef struct tpm_engine_swap_hook {
+    void *ctx;
+    int (*ready)(void *ctx); /* 1: ready; rank 0 may also pass another small value to all */
+    void (*swap)(void *ctx);
+    /* (optional) every rank, after each header: rank 0's ready() value of that iteration */
+    void (*agreed)(void *ctx, int32_t root_value);
+} tpm_engine_swap_hook_t;
+/** Install @p hook (copied; NULL removes it). Local, before the loop, on every rank. */
+void tpm_engine_set_swap_hook(tpm_engine_t *e, const tpm_engine_swap_hook_t *hook, int recompute);
+
 /** tpm_engine_step until stop. Collective. */
 tpm_status_t tpm_engine_run(tpm_engine_t *e, tpm_serve_queue_t *q, tpm_serve_stats_t *stats);
 
@@ -113,9 +132,19 @@ void tpm_serve_queue_drain(tpm_serve_queue_t *q, tpm_finish_t finish);
 /**
  * --mode=serve: resolve --ckpt (a file, or a directory's latest), read this rank's slices,
  * print memory per rank and the slot capacity, start the HTTP front-end on rank 0, run the
- * engine until SIGTERM/SIGINT, then stop the front-end. Collective; every rank returns the
- * same status for start-up failures.
+ * engine until a stop signal (TERM, INT, USR1, USR2), then stop the front-end. Collective; every
+ * rank returns the same status for start-up failures.
  */
 tpm_status_t tpm_serve_run(const tpm_config_t *cfg, tpm_comm_t *comm);
+
+struct tpm_push_link;
+/**
+ * The serving group of --mode=trainserve: @p comm is the group, @p link (borrowed) the job's
+ * training group. The model and the tokenizer come from the trainer's HELLO, the weights
+ * with each push (serve/swap.h), swapped in between two engine iterations; /health answers
+ * 503 until the first push. NULL @p link: tpm_serve_run. Collective over @p comm.
+ */
+tpm_status_t tpm_serve_run_linked(const tpm_config_t *cfg, tpm_comm_t *comm,
+                                  const struct tpm_push_link *link);
 
 #endif /* TPM_SERVE_ENGINE_H */

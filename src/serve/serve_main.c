@@ -10,43 +10,21 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "base/mem.h"
+#include "base/stop_signal.h"
 #include "base/timer.h"
 #include "serve/http.h"
+#include "serve/swap.h"
+#include "serve/watch.h"
 
-/* the stop flag the signal handler sets (a plain int store: async-signal-safe in practice) */
-static tpm_serve_stats_t *volatile serve_stats_for_signal;
-
-static void on_stop_signal(int sig)
-{
-    tpm_serve_stats_t *st = serve_stats_for_signal;
-
-    (void)sig;
-    if (st != NULL) {
-        st->stop = 1;
-    }
-}
-
-static void install_signals(tpm_serve_stats_t *st, struct sigaction *old_term,
-                            struct sigaction *old_int)
-{
-    struct sigaction sa;
-
-    serve_stats_for_signal = st;
-    memset(&sa, 0, sizeof(sa));
-    sa.sa_handler = on_stop_signal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGTERM, &sa, old_term);
-    sigaction(SIGINT, &sa, old_int);
-}
-
-static void restore_signals(const struct sigaction *old_term, const struct sigaction *old_int)
-{
-    sigaction(SIGTERM, old_term, NULL);
-    sigaction(SIGINT, old_int, NULL);
-    serve_stats_for_signal = NULL;
-}
+/*
+ * The signals that stop the server cleanly: TERM and INT (srun, Slurm, a terminal), and
+ * USR1 and USR2, which Open MPI's mpirun forwards to every rank at once; TERM or INT sent
+ * to mpirun itself makes it kill the job instead (docs/SERVING.md, Shutdown).
+ */
+static const int serve_stop_signals[] = {SIGTERM, SIGINT, SIGUSR1, SIGUSR2};
 
 /* model id for /v1/models: the --ckpt argument's last component, without ".h5" */
 static void model_name(const char *arg, char *buf, size_t cap)
@@ -89,17 +67,154 @@ static tpm_status_t report_memory(tpm_comm_t *comm, const tpm_tp_model_t *m)
 
         tpm_tp_partition(&m->cfg, comm->size, r, &p);
         tpm_info0("rank %d: heads [%d, %d) (kv heads [%d, %d)), mlp rows [%lld, %lld), vocab "
-                  "rows [%lld, %lld): weights %.1f MiB (%s), kv cache %.1f MiB, activations "
-                  "%.1f MiB",
-                  r, p.h0, p.h0 + p.nh, p.kv0, p.kv0 + p.nkv, (long long)p.f0, (long long)(p.f0 + p.nf), (long long)p.v0,
+                  "rows [%lld, %lld): weights %.1f MiB (%s), kv cache %.1f MiB (%s), "
+                  "activations %.1f MiB",
+                  r, p.h0, p.h0 + p.nh, p.kv0, p.kv0 + p.nkv, (long long)p.f0,
+                  (long long)(p.f0 + p.nf), (long long)p.v0,
                   (long long)(p.v0 + p.nv), all[3 * r] / mib, tpm_wdtype_name(m->wdt),
-                  all[3 * r + 1] / mib, all[3 * r + 2] / mib);
+                  all[3 * r + 1] / mib, m->kcache16 != NULL ? "bf16" : "fp32",
+                  all[3 * r + 2] / mib);
     }
     tpm_info0("slot capacity: %d slots x %d tokens = %lld KV cache tokens, up to %d tokens per "
               "iteration",
               m->n_slots, m->ctx, (long long)m->n_slots * m->ctx, m->max_tok);
     tpm_free(all);
     return status;
+}
+
+/* a start-up failure of the serving group once the trainer is running: stop the whole job */
+static void trainserve_fail(tpm_status_t status, const char *what)
+{
+    tpm_fatal(status, "trainserve: the serving group could not start (%s); stopping the job", what);
+}
+
+/* --mode=trainserve: the model comes from the trainer, weights with every push */
+static tpm_status_t serve_linked(const tpm_config_t *cfg, tpm_comm_t *comm,
+                                 const tpm_push_link_t *link)
+{
+    const int              root = comm->rank == 0;
+    tpm_tokenizer_t       *tok  = NULL;
+    tpm_backend_t         *be   = NULL;
+    tpm_engine_t          *e    = NULL;
+    tpm_serve_queue_t     *q    = NULL;
+    tpm_http_t            *http = NULL;
+    tpm_swapper_t         *sw   = NULL;
+    tpm_serve_stats_t      stats;
+    tpm_model_config_t     mc;
+    tpm_engine_opts_t      opts;
+    tpm_http_model_info_t  info;
+    tpm_engine_swap_hook_t hook;
+    tpm_stop_signals_t     old_signals;
+    tpm_status_t           status;
+    void                  *tok_bytes = NULL;
+    size_t                 tok_len   = 0;
+    char                   name[64];
+
+    memset(&stats, 0, sizeof(stats));
+    memset(&mc, 0, sizeof(mc));
+    /* the trainer's start-up result reaches every serving rank in its HELLO */
+    status = tpm_push_recv_hello(link, comm->rank, &mc, &tok_bytes, &tok_len);
+    TPM_CHECK(tpm_comm_agree(comm, status));
+    status = tpm_model_config_finish(&mc);
+    if (status == TPM_OK && root) {
+        status = tpm_tokenizer_from_bytes(tok_bytes, tok_len, &tok);
+    }
+    tpm_free(tok_bytes);
+    if (tpm_comm_agree(comm, status) != TPM_OK) {
+        trainserve_fail(status, "model or tokenizer from the trainer");
+    }
+    memset(&opts, 0, sizeof(opts));
+    opts.n_slots    = cfg->parallel;
+    opts.ctx        = cfg->ctx_size > 0 ? cfg->ctx_size : mc.maxT;
+    opts.max_tokens = cfg->max_tokens;
+    (void)tpm_wdtype_parse(cfg->serve_dtype, &opts.wdt); /* refused with pushes (model_tp.c) */
+    opts.kv_bf16 = strcmp(cfg->kv_dtype, "bf16") == 0;
+    status       = tpm_backend_create(cfg->device, cfg->threads, &be);
+    if (status == TPM_OK) {
+        status = tpm_backend_set_matmul(be, cfg->cuda_matmul);
+    }
+    if (tpm_comm_agree(comm, status) != TPM_OK) {
+        trainserve_fail(status, "backend");
+    }
+    status = tpm_engine_create(be, comm, &mc, &opts, tok, &e);
+    if (status == TPM_OK) {
+        status =
+            tpm_swapper_create(link, comm->rank, tpm_engine_model(e), root ? &stats : NULL, &sw);
+    }
+    if (tpm_comm_agree(comm, status) != TPM_OK) {
+        trainserve_fail(status, "engine and weight buffers");
+    }
+    tpm_info0("trainserve: serving L=%d C=%d NH=%d V=%d n_ctx=%d on %d rank(s)%s, two weight "
+              "buffers, swap policy %s",
+              mc.L, mc.C, mc.NH, mc.V, mc.maxT, comm->size,
+              mc.NH % comm->size != 0 ? " (ranks do not divide the heads: uneven head split)" : "",
+              cfg->swap_policy);
+    if (report_memory(comm, tpm_engine_model(e)) != TPM_OK) {
+        trainserve_fail(TPM_ERR_MPI, "memory report");
+    }
+    memset(&hook, 0, sizeof(hook)); /* no agreed callback */
+    hook.ctx   = sw;
+    hook.ready = tpm_swapper_ready;
+    hook.swap  = tpm_swapper_swap;
+    tpm_engine_set_swap_hook(e, &hook, strcmp(cfg->swap_policy, "recompute") == 0);
+
+    tpm_stop_signals_install(serve_stop_signals,
+                             (int)(sizeof(serve_stop_signals) / sizeof(serve_stop_signals[0])),
+                             &stats.stop, &old_signals);
+    if (root) {
+        snprintf(name, sizeof(name), "%s", cfg->model);
+        info.name  = name;
+        info.n_ctx = opts.ctx;
+        info.vocab = mc.V;
+        status     = tpm_serve_queue_create(cfg->max_queue, &q);
+        if (status == TPM_OK) {
+            tpm_serve_queue_set_free(q, opts.n_slots);
+            status = tpm_http_start(cfg, q, &stats, tok, &info, &http);
+        }
+    }
+    if (tpm_comm_agree(comm, status) != TPM_OK) {
+        trainserve_fail(status, "HTTP front-end");
+    }
+    /* /health answers 503 until the first push is swapped in (tpm_swapper_swap sets ready) */
+    tpm_info0("listening on http://%s:%d, %d slot(s), context %d: ready with the first push",
+              cfg->host, cfg->port, opts.n_slots, opts.ctx);
+
+    status = tpm_engine_run(e, q, root ? &stats : NULL);
+    tpm_info0(
+        "stopping: %llu prompt tokens, %llu generated tokens served, %llu push(es) swapped in",
+        (unsigned long long)stats.prompt_tokens, (unsigned long long)stats.generated_tokens,
+        (unsigned long long)stats.pushes);
+    if (root) {
+        tpm_serve_queue_close(q);
+        tpm_serve_queue_drain(q, TPM_FINISH_CANCELLED);
+        tpm_http_stop(http);
+        http = NULL;
+    }
+    tpm_stop_signals_restore(&old_signals);
+    {
+        /* the trainer's BYE may already be in: a failed trainer ends the job with an error */
+        tpm_status_t ds = tpm_swapper_drain(sw, status);
+
+        if (ds != TPM_OK) {
+            tpm_fatal(ds, "trainserve: ending the weight push protocol failed");
+        }
+        if (status == TPM_OK && tpm_swapper_bye_status(sw) != TPM_OK) {
+            status = TPM_ERR_REMOTE;
+            tpm_info0("error: the training group failed; the serving group stops too");
+        }
+    }
+    tpm_serve_queue_destroy(q);
+    tpm_swapper_destroy(sw);
+    tpm_engine_destroy(e);
+    tpm_backend_destroy(be);
+    tpm_tokenizer_destroy(tok);
+    return status;
+}
+
+tpm_status_t tpm_serve_run_linked(const tpm_config_t *cfg, tpm_comm_t *comm,
+                                  const tpm_push_link_t *link)
+{
+    return link != NULL ? serve_linked(cfg, comm, link) : tpm_serve_run(cfg, comm);
 }
 
 tpm_status_t tpm_serve_run(const tpm_config_t *cfg, tpm_comm_t *comm)
@@ -112,19 +227,30 @@ tpm_status_t tpm_serve_run(const tpm_config_t *cfg, tpm_comm_t *comm)
     tpm_engine_t         *e    = NULL;
     tpm_serve_queue_t    *q    = NULL;
     tpm_http_t           *http = NULL;
+    tpm_watcher_t        *watcher = NULL;
     tpm_serve_stats_t     stats;
     tpm_model_config_t    mc;
     tpm_engine_opts_t     opts;
     tpm_http_model_info_t info;
-    struct sigaction      old_term, old_int;
+    tpm_stop_signals_t    old_signals;
     tpm_status_t          status = TPM_OK;
     double                t0     = tpm_time_now();
 
     memset(&stats, 0, sizeof(stats));
     memset(path, 0, sizeof(path));
     if (cfg->ckpt[0] == '\0') {
-        tpm_info0("error: --mode=serve needs --ckpt=FILE.h5 or --ckpt=DIR (its latest checkpoint)");
+        tpm_error0("--mode=serve needs --ckpt=FILE.h5 or --ckpt=DIR (its latest checkpoint)");
         return TPM_ERR_INVALID_ARG; /* the same configuration on every rank */
+    }
+    if (cfg->watch) {
+        struct stat sb;
+        int         dir = stat(cfg->ckpt, &sb) == 0 && S_ISDIR(sb.st_mode);
+
+        if (!dir) {
+            tpm_info0("error: --watch needs --ckpt=DIR, a checkpoint directory (%s is not one)",
+                      cfg->ckpt);
+        }
+        TPM_CHECK(tpm_comm_agree(comm, dir ? TPM_OK : TPM_ERR_INVALID_ARG));
     }
     /* rank 0 resolves DIR/latest once: a checkpoint landing meanwhile cannot split the ranks */
     if (root) {
@@ -158,6 +284,7 @@ tpm_status_t tpm_serve_run(const tpm_config_t *cfg, tpm_comm_t *comm)
     opts.ctx        = cfg->ctx_size > 0 ? cfg->ctx_size : mc.maxT;
     opts.max_tokens = cfg->max_tokens;
     (void)tpm_wdtype_parse(cfg->serve_dtype, &opts.wdt); /* the option table checked it */
+    opts.kv_bf16 = strcmp(cfg->kv_dtype, "bf16") == 0;
     tpm_info0("serving %s: %s L=%d C=%d NH=%d NKV=%d V=%d n_ctx=%d on %d rank(s)%s", path,
               tpm_arch_id_name(mc.arch), mc.L, mc.C, mc.NH, tpm_model_nkv(&mc), mc.V, mc.maxT,
               comm->size,
@@ -174,7 +301,9 @@ tpm_status_t tpm_serve_run(const tpm_config_t *cfg, tpm_comm_t *comm)
     TPM_CHECK_GOTO(report_memory(comm, tpm_engine_model(e)), status, out);
 
     /* the front-end first: /health says 503 while the weights are read */
-    install_signals(&stats, &old_term, &old_int);
+    tpm_stop_signals_install(serve_stop_signals,
+                             (int)(sizeof(serve_stop_signals) / sizeof(serve_stop_signals[0])),
+                             &stats.stop, &old_signals);
     if (root) {
         model_name(cfg->ckpt, name, sizeof(name));
         info.name  = name;
@@ -189,6 +318,19 @@ tpm_status_t tpm_serve_run(const tpm_config_t *cfg, tpm_comm_t *comm)
     TPM_CHECK_GOTO(tpm_comm_agree(comm, status), status, out_signals);
 
     status = tpm_engine_load(e, ck);
+    if (status == TPM_OK && cfg->watch) {
+        /* the second weight buffer for hot reloads (every rank; agreed) */
+        status = tpm_comm_agree(comm, tpm_watcher_create(cfg, comm, tpm_engine_model(e), path,
+                                                         tpm_ckpt_meta(ck)->step,
+                                                         root ? &stats : NULL, &watcher));
+        if (status == TPM_OK) {
+            tpm_engine_swap_hook_t hook = tpm_watcher_hook(watcher);
+
+            tpm_engine_set_swap_hook(e, &hook, strcmp(cfg->swap_policy, "recompute") == 0);
+            tpm_info0("watching %s for newer checkpoints (swap policy %s)", cfg->ckpt,
+                      cfg->swap_policy);
+        }
+    }
     tpm_ckpt_close(ck);
     ck = NULL;
     TPM_CHECK_GOTO(status, status, out_http);
@@ -198,6 +340,9 @@ tpm_status_t tpm_serve_run(const tpm_config_t *cfg, tpm_comm_t *comm)
               be->n_threads);
 
     status = tpm_engine_run(e, q, root ? &stats : NULL);
+    if (tpm_stop_signal() != 0) {
+        tpm_info0("stopping on signal %d (%s)", tpm_stop_signal(), strsignal(tpm_stop_signal()));
+    }
     tpm_info0("stopping: %llu prompt tokens, %llu generated tokens served",
               (unsigned long long)stats.prompt_tokens, (unsigned long long)stats.generated_tokens);
 
@@ -212,11 +357,12 @@ out_http:
         http = NULL;
     }
 out_signals:
-    restore_signals(&old_term, &old_int);
+    tpm_stop_signals_restore(&old_signals);
 out:
     tpm_http_stop(http); /* still set only when the front-end started and start-up failed */
     tpm_serve_queue_destroy(q);
     tpm_ckpt_close(ck);
+    tpm_watcher_destroy(watcher);
     tpm_engine_destroy(e);
     tpm_backend_destroy(be);
     tpm_tokenizer_destroy(tok);

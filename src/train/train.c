@@ -14,6 +14,7 @@
  */
 #include "train/train.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <math.h>
 #include <signal.h>
@@ -33,6 +34,7 @@
 #include "data/prepare.h"
 #include "data/tokenizer.h"
 #include "train/metrics.h"
+#include "train/push.h"
 #include "zero3/zero3.h"
 
 double tpm_train_lr(const tpm_config_t *cfg, int64_t step)
@@ -323,8 +325,12 @@ static void on_stop_signal(int sig)
     stop_signal = sig;
 }
 
-/* SIGTERM and SIGUSR1 (Slurm's warning before the time limit) ask for checkpoint-and-exit */
-static void stop_handlers_install(struct sigaction *old_term, struct sigaction *old_usr1)
+/*
+ * SIGTERM, SIGINT (Ctrl-C) and SIGUSR1 (Slurm's warning before the time limit) ask for
+ * checkpoint-and-exit
+ */
+static void stop_handlers_install(struct sigaction *old_term, struct sigaction *old_usr1,
+                                  struct sigaction *old_int)
 {
     struct sigaction sa;
 
@@ -335,13 +341,16 @@ static void stop_handlers_install(struct sigaction *old_term, struct sigaction *
     stop_signal = 0;
     sigaction(SIGTERM, &sa, old_term);
     sigaction(SIGUSR1, &sa, old_usr1);
+    sigaction(SIGINT, &sa, old_int);
 }
 
 static void stop_handlers_restore(const struct sigaction *old_term,
-                                  const struct sigaction *old_usr1)
+                                  const struct sigaction *old_usr1,
+                                  const struct sigaction *old_int)
 {
     sigaction(SIGTERM, old_term, NULL);
     sigaction(SIGUSR1, old_usr1, NULL);
+    sigaction(SIGINT, old_int, NULL);
 }
 
 /* the resolved configuration as a JSON string, secrets blanked; caller frees with free() */
@@ -433,6 +442,36 @@ static tpm_status_t ckpt_pick(tpm_comm_t *comm, const char *dir_or_file, int res
     return tpm_comm_bcast(comm, path, cap, TPM_DT_BYTE, 0);
 }
 
+/* --overwrite: delete an older run's checkpoints (ckpt_*.h5, their temporaries, latest) */
+static tpm_status_t ckpt_dir_clear(const char *dir)
+{
+    DIR           *d = opendir(dir);
+    struct dirent *e;
+    char           p[TPM_PATH_MAX + 256];
+    int            n = 0;
+    tpm_status_t   status = TPM_OK;
+
+    if (d == NULL) {
+        tpm_log_error("--overwrite: cannot read %s: %s", dir, strerror(errno));
+        return TPM_ERR_IO;
+    }
+    while ((e = readdir(d)) != NULL && status == TPM_OK) {
+        if (strcmp(e->d_name, "latest") != 0 && strncmp(e->d_name, "ckpt_", 5) != 0) {
+            continue;
+        }
+        if (snprintf(p, sizeof(p), "%s/%s", dir, e->d_name) >= (int)sizeof(p) || unlink(p) != 0) {
+            tpm_log_error("--overwrite: cannot delete %s: %s", p, strerror(errno));
+            status = TPM_ERR_IO;
+        }
+        n++;
+    }
+    closedir(d);
+    if (status == TPM_OK) {
+        tpm_log_info("--overwrite: deleted %d file(s) of the previous run in %s", n, dir);
+    }
+    return status;
+}
+
 /* resume (--resume), weights only (--init-from) or a fresh model; sets rs->step and tokens */
 static tpm_status_t init_state(const tpm_config_t *cfg, tpm_zero3_t *z, const data_t *d,
                                run_state_t *rs)
@@ -453,7 +492,29 @@ static tpm_status_t init_state(const tpm_config_t *cfg, tpm_zero3_t *z, const da
         return TPM_ERR_INVALID_ARG;
     }
     if (cfg->ckpt_dir[0] != '\0' && comm->rank == 0) {
+        struct stat st;
         status = mkdir_p(cfg->ckpt_dir);
+        /* found now, not at the first checkpoint after hours of training */
+        if (status == TPM_OK && (stat(cfg->ckpt_dir, &st) != 0 || !S_ISDIR(st.st_mode))) {
+            tpm_log_error("--ckpt-dir=%s is not a directory", cfg->ckpt_dir);
+            status = TPM_ERR_INVALID_ARG;
+        } else if (status == TPM_OK && access(cfg->ckpt_dir, W_OK | X_OK) != 0) {
+            tpm_log_error("--ckpt-dir=%s is not writable: %s", cfg->ckpt_dir, strerror(errno));
+            status = TPM_ERR_INVALID_ARG;
+        }
+        if (status == TPM_OK && !cfg->resume &&
+            tpm_ckpt_find_latest(cfg->ckpt_dir, path, sizeof(path)) == TPM_OK) {
+            if (cfg->overwrite) {
+                status = ckpt_dir_clear(cfg->ckpt_dir);
+            } else {
+                /* a fresh run would overwrite that run's files and move "latest" backwards */
+                tpm_log_error("--ckpt-dir=%s already holds the checkpoints of a run (newest %s): "
+                              "continue it with --resume, start afresh with --overwrite (which "
+                              "deletes them), or give this run another directory",
+                              cfg->ckpt_dir, path);
+                status = TPM_ERR_INVALID_ARG;
+            }
+        }
     }
     TPM_CHECK(tpm_ckpt_agree(comm, status));
 
@@ -536,6 +597,12 @@ static tpm_status_t init_state(const tpm_config_t *cfg, tpm_zero3_t *z, const da
 
 tpm_status_t tpm_train_run(const tpm_config_t *cfg, tpm_comm_t *comm)
 {
+    return tpm_train_run_linked(cfg, comm, NULL);
+}
+
+tpm_status_t tpm_train_run_linked(const tpm_config_t *cfg, tpm_comm_t *comm,
+                                  const struct tpm_push_link *link)
+{
     const int          bf16 = strcmp(cfg->precision, "bf16") == 0;
     const int          N = comm->size, A = cfg->grad_accum, B = cfg->batch;
     data_t             d;
@@ -549,10 +616,14 @@ tpm_status_t tpm_train_run(const tpm_config_t *cfg, tpm_comm_t *comm)
     double             t_start, last_loss = 0.0, last_val = -1.0, wait0, tokens_per_step;
     int64_t            step, start_step, n_run;
     run_state_t        rs = {0, 0, -1, NULL, TPM_DATA_ORDER};
-    struct sigaction   old_term, old_usr1;
+    struct sigaction   old_term, old_usr1, old_int;
+    tpm_pusher_t      *pusher     = NULL;
+    int                hello_done = 0, serve_stopped = 0;
+    int64_t            last_pushed  = -1;
+    tpm_status_t       serve_status = TPM_OK;
 
     memset(&d, 0, sizeof(d));
-    stop_handlers_install(&old_term, &old_usr1);
+    stop_handlers_install(&old_term, &old_usr1, &old_int);
     TPM_CHECK_GOTO(data_load(cfg, comm, &d), status, out);
     status = model_config_from(cfg, &d, &mc);
     TPM_CHECK_GOTO(tpm_comm_agree(comm, status), status, out);
@@ -604,8 +675,37 @@ tpm_status_t tpm_train_run(const tpm_config_t *cfg, tpm_comm_t *comm)
     rs.json = config_json(cfg);
     status  = rs.json != NULL ? TPM_OK : TPM_ERR_NO_MEMORY;
     TPM_CHECK_GOTO(tpm_comm_agree(comm, status), status, out);
+    if (cfg->min_lr > cfg->lr) {
+        tpm_info0("warning: --min-lr=%g is above --lr=%g: the schedule rises instead of decaying",
+                  cfg->min_lr, cfg->lr);
+    }
+    if (cfg->warmup > cfg->steps) {
+        tpm_info0("warning: --warmup=%lld is longer than --steps=%lld: the learning rate never "
+                  "reaches --lr",
+                  (long long)cfg->warmup, (long long)cfg->steps);
+    }
     TPM_CHECK_GOTO(init_state(cfg, z, &d, &rs), status, out);
     start_step = rs.step;
+    if (link != NULL) {
+        /* the serving group waits for the model: tell it, then give it the first weights */
+        status = d.tok_bytes != NULL ? TPM_OK : TPM_ERR_NOT_FOUND;
+        if (status != TPM_OK) {
+            tpm_info0("error: --mode=trainserve needs the data folder's tokenizer.bin (the "
+                      "serving ranks detokenize with it)");
+        } else {
+            status = tpm_pusher_create(link, z, &pusher);
+        }
+        TPM_CHECK_GOTO(tpm_comm_agree(comm, status), status, out);
+        status     = tpm_push_hello(link, comm->rank, TPM_OK, &mc, d.tok_bytes, d.tok_len);
+        hello_done = 1;
+        TPM_CHECK_GOTO(tpm_comm_agree(comm, status), status, out);
+        TPM_CHECK_GOTO(tpm_comm_agree(comm, tpm_pusher_start(pusher, rs.step)), status, out);
+        last_pushed = rs.step;
+        tpm_info0("trainserve: %d training rank(s) push to %d serving rank(s) every %lld "
+                  "step(s) (%s)",
+                  link->n_train, link->n_serve, (long long)link->push_every,
+                  link->bf16 ? "bf16" : "fp32");
+    }
     if (start_step >= cfg->steps) {
         tpm_info0("the checkpoint is at step %lld and --steps is %lld: nothing to train",
                   (long long)start_step, (long long)cfg->steps);
@@ -677,13 +777,43 @@ tpm_status_t tpm_train_run(const tpm_config_t *cfg, tpm_comm_t *comm)
         }
         rs.step = step + 1;
         rs.tokens_seen += (int64_t)tokens_per_step;
-        if (cfg->ckpt_dir[0] != '\0' && cfg->ckpt_every > 0 && rs.step % cfg->ckpt_every == 0) {
-            TPM_CHECK_GOTO(ckpt_write(cfg, z, &d, &rs), status, out);
+        if (cfg->ckpt_dir[0] != '\0' && cfg->ckpt_every > 0 && rs.step % cfg->ckpt_every == 0 &&
+            ckpt_write(cfg, z, &d, &rs) != TPM_OK) {
+            /* agreed on every rank; the state is intact in memory: try again next interval */
+            int64_t next = rs.step + cfg->ckpt_every;
+            tpm_log_error("the checkpoint of step %lld failed (above): training goes on, the "
+                          "next attempt is at step %lld",
+                          (long long)rs.step, (long long)(next < cfg->steps ? next : cfg->steps));
         }
         {
-            /* a signal may reach only some ranks: agree on it before anyone acts */
-            int32_t sig = (int32_t)stop_signal, any = 0;
-            STEP_CALL(tpm_comm_all_reduce(comm, &sig, &any, 1, TPM_DT_INT32, TPM_RED_MAX));
+            /*
+             * A signal may reach only some ranks: agree on it before anyone acts. The serving
+             * group's control messages (push request, stop) reach training rank 0 only.
+             */
+            int32_t mine[4] = {(int32_t)stop_signal, 0, 0, 0}, all[4], any;
+            if (pusher != NULL) {
+                int          req = 0, stop = 0;
+                tpm_status_t why = TPM_OK;
+                STEP_CALL(tpm_pusher_poll(pusher, &req, &stop, &why));
+                mine[1] = req;
+                mine[2] = stop;
+                mine[3] = -(int32_t)why;
+            }
+            STEP_CALL(tpm_comm_all_reduce(comm, mine, all, 4, TPM_DT_INT32, TPM_RED_MAX));
+            any = all[0];
+            if (pusher != NULL && all[2] != 0) {
+                serve_stopped = 1;
+                serve_status  = (tpm_status_t)(-all[3]);
+                tpm_info0("the serving group stopped%s: stopping after step %lld",
+                          serve_status != TPM_OK ? " on a failure" : "", (long long)rs.step);
+                break;
+            }
+            if (pusher != NULL &&
+                (all[1] != 0 || (link->push_every > 0 && rs.step % link->push_every == 0))) {
+                STEP_CALL(tpm_pusher_start(pusher, rs.step));
+                last_pushed = rs.step;
+                tpm_log_debug("pushed the weights of step %lld", (long long)rs.step);
+            }
             if (any != 0) {
                 tpm_info0("%s received: stopping after step %lld%s", strsignal(any),
                           (long long)rs.step,
@@ -695,6 +825,15 @@ tpm_status_t tpm_train_run(const tpm_config_t *cfg, tpm_comm_t *comm)
     }
     if (cfg->ckpt_dir[0] != '\0' && rs.step != rs.last_saved) {
         TPM_CHECK_GOTO(ckpt_write(cfg, z, &d, &rs), status, out);
+    }
+    if (pusher != NULL && !serve_stopped && rs.step != last_pushed) {
+        STEP_CALL(tpm_pusher_start(pusher, rs.step)); /* the final weights */
+        last_pushed = rs.step;
+    }
+    if (serve_status != TPM_OK) {
+        status = TPM_ERR_REMOTE;
+        tpm_info0("error: the serving group failed; the training group stops too");
+        goto out;
     }
     n_run = rs.step - start_step;
     if (n_run == 0) {
@@ -716,7 +855,9 @@ tpm_status_t tpm_train_run(const tpm_config_t *cfg, tpm_comm_t *comm)
         tpm_info0("done: %lld steps, %.0f tokens in %.1f s (%.0f tok/s), final loss %.4f%s",
                   (long long)n_run, tokens_per_step * n_run, wall, tokens_per_step * n_run / wall,
                   last_loss,
-                  last_val >= 0 ? "" : " (no validation split)");
+                  last_val >= 0  ? ""
+                  : d.val.n == 0 ? " (no validation split)"
+                                 : " (stopped before the first validation)");
         if (comm->rank == 0) {
             tpm_metrics_line(
                 &metrics,
@@ -749,9 +890,33 @@ tpm_status_t tpm_train_run(const tpm_config_t *cfg, tpm_comm_t *comm)
     status = TPM_OK;
 
 out:
-    stop_handlers_restore(&old_term, &old_usr1);
+    if (link != NULL) {
+        /* the serving group waits for HELLO, or for BYE once it has one: never leave it */
+        if (!hello_done) {
+            tpm_push_hello(link, comm->rank, status != TPM_OK ? status : TPM_ERR_INTERNAL, NULL,
+                           NULL, 0);
+        } else if (pusher != NULL) {
+            tpm_status_t fs = tpm_pusher_finish(pusher, serve_stopped, status);
+            if (fs != TPM_OK) {
+                tpm_fatal(fs, "trainserve: ending the weight push protocol failed");
+            }
+            if (comm->rank == 0) {
+                const tpm_push_stats_t *ps = tpm_pusher_stats(pusher);
+                tpm_info0("trainserve: %llu push(es), %.1f MiB sent by training rank 0, packing "
+                          "%.3f s",
+                          (unsigned long long)ps->pushes, (double)ps->bytes / 1048576.0,
+                          ps->pack_s);
+            }
+        }
+        tpm_pusher_destroy(pusher);
+    }
+    stop_handlers_restore(&old_term, &old_usr1, &old_int);
     free(rs.json);
-    tpm_metrics_close(&metrics);
+    {
+        /* rank 0 only: after the last collective, so the other ranks are not left waiting */
+        tpm_status_t ms = tpm_metrics_close(&metrics);
+        status          = status != TPM_OK ? status : ms;
+    }
     tpm_free(x);
     tpm_zero3_destroy(z);
     tpm_backend_destroy(be);

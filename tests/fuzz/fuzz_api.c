@@ -92,7 +92,7 @@ static void fuzz_completion(const char *body, size_t n)
     job = c.job;
     FUZZ_CHECK(job->n_prompt >= 1 && job->n_prompt <= lim.n_ctx);
     FUZZ_CHECK(job->max_tokens >= 1 && job->max_tokens <= lim.max_tokens);
-    FUZZ_CHECK(job->n_prompt + job->max_tokens <= lim.n_ctx);
+    FUZZ_CHECK(job->n_prompt + job->max_tokens <= lim.n_ctx + 1); /* the context rule */
     for (int i = 0; i < job->n_prompt; i++) {
         FUZZ_CHECK(job->prompt[i] >= 0 && job->prompt[i] < lim.vocab);
     }
@@ -167,6 +167,39 @@ static void fuzz_text(const char *s, size_t n)
     free(out);
 }
 
+/* chat and embeddings requests: refused in OpenAI's shape, or a job within the limits */
+static void fuzz_chat_embeddings(const char *body, size_t n)
+{
+    const tpm_api_limits_t lim = {.model         = "m",
+                                  .n_ctx         = FUZZ_N_CTX,
+                                  .vocab         = tpm_tokenizer_vocab_size(fuzz_tok),
+                                  .max_tokens    = FUZZ_MAX_TOKENS,
+                                  .chat_template = (tpm_chat_template_t)(n % 2)};
+    tpm_api_completion_t   c;
+    tpm_api_error_t        err;
+    tpm_serve_job_t       *job = NULL;
+
+    if (tpm_api_chat_parse(body, n, &lim, fuzz_tok, 1, &c, &err) != TPM_OK) {
+        fuzz_check_error(&err);
+    } else {
+        job = c.job;
+        FUZZ_CHECK(c.chat == 1 && job->n_prompt >= 1 && job->n_prompt <= lim.n_ctx);
+        FUZZ_CHECK(job->n_prompt + job->max_tokens <= lim.n_ctx + 1);
+        FUZZ_CHECK(job->top_logprobs >= 0 && job->top_logprobs <= 20);
+        FUZZ_CHECK(job->n_bias >= 0 && job->n_bias <= TPM_API_MAX_LOGIT_BIAS);
+        for (int i = 0; i < job->n_bias; i++) {
+            FUZZ_CHECK(job->bias_ids[i] >= 0 && job->bias_ids[i] < lim.vocab);
+        }
+        tpm_api_job_free(job);
+    }
+    if (tpm_api_embeddings_parse(body, n, &lim, fuzz_tok, &job, &err) != TPM_OK) {
+        fuzz_check_error(&err);
+    } else {
+        FUZZ_CHECK(job->embed == 1 && job->n_prompt >= 1 && job->n_prompt <= lim.n_ctx);
+        tpm_api_job_free(job);
+    }
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     const char *body;
@@ -177,9 +210,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     body = (const char *)data + 1;
     n    = size - 1;
-    switch (data[0] % 5) {
+    switch (data[0] % 6) {
     case 0:
     case 1: fuzz_completion(body, n); break;
+    case 5: fuzz_chat_embeddings(body, n); break;
     case 2: fuzz_tokens(body, n, 0); break;
     case 3: fuzz_tokens(body, n, 1); break;
     default: fuzz_text(body, n); break;

@@ -10,6 +10,7 @@
  *
  *   test_serve_engine --ckpt=FILE|DIR --out=FILE [--threads=N]
  */
+#include <math.h>
 #include <mpi.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -38,6 +39,10 @@ typedef struct {
     int             n_done;
     tpm_finish_t    fin;
     int             cancel_after; /* set job->cancel after this many tokens (0: never) */
+    /* on_logprob calls, in order */
+    int   n_lp, lp_bad;
+    int   lp_idx[MAXGEN], lp_tok[MAXGEN], lp_top0[MAXGEN];
+    float lp[MAXGEN], lp_top0_lp[MAXGEN];
 } rec_t;
 
 static void check(int ok, const char *what, int id)
@@ -60,6 +65,27 @@ static void on_token(tpm_serve_job_t *job, int32_t token, const char *text, size
     if (r->cancel_after > 0 && r->ntok == r->cancel_after) {
         job->cancel = 1;
     }
+}
+
+static void on_logprob(tpm_serve_job_t *job, int index, int32_t token, float lp, int n_top,
+                       const int32_t *top_ids, const float *top_lp)
+{
+    rec_t *r = job->user;
+
+    if (n_top != job->top_logprobs || !(lp <= 0.0f) || !isfinite(lp)) {
+        r->lp_bad++;
+    }
+    for (int k = 1; k < n_top; k++) {
+        r->lp_bad += top_lp[k] > top_lp[k - 1];
+    }
+    if (r->n_lp < MAXGEN) {
+        r->lp_idx[r->n_lp]     = index;
+        r->lp_tok[r->n_lp]     = token;
+        r->lp[r->n_lp]         = lp;
+        r->lp_top0[r->n_lp]    = n_top > 0 ? top_ids[0] : -1;
+        r->lp_top0_lp[r->n_lp] = n_top > 0 ? top_lp[0] : 0.0f;
+    }
+    r->n_lp++;
 }
 
 static void on_done(tpm_serve_job_t *job, tpm_finish_t finish)
@@ -132,7 +158,7 @@ int main(int argc, char **argv)
     tpm_serve_stats_t  st;
     tpm_model_config_t cfg;
     tpm_engine_opts_t  o = {.n_slots = 2, .max_tokens = 64, .n_batch = 2 + 8};
-    static rec_t       r[NJOBS + 1]; /* 0..7, and 8: cancelled before it runs */
+    static rec_t       r[NJOBS + 2]; /* 0..7, 8: cancelled before it runs, 9: echo logprobs */
     char               stop_str[8] = "";
     const char        *expect_end  = NULL;
     int                rc;
@@ -194,6 +220,12 @@ int main(int argc, char **argv)
         set_job(&r[8], 8, tok, "cancelled while queued", 8, 0.0f, 0, 1.0f, 0);
         r[8].job.cancel = 1;
         set_job(&r[7], 7, tok, "The quick brown fox", 20, 0.0f, 0, 1.0f, 0);
+        /* job 0's prompt again, with echo and log-probabilities (top 3) */
+        set_job(&r[9], 9, tok, "The quick brown fox", 5, 0.0f, 0, 1.0f, 0);
+        r[9].job.logprobs     = 1;
+        r[9].job.top_logprobs = 3;
+        r[9].job.echo         = 1;
+        r[9].job.on_logprob   = on_logprob;
         if (r[1].job.n_prompt < 40 || r[1].job.n_prompt >= o.ctx) {
             fprintf(stderr, "the long prompt has %d tokens: adjust the test\n", r[1].job.n_prompt);
             MPI_Abort(MPI_COMM_WORLD, 1);
@@ -202,6 +234,7 @@ int main(int argc, char **argv)
             check(tpm_serve_queue_push(q, &r[j].job) == TPM_OK, "push refused", j);
         }
         check(tpm_serve_queue_push(q, &r[8].job) == TPM_OK, "push refused", 8);
+        check(tpm_serve_queue_push(q, &r[9].job) == TPM_OK, "push refused", 9);
     }
 
     while (!stop) {
@@ -214,7 +247,7 @@ int main(int argc, char **argv)
         if (phase == 1) {
             int all = 1;
 
-            for (int j = 0; j <= NJOBS; j++) {
+            for (int j = 0; j <= NJOBS + 1; j++) {
                 all &= j == 7 || r[j].n_done > 0;
             }
             if (all) {
@@ -278,6 +311,33 @@ int main(int argc, char **argv)
             check(r[7].tlen == want && memcmp(r[7].text, r[0].text, want) == 0,
                   "text is not job 0's up to the stop string", 7);
         }
+        /* echo: prompt tokens 1..p-1, then each generated token, in order; greedy: the
+         * generated token is the most likely one, and the same as job 0's */
+        {
+            const rec_t *e9 = &r[9];
+            int          p = e9->job.n_prompt, ok = e9->lp_bad == 0 && e9->fin != TPM_FINISH_ERROR;
+
+            ok = ok && e9->n_lp == p - 1 + e9->ntok && e9->ntok >= 1;
+            for (int i = 0; ok && i < e9->n_lp; i++) {
+                ok = e9->lp_idx[i] == i + 1;
+                if (ok && i < p - 1) {
+                    ok = e9->lp_tok[i] == e9->job.prompt[i + 1];
+                } else if (ok) {
+                    ok = e9->lp_tok[i] == e9->toks[i - (p - 1)] &&
+                         e9->lp_top0[i] == e9->lp_tok[i] && e9->lp_top0_lp[i] == e9->lp[i] &&
+                         e9->lp_tok[i] == r[0].toks[i - (p - 1)];
+                }
+            }
+            check(ok, "echo log-probabilities: indices, tokens, greedy = top 1, = job 0", 9);
+            total += (uint64_t)e9->ntok;
+            if (ok) {
+                printf("M=%d: echo log-probabilities of job 9:", comm->size);
+                for (int i = 0; i < e9->n_lp; i++) {
+                    printf(" %.4f", e9->lp[i]);
+                }
+                printf("\n");
+            }
+        }
         check(st.generated_tokens == total, "generated_tokens counter", -1);
         check(st.running == 0 && tpm_serve_queue_len(q) == 0, "jobs left over", -1);
         if (f == NULL || fclose(f) != 0) {
@@ -289,7 +349,7 @@ int main(int argc, char **argv)
     }
     rc = mc_report("");
     if (rank == 0) {
-        for (int j = 0; j <= NJOBS; j++) {
+        for (int j = 0; j <= NJOBS + 1; j++) {
             free(r[j].job.prompt);
         }
     }

@@ -22,6 +22,7 @@
 
 #include "backend/backend.h"
 #include "backend/backend_cpu.h"
+#include "base/bf16.h"
 
 #define REF_TOL 1e-5
 #define FD_TOL  5e-3
@@ -1005,6 +1006,70 @@ Test(backend_cpu, attention_kv_prefill_chunks_and_decode_steps_match_a_naive_loo
         cr_assert_eq(be->ops->attention_kv(be, out, qkv, kc, vc, slot, pos, N, C, NH, CTX), TPM_OK);
         cr_expect(nerr(out, ref, (size_t)N * C) <= REF_TOL, "call %zu: error %.3g", c,
                   nerr(out, ref, (size_t)N * C));
+    }
+    free(hist), free(kc), free(vc), free(qkv), free(out), free(ref);
+}
+
+/*
+ * The bf16 KV cache (attention_kv16): the same schedule against the naive loop over a
+ * history whose k and v are rounded to bf16 (the cache's definition; q stays fp32), and the
+ * cache holds exactly those rounded values.
+ */
+Test(backend_cpu, attention_kv16_matches_a_naive_loop_over_bf16_keys_and_values)
+{
+    enum { C = 12, NH = 3, CTX = 120, S = 3, MAXN = 80 };
+    static const int calls[][3][3] = {
+        {{2, 0, 7}, {0, 0, 4}, {-1, 0, 0}},
+        {{0, 4, 1}, {2, 7, 1}, {1, 0, 70}},
+        {{1, 70, 30}, {2, 8, 1}, {0, 5, 1}}, {{1, 100, 1}, {0, 6, 1}, {2, 9, 1}},
+    };
+    const int hs   = C / NH;
+    size_t    nc   = (size_t)S * CTX * C;
+    float    *hist = fvec((size_t)S * CTX * 3 * C), *qkv = fvec((size_t)MAXN * 3 * C);
+    float    *out = fvec((size_t)MAXN * C);
+    uint16_t *kc = calloc(nc, sizeof(uint16_t)), *vc = calloc(nc, sizeof(uint16_t));
+    double   *ref = dvec((size_t)MAXN * C);
+    int32_t   slot[MAXN], pos[MAXN];
+
+    cr_assert_not_null(be->ops->attention_kv16);
+    for (size_t c = 0; c < sizeof(calls) / sizeof(calls[0]); c++) {
+        int N = 0;
+
+        for (int r = 0; r < 3; r++) {
+            for (int k = 0; k < calls[c][r][2]; k++, N++) {
+                float *h;
+                slot[N] = calls[c][r][0];
+                pos[N]  = calls[c][r][1] + k;
+                for (int j = 0; j < 3 * C; j++) {
+                    qkv[(size_t)N * 3 * C + j] = frand();
+                }
+                h = hist + ((size_t)slot[N] * CTX + pos[N]) * 3 * C;
+                memcpy(h, qkv + (size_t)N * 3 * C, 3 * C * sizeof(float));
+                for (int hd = 0; hd < NH; hd++) {
+                    for (int d = hs; d < 3 * hs; d++) { /* k and v of head hd */
+                        float *x = h + (size_t)hd * 3 * hs + d;
+                        *x       = tpm_bf16_to_float(tpm_bf16_rne(*x));
+                    }
+                }
+            }
+        }
+        naive_kv(ref, hist, qkv, slot, pos, N, C, NH, CTX);
+        cr_assert_eq(be->ops->attention_kv16(be, out, qkv, kc, vc, slot, pos, N, C, NH, CTX),
+                     TPM_OK);
+        cr_expect(nerr(out, ref, (size_t)N * C) <= REF_TOL, "call %zu: error %.3g", c,
+                  nerr(out, ref, (size_t)N * C));
+        for (int i = 0; i < N; i++) {
+            const float *h = hist + ((size_t)slot[i] * CTX + pos[i]) * 3 * C;
+            size_t       row = ((size_t)slot[i] * CTX + pos[i]) * C;
+            for (int hd = 0; hd < NH; hd++) {
+                for (int d = 0; d < hs; d++) {
+                    cr_expect_eq(tpm_bf16_to_float(kc[row + (size_t)hd * hs + d]),
+                                 h[(size_t)hd * 3 * hs + hs + d]);
+                    cr_expect_eq(tpm_bf16_to_float(vc[row + (size_t)hd * hs + d]),
+                                 h[(size_t)hd * 3 * hs + 2 * hs + d]);
+                }
+            }
+        }
     }
     free(hist), free(kc), free(vc), free(qkv), free(out), free(ref);
 }

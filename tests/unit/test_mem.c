@@ -82,9 +82,18 @@ Test(mem, calloc_zero_fills_and_checks_the_product)
     cr_expect_eq(q, (void *)0x1, "output must be untouched on failure");
 }
 
-Test(mem, free_accepts_null)
+Test(mem, free_accepts_null_and_the_allocator_stays_usable)
 {
+    void *p = NULL;
+
+    /* a crash would fail the test (Criterion reports the signal); then check the heap */
     tpm_free(NULL);
+    cr_assert_eq(tpm_malloc(128, &p), TPM_OK);
+    cr_assert_not_null(p);
+    cr_expect_eq((uintptr_t)p % 64, 0);
+    memset(p, 0x5a, 128);
+    cr_expect_eq(((unsigned char *)p)[127], 0x5a);
+    tpm_free(p);
 }
 
 Test(mem, peak_rss_is_reported)

@@ -202,3 +202,87 @@ Test(sampler, a_draw_depends_only_on_seed_and_step)
     cr_expect(differ > 8, "another seed changed only %d of 64 draws", differ);
     tpm_sampler_destroy(s);
 }
+
+/* log-softmax written out in double, for the reference */
+static double ref_logprob(const float *l, int V, int t)
+{
+    double mx = -INFINITY, sum = 0.0;
+
+    for (int i = 0; i < V; i++) {
+        mx = fmax(mx, (double)l[i]);
+    }
+    for (int i = 0; i < V; i++) {
+        sum += exp((double)l[i] - mx);
+    }
+    return (double)l[t] - mx - log(sum);
+}
+
+Test(sampler, logprobs_are_the_log_softmax_and_the_top_k_is_sorted)
+{
+    float   l[300], lp, top_lp[TPM_LOGPROBS_MAX_TOP];
+    int32_t top[TPM_LOGPROBS_MAX_TOP];
+
+    for (int i = 0; i < 300; i++) {
+        l[i] = 30.0f * sinf(0.37f * (float)i); /* large values: needs the max subtracted */
+    }
+    for (int t = 0; t < 300; t += 13) {
+        tpm_logprobs(l, 300, t, 20, &lp, top, top_lp);
+        cr_assert(fabs(lp - ref_logprob(l, 300, t)) < 1e-5, "token %d: %g vs %g", t, lp,
+                  ref_logprob(l, 300, t));
+    }
+    for (int k = 0; k < 20; k++) {
+        cr_assert(fabs(top_lp[k] - ref_logprob(l, 300, top[k])) < 1e-5);
+        if (k > 0) {
+            cr_assert(top_lp[k] <= top_lp[k - 1], "not sorted at %d", k);
+        }
+    }
+    /* the top-k are the k largest: nothing outside beats the last one */
+    for (int i = 0; i < 300; i++) {
+        int in = 0;
+
+        for (int k = 0; k < 20; k++) {
+            in |= top[k] == i;
+        }
+        cr_assert(in || l[i] <= l[top[19]], "token %d missing from the top 20", i);
+    }
+}
+
+Test(sampler, logprobs_ties_keep_the_lowest_id_and_nan_is_minus_infinity)
+{
+    float   l[6] = {1.0f, 3.0f, 3.0f, NAN, 3.0f, 0.0f}, lp, top_lp[4];
+    int32_t top[4];
+
+    tpm_logprobs(l, 6, 3, 4, &lp, top, top_lp);
+    cr_assert(isinf(lp) && lp < 0.0f, "NaN logit: %g", lp);
+    cr_assert_eq(top[0], 1);
+    cr_assert_eq(top[1], 2);
+    cr_assert_eq(top[2], 4);
+    cr_assert_eq(top[3], 0);
+    tpm_logprobs(l, 6, 1, 0, &lp, top, top_lp); /* k = 0: only the token */
+    cr_assert(fabs(lp - log(exp(3.0) / (exp(1.0) + 3 * exp(3.0) + 1.0))) < 1e-6);
+    tpm_logprobs(l, 2, 0, 20, &lp, top, top_lp); /* k > V: V entries */
+    cr_assert_eq(top[0], 1);
+    cr_assert_eq(top[1], 0);
+}
+
+Test(sampler, adjust_applies_bias_then_presence_and_frequency_per_distinct_token)
+{
+    float   l[8]      = {0, 0, 0, 0, 0, 0, 0, 0};
+    int32_t counts[8] = {0}, gen[6] = {2, 5, 2, 2, 7, 99}, ids[3] = {1, 5, -4};
+    float   val[3] = {100.0f, -1.0f, 3.0f};
+
+    tpm_sampler_adjust(l, 8, ids, val, 3, gen, 6, 0.5f, 0.25f, counts);
+    cr_assert_eq(l[0], 0.0f);
+    cr_assert_eq(l[1], 100.0f);                 /* bias only */
+    cr_assert_eq(l[2], -(3 * 0.25f + 0.5f));    /* 3 times */
+    cr_assert_eq(l[5], -1.0f - (0.25f + 0.5f)); /* bias, then once */
+    cr_assert_eq(l[7], -(0.25f + 0.5f));
+    for (int i = 0; i < 8; i++) {
+        cr_assert_eq(counts[i], 0, "scratch left dirty at %d", i);
+    }
+    /* negative penalties raise, and nothing generated changes nothing */
+    tpm_sampler_adjust(l, 8, NULL, NULL, 0, NULL, 0, -1.0f, -1.0f, counts);
+    cr_assert_eq(l[0], 0.0f);
+    tpm_sampler_adjust(l, 8, NULL, NULL, 0, gen, 1, -1.0f, 0.0f, counts);
+    cr_assert_eq(l[2], -(3 * 0.25f + 0.5f) + 1.0f);
+}
