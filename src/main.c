@@ -17,6 +17,7 @@
 #include "base/status.h"
 #include "ckpt/ckpt.h"
 #include "ckpt/ckpt_llmc.h"
+#include "ckpt/hf.h"
 #include "cli/config.h"
 #include "comm/comm.h"
 #include "core/reshard.h"
@@ -119,7 +120,8 @@ static tpm_status_t run_prepare(const tpm_config_t *cfg, tpm_comm_t *comm)
     return tpm_comm_agree(comm, status);
 }
 
-/* --mode=export: a checkpoint (file, or a --ckpt-dir's latest) to an llm.c model file */
+/* --mode=export: a checkpoint (file, or a --ckpt-dir's latest) to an llm.c model file or a
+ * Hugging Face directory */
 static tpm_status_t run_export(const tpm_config_t *cfg, tpm_comm_t *comm)
 {
     char         path[TPM_PATH_MAX];
@@ -132,8 +134,8 @@ static tpm_status_t run_export(const tpm_config_t *cfg, tpm_comm_t *comm)
     } else if (cfg->out[0] == '\0') {
         tpm_error0("--mode=export needs --out=FILE for the %s model file", cfg->format);
         status = TPM_ERR_INVALID_ARG;
-    } else if (strcmp(cfg->format, "llmc") != 0) {
-        tpm_error0("--format=%s cannot be exported (available: llmc)", cfg->format);
+    } else if (strcmp(cfg->format, "llmc") != 0 && strcmp(cfg->format, "hf") != 0) {
+        tpm_error0("--format=%s cannot be exported (available: llmc, hf)", cfg->format);
         status = TPM_ERR_UNSUPPORTED;
     }
     TPM_CHECK(tpm_ckpt_agree(comm, status));
@@ -142,6 +144,9 @@ static tpm_status_t run_export(const tpm_config_t *cfg, tpm_comm_t *comm)
     }
     TPM_CHECK(tpm_ckpt_agree(comm, status));
     TPM_CHECK(tpm_comm_bcast(comm, path, sizeof(path), TPM_DT_BYTE, 0));
+    if (strcmp(cfg->format, "hf") == 0) {
+        return tpm_ckpt_export_hf(comm, path, cfg->out);
+    }
     return tpm_ckpt_export_llmc(comm, path, cfg->out);
 }
 

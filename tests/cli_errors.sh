@@ -43,7 +43,7 @@ expect 1 2 "exceeds the position table" --mode=train --model=tiny --seq-len=128
 expect 2 2 "precision" --mode=train --precision=fp8
 expect 2 2 "arch" --mode=train --arch=bert
 expect 2 2 "no LLaMA kernels" --mode=train --arch=llama --device=cuda
-expect 2 2 "LLaMA model .* not implemented" --mode=serve --arch=llama
+expect 2 2 "is a gpt2 preset, but --arch=llama" --mode=train --arch=llama
 : >"$dir/a_file"
 expect 2 1 "cannot create directory" --mode=train --steps=1 --out="$dir/a_file/run"
 expect 2 2 "cuda-matmul" --mode=train --cuda-matmul=int8

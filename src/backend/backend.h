@@ -44,10 +44,10 @@ typedef struct tpm_backend_ops {
                          tpm_copy_kind_t kind);
     tpm_status_t (*sync)(tpm_backend_t *be);
 
-    /* out (B,T,C) = wte[tokens] + wpe[t]; tokens (B,T) in [0, Vp) */
+    /* out (B,T,C) = wte[tokens] + wpe[t]; tokens (B,T) in [0, Vp); CPU: wpe NULL adds nothing */
     tpm_status_t (*encoder_fwd)(tpm_backend_t *be, float *out, const int32_t *tokens,
                                 const float *wte, const float *wpe, int B, int T, int C);
-    /* dwte[tokens] += dout, dwpe[t] += dout (deterministic: no atomics) */
+    /* dwte[tokens] += dout, dwpe[t] += dout (deterministic: no atomics; either may be NULL) */
     tpm_status_t (*encoder_bwd)(tpm_backend_t *be, float *dwte, float *dwpe, const float *dout,
                                 const int32_t *tokens, int B, int T, int C);
 

@@ -350,15 +350,19 @@ static tpm_status_t cpu_encoder_fwd(tpm_backend_t *be, float *out, const int32_t
     if (N == 0 || C == 0) {
         return TPM_OK;
     }
-    CPU_REQUIRE(out != NULL && tokens != NULL && wte != NULL && wpe != NULL);
+    CPU_REQUIRE(out != NULL && tokens != NULL && wte != NULL);
     TPM_CHECK(check_tokens(tokens, N));
 
 #pragma omp parallel for schedule(static) if (N * Cs >= CPU_PAR_MIN)
     for (size_t bt = 0; bt < N; bt++) {
         float       *o  = out + bt * Cs;
         const float *we = wte + (size_t)tokens[bt] * Cs;
-        const float *wp = wpe + (bt % (size_t)T) * Cs;
+        const float *wp = wpe != NULL ? wpe + (bt % (size_t)T) * Cs : NULL;
 
+        if (wp == NULL) {
+            memcpy(o, we, Cs * sizeof(float)); /* no position table (LLaMA: RoPE) */
+            continue;
+        }
 #pragma omp simd
         for (size_t c = 0; c < Cs; c++) {
             o[c] = we[c] + wp[c];

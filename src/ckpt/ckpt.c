@@ -802,6 +802,81 @@ void tpm_ckpt_meta_cleanup(tpm_ckpt_meta_t *meta)
     meta->tokenizer_len = 0;
 }
 
+/* the LLaMA configuration attributes (docs/CHECKPOINT.md): int32 then float64 ones */
+static const char *const llama_i32_names[] = {"n_kv_head", "intermediate_size", "tie_embeddings",
+                                              "qkv_bias", "rope_orig_ctx"};
+static const char *const llama_f64_names[] = {"rms_eps", "rope_theta", "rope_scaling_factor",
+                                              "rope_low_freq_factor", "rope_high_freq_factor"};
+
+/* "arch", and for LLaMA its configuration; GPT-2 has no other field */
+static tpm_status_t meta_write_arch(tpm_comm_t *c, hid_t file, const tpm_model_config_t *mc)
+{
+    const char *name = tpm_arch_id_name(mc->arch);
+
+    TPM_ASSERT(name != NULL);
+    TPM_CHECK(attr_write_str(c, file, "arch", name));
+    if (mc->arch == TPM_ARCH_LLAMA) {
+        const int32_t i32[] = {mc->NKV, mc->F, mc->tied, mc->qkv_bias, mc->rope.orig_ctx};
+        const double  f64[] = {mc->rms_eps, mc->rope_theta, mc->rope.factor,
+                               mc->rope.low_freq_factor, mc->rope.high_freq_factor};
+
+        for (size_t i = 0; i < sizeof(i32) / sizeof(i32[0]); i++) {
+            TPM_CHECK(attr_write(c, file, llama_i32_names[i], H5T_STD_I32LE, H5T_NATIVE_INT32,
+                                 &i32[i]));
+        }
+        for (size_t i = 0; i < sizeof(f64) / sizeof(f64[0]); i++) {
+            TPM_CHECK(attr_write(c, file, llama_f64_names[i], H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE,
+                                 &f64[i]));
+        }
+    }
+    return TPM_OK;
+}
+
+/* the architecture: files written before it was recorded hold GPT-2 models */
+static tpm_status_t meta_read_arch(tpm_comm_t *c, hid_t file, tpm_model_config_t *mc)
+{
+    htri_t ex   = 0;
+    char  *name = NULL;
+    int    id;
+
+    TPM_CHECK(ck_agree(c, TPM_H5_CALL(ex = H5Aexists(file, "arch"))));
+    if (ex <= 0) {
+        mc->arch = TPM_ARCH_GPT2;
+        return TPM_OK;
+    }
+    TPM_CHECK(attr_read_str(c, file, "arch", &name));
+    id = tpm_arch_id_parse(name);
+    if (id < 0) {
+        tpm_log_error("%s: model architecture '%s' is unknown to this tpmpi (it knows gpt2 and "
+                      "llama; written by a newer tpmpi?)",
+                      ck_ctx, name);
+        tpm_free(name);
+        return TPM_ERR_FORMAT;
+    }
+    tpm_free(name);
+    mc->arch = id;
+    if (id == TPM_ARCH_LLAMA) {
+        int32_t i32[5];
+        double  f64[5];
+
+        for (size_t i = 0; i < 5; i++) {
+            TPM_CHECK(attr_read(c, file, llama_i32_names[i], H5T_NATIVE_INT32, &i32[i]));
+            TPM_CHECK(attr_read(c, file, llama_f64_names[i], H5T_NATIVE_DOUBLE, &f64[i]));
+        }
+        mc->NKV                   = i32[0];
+        mc->F                     = i32[1];
+        mc->tied                  = i32[2];
+        mc->qkv_bias              = i32[3];
+        mc->rope.orig_ctx         = i32[4];
+        mc->rms_eps               = (float)f64[0];
+        mc->rope_theta            = f64[1];
+        mc->rope.factor           = f64[2];
+        mc->rope.low_freq_factor  = f64[3];
+        mc->rope.high_freq_factor = f64[4];
+    }
+    return TPM_OK;
+}
+
 static tpm_status_t meta_write(tpm_comm_t *c, hid_t file, hid_t dxpl, const tpm_ckpt_meta_t *m)
 {
     const tpm_model_config_t *mc      = &m->model;
@@ -825,6 +900,7 @@ static tpm_status_t meta_write(tpm_comm_t *c, hid_t file, hid_t dxpl, const tpm_
     }
     TPM_CHECK(attr_write(c, file, "seed", H5T_STD_U64LE, H5T_NATIVE_UINT64, &m->seed));
     TPM_CHECK(attr_write(c, file, "lr", H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &m->lr));
+    TPM_CHECK(meta_write_arch(c, file, mc));
     {
         const int32_t order = m->data_order > 0 ? m->data_order : 1;
         TPM_CHECK(attr_write(c, file, "data_order", H5T_STD_I32LE, H5T_NATIVE_INT32, &order));
@@ -915,6 +991,7 @@ static tpm_status_t meta_read(tpm_comm_t *c, hid_t file, hid_t dxpl, tpm_ckpt_me
     }
     TPM_CHECK(attr_read(c, file, "seed", H5T_NATIVE_UINT64, &m->seed));
     TPM_CHECK(attr_read(c, file, "lr", H5T_NATIVE_DOUBLE, &m->lr));
+    TPM_CHECK(meta_read_arch(c, file, &m->model));
     {
         /* absent in files written before the data order was recorded: those used order 1 */
         htri_t  ex    = 0;
@@ -945,6 +1022,7 @@ static tpm_status_t meta_read(tpm_comm_t *c, hid_t file, hid_t dxpl, tpm_ckpt_me
             status = TPM_ERR_FORMAT;
         }
         TPM_CHECK(status);
+        m->model = chk; /* with the derived fields (GPT-2: NKV = NH, F = 4C) */
     }
     TPM_CHECK(attr_read_str(c, file, "config_json", &json));
     m->config_json = json;
@@ -1736,8 +1814,47 @@ static tpm_status_t check_model(const char *path, const tpm_model_config_t *f,
         {"vocab_size", "--vocab-size or the data's tokenizer", offsetof(tpm_model_config_t, V)},
         {"n_ctx", "--n-ctx", offsetof(tpm_model_config_t, maxT)},
     };
+    static const struct {
+        const char *field, *option;
+        size_t      off;
+    } llama[] = {
+        {"n_kv_head", "--n-kv-head", offsetof(tpm_model_config_t, NKV)},
+        {"intermediate_size", "--intermediate-size", offsetof(tpm_model_config_t, F)},
+        {"tie_embeddings", "--tie-embeddings", offsetof(tpm_model_config_t, tied)},
+        {"qkv_bias", "--qkv-bias", offsetof(tpm_model_config_t, qkv_bias)},
+        {"rope_orig_ctx", "--rope-orig-ctx", offsetof(tpm_model_config_t, rope.orig_ctx)},
+    };
     tpm_status_t status = TPM_OK;
 
+    if (f->arch != m->arch) {
+        tpm_log_error("checkpoint %s holds a %s model, but this run is --arch=%s", path,
+                      tpm_arch_id_name(f->arch), tpm_arch_id_name(m->arch));
+        return TPM_ERR_INVALID_ARG;
+    }
+    if (f->arch == TPM_ARCH_LLAMA) {
+        for (size_t i = 0; i < sizeof(llama) / sizeof(llama[0]); i++) {
+            int a = *(const int *)(const void *)((const char *)f + llama[i].off);
+            int b = *(const int *)(const void *)((const char *)m + llama[i].off);
+            if (a != b) {
+                tpm_log_error("checkpoint %s was written for %s = %d, but this run has %s = %d "
+                              "(%s)",
+                              path, llama[i].field, a, llama[i].field, b, llama[i].option);
+                status = TPM_ERR_INVALID_ARG;
+            }
+        }
+        if (f->rms_eps != m->rms_eps || f->rope_theta != m->rope_theta ||
+            f->rope.factor != m->rope.factor || f->rope.low_freq_factor != m->rope.low_freq_factor ||
+            f->rope.high_freq_factor != m->rope.high_freq_factor) {
+            tpm_log_error("checkpoint %s was written for rms_eps %g, rope theta %g, scaling "
+                          "(%g, %g, %g), but this run has %g, %g, (%g, %g, %g) (--rms-eps, "
+                          "--rope-*)",
+                          path, (double)f->rms_eps, f->rope_theta, f->rope.factor,
+                          f->rope.low_freq_factor, f->rope.high_freq_factor, (double)m->rms_eps,
+                          m->rope_theta, m->rope.factor, m->rope.low_freq_factor,
+                          m->rope.high_freq_factor);
+            status = TPM_ERR_INVALID_ARG;
+        }
+    }
     for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++) {
         int a = *(const int *)(const void *)((const char *)f + fields[i].off);
         int b = *(const int *)(const void *)((const char *)m + fields[i].off);

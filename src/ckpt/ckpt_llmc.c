@@ -205,7 +205,8 @@ static tpm_status_t import_rows(int fd, const char *path, const tpm_model_config
             }
         }
         return TPM_OK;
-    case TPM_XFORM_QKV_T: break;
+    case TPM_XFORM_QKV_T:
+    case TPM_XFORM_QKV_GQA: break; /* not llm.c layouts (llmc_tensor) */
     }
     return TPM_ERR_INTERNAL;
 }
@@ -238,6 +239,12 @@ tpm_status_t tpm_ckpt_import_llmc(tpm_zero3_t *z, const char *path)
     struct stat               st;
     tpm_status_t              status = TPM_OK;
 
+    if (cfg->arch != TPM_ARCH_GPT2) {
+        /* the same configuration on every rank: the same answer everywhere */
+        tpm_log_error("--init-from=llmc:%s: llm.c files hold GPT-2 models; this run is --arch=%s",
+                      path, tpm_arch_id_name(cfg->arch));
+        return TPM_ERR_INVALID_ARG;
+    }
     tpm_zero3_params_changed(z); /* the shard is about to be overwritten */
     fd = open(path, O_RDONLY);
     if (fd < 0 || fstat(fd, &st) != 0) {
@@ -308,7 +315,8 @@ static void export_convert(const tpm_model_config_t *cfg, int k, const tpm_param
             }
         }
         break;
-    case TPM_XFORM_QKV_T: TPM_ASSERT(0); break; /* not an llm.c layout (llmc_tensor) */
+    case TPM_XFORM_QKV_T:
+    case TPM_XFORM_QKV_GQA: TPM_ASSERT(0); break; /* not llm.c layouts (llmc_tensor) */
     }
 }
 
@@ -384,6 +392,13 @@ tpm_status_t tpm_ckpt_export_llmc(tpm_comm_t *comm, const char *ckpt_path, const
 
     TPM_CHECK(tpm_ckpt_open(comm, ckpt_path, &ck));
     cfg = tpm_ckpt_meta(ck)->model;
+    if (cfg.arch != TPM_ARCH_GPT2) {
+        /* the file's metadata, the same on every rank */
+        tpm_log_error("%s: a %s checkpoint; llm.c files hold GPT-2 models only (--format=llmc)",
+                      ckpt_path, tpm_arch_id_name(cfg.arch));
+        tpm_ckpt_close(ck);
+        return TPM_ERR_INVALID_ARG;
+    }
     llmc_offsets(&cfg, cfg.Vp, off, &total);
     if (writer) {
         size_t n = (size_t)cfg.Vp * (size_t)cfg.C;

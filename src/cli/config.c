@@ -85,12 +85,14 @@ typedef struct {
 static const char *const mode_names[]   = {"train", "prepare", "serve", "export", "eval",
                                            "trainserve", NULL};
 static const char *const arch_names[]        = {"gpt2", "llama", NULL};
-static const char *const model_names[]  = {"tiny", "small", "gpt2-124m", "gpt2-350m", NULL};
+static const char *const model_names[]  = {"tiny",        "small",        "gpt2-124m",
+                                           "gpt2-350m",   "llama-tiny",   "smollm-135m",
+                                           "qwen2.5-0.5b", "llama-3.2-1b", NULL};
 static const char *const device_names[] = {"cpu", "cuda", NULL};
 static const char *const cuda_matmul_names[] = {"auto", "fp32", "tf32", "bf16", NULL};
 static const char *const precision_names[] = {"fp32", "bf16", NULL};
 static const char *const serve_dtype_names[] = {"fp32", "bf16", "int8", NULL};
-static const char *const format_names[] = {"llmc", NULL};
+static const char *const format_names[] = {"llmc", "hf", NULL};
 static const char *const chat_template_names[] = {"chatml", "llama3", NULL};
 static const char *const compression_names[] = {"none", "2bit", NULL};
 static const char *const residual_names[]    = {"fp32", "bf16", "none", NULL};
@@ -104,14 +106,33 @@ static const char *const group_titles[CONFIG_GROUP_COUNT] = {
 
 typedef struct {
     const char *name;
+    const char *arch;
     int         n_layer, n_embd, n_head, seq_len, n_ctx;
+    /* LLaMA: vocabulary (0: from the data), KV heads, MLP units, RMSNorm eps, rope theta */
+    int    vocab, n_kv_head, ffn;
+    double rms_eps, rope_theta;
+    /* Llama-3 rope scaling (factor 0: none), tied head, q/k/v biases */
+    double rope_factor, rope_low, rope_high;
+    int    rope_orig_ctx, tied, qkv_bias;
 } config_preset_t;
 
+/*
+ * The LLaMA presets have the shapes of the published models (their config.json), not their
+ * weights; llama-3.2-1b keeps n_ctx at 8192 of its 131072 positions (the serving KV cache
+ * default is n_ctx long).
+ */
 static const config_preset_t presets[] = {
-    {"tiny", 2, 64, 4, 64, 64},
-    {"small", 4, 256, 4, 64, 256},
-    {"gpt2-124m", 12, 768, 12, 1024, 1024},
-    {"gpt2-350m", 24, 1024, 16, 1024, 1024},
+    {"tiny", "gpt2", 2, 64, 4, 64, 64, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0},
+    {"small", "gpt2", 4, 256, 4, 64, 256, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0},
+    {"gpt2-124m", "gpt2", 12, 768, 12, 1024, 1024, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0},
+    {"gpt2-350m", "gpt2", 24, 1024, 16, 1024, 1024, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0},
+    {"llama-tiny", "llama", 2, 64, 4, 64, 64, 0, 2, 160, 1e-5, 10000.0, 4.0, 1.0, 4.0, 16, 0, 0},
+    {"smollm-135m", "llama", 30, 576, 9, 512, 2048, 49152, 3, 1536, 1e-5, 10000.0, 0, 0, 0, 0, 1,
+     0},
+    {"qwen2.5-0.5b", "llama", 24, 896, 14, 512, 32768, 151936, 2, 4864, 1e-6, 1000000.0, 0, 0, 0,
+     0, 1, 1},
+    {"llama-3.2-1b", "llama", 16, 2048, 32, 512, 8192, 128256, 8, 8192, 1e-5, 500000.0, 32.0, 1.0,
+     4.0, 8192, 1, 0},
 };
 
 #define OFF(_f) offsetof(tpm_config_t, _f)
@@ -143,11 +164,15 @@ static const config_opt_t options[] = {
 
     /* model */
     {"arch", "TPMPI_ARCH", "gpt2", NULL,
-     "model architecture; llama is refused for now: only its CPU ops exist (docs/MODEL.md)",
+     "model architecture (each --model preset belongs to one); llama: RMSNorm, RoPE, SwiGLU, "
+     "grouped-query attention, trains on --device=cpu (docs/MODEL.md)",
      CONFIG_GROUP_MODEL, CONFIG_TYPE_CHOICE, OFF(arch), SZ(arch), 0, 0, 0, 0, 0, arch_names},
     {"model", "TPMPI_MODEL", "tiny", NULL,
-     "model preset (tiny: L2 C64 NH4 T64 ctx64, small: L4 C256 NH4 T64 ctx256, gpt2-124m: L12 "
-     "C768 NH12 T1024 ctx1024, gpt2-350m: L24 C1024 NH16 T1024 ctx1024)",
+     "model preset; gpt2: tiny (L2 C64 NH4 T64 ctx64), small (L4 C256 NH4 T64 ctx256), "
+     "gpt2-124m (L12 C768 NH12 T1024 ctx1024), gpt2-350m (L24 C1024 NH16 T1024 ctx1024); llama: "
+     "llama-tiny (L2 C64 NH4 NKV2 F160, untied, rope scaling), smollm-135m (L30 C576 NH9 NKV3 "
+     "F1536 V49152, tied), qwen2.5-0.5b (L24 C896 NH14 NKV2 F4864 V151936, qkv bias, tied), "
+     "llama-3.2-1b (L16 C2048 NH32 NKV8 F8192 V128256, rope scaling, tied, ctx8192)",
      CONFIG_GROUP_MODEL, CONFIG_TYPE_CHOICE, OFF(model), SZ(model), 0, 0, 0, 0, 0, model_names},
     {"n-layer", "TPMPI_N_LAYER", "0", "N", "transformer blocks L (0 = from --model)",
      CONFIG_GROUP_MODEL, CONFIG_TYPE_INT, OFF(n_layer), 0, 0, 1024, 0, 0, 0, NULL},
@@ -161,8 +186,41 @@ static const config_opt_t options[] = {
     {"n-ctx", "TPMPI_N_CTX", "0", "N",
      "context length: rows of the position table (0 = from --model)",
      CONFIG_GROUP_MODEL, CONFIG_TYPE_INT, OFF(n_ctx), 0, 0, 65536, 0, 0, 0, NULL},
-    {"vocab-size", "TPMPI_VOCAB_SIZE", "0", "N", "vocabulary size V (0 = from the data's tokenizer)",
+    {"vocab-size", "TPMPI_VOCAB_SIZE", "0", "N",
+     "vocabulary size V (0 = from the preset, else from the data's tokenizer)",
      CONFIG_GROUP_MODEL, CONFIG_TYPE_INT, OFF(vocab_size), 0, 0, 16777216, 0, 0, 0, NULL},
+    {"n-kv-head", "TPMPI_N_KV_HEAD", "0", "N",
+     "llama: key/value heads NKV, dividing --n-head (grouped-query attention; 0 = from --model)",
+     CONFIG_GROUP_MODEL, CONFIG_TYPE_INT, OFF(n_kv_head), 0, 0, 1024, 0, 0, 0, NULL},
+    {"intermediate-size", "TPMPI_INTERMEDIATE_SIZE", "0", "N",
+     "llama: MLP hidden units F (0 = from --model)",
+     CONFIG_GROUP_MODEL, CONFIG_TYPE_INT, OFF(intermediate_size), 0, 0, 1048576, 0, 0, 0, NULL},
+    {"rms-eps", "TPMPI_RMS_EPS", "0", "X", "llama: RMSNorm epsilon (0 = from --model)",
+     CONFIG_GROUP_MODEL, CONFIG_TYPE_DOUBLE, OFF(rms_eps), 0, 0, 0, 0.0, 1.0, CONFIG_MAX_EXCL,
+     NULL},
+    {"rope-theta", "TPMPI_ROPE_THETA", "0", "X", "llama: rotary base theta (0 = from --model)",
+     CONFIG_GROUP_MODEL, CONFIG_TYPE_DOUBLE, OFF(rope_theta), 0, 0, 0, 0.0, 1e12, 0, NULL},
+    {"rope-scaling-factor", "TPMPI_ROPE_SCALING_FACTOR", "-1", "X",
+     "llama: Llama-3 rope scaling factor (0 = no scaling, -1 = from --model)",
+     CONFIG_GROUP_MODEL, CONFIG_TYPE_DOUBLE, OFF(rope_factor), 0, 0, 0, -1.0, 1e6, 0, NULL},
+    {"rope-low-freq-factor", "TPMPI_ROPE_LOW_FREQ_FACTOR", "0", "X",
+     "llama: rope scaling low_freq_factor (0 = from --model)",
+     CONFIG_GROUP_MODEL, CONFIG_TYPE_DOUBLE, OFF(rope_low_freq_factor), 0, 0, 0, 0.0, 1e6, 0,
+     NULL},
+    {"rope-high-freq-factor", "TPMPI_ROPE_HIGH_FREQ_FACTOR", "0", "X",
+     "llama: rope scaling high_freq_factor (0 = from --model)",
+     CONFIG_GROUP_MODEL, CONFIG_TYPE_DOUBLE, OFF(rope_high_freq_factor), 0, 0, 0, 0.0, 1e6, 0,
+     NULL},
+    {"rope-orig-ctx", "TPMPI_ROPE_ORIG_CTX", "0", "N",
+     "llama: rope scaling original_max_position_embeddings (0 = from --model)",
+     CONFIG_GROUP_MODEL, CONFIG_TYPE_INT, OFF(rope_orig_ctx), 0, 0, 16777216, 0, 0, 0, NULL},
+    {"tie-embeddings", "TPMPI_TIE_EMBEDDINGS", "-1", "0|1",
+     "llama: output head tied to the token embedding (1) or its own lm_head (0); -1 = from "
+     "--model",
+     CONFIG_GROUP_MODEL, CONFIG_TYPE_INT, OFF(tie_embeddings), 0, -1, 1, 0, 0, 0, NULL},
+    {"qkv-bias", "TPMPI_QKV_BIAS", "-1", "0|1",
+     "llama: biases on the q, k and v projections (Qwen2); -1 = from --model",
+     CONFIG_GROUP_MODEL, CONFIG_TYPE_INT, OFF(qkv_bias), 0, -1, 1, 0, 0, 0, NULL},
 
     /* data */
     {"data", "TPMPI_DATA", "", "DIR", "prepared data directory (empty = built-in fortunes corpus)",
@@ -245,13 +303,16 @@ static const config_opt_t options[] = {
      "(without it, and without --resume, such a directory is refused)",
      CONFIG_GROUP_CKPT, CONFIG_TYPE_FLAG, OFF(overwrite), 0, 0, 1, 0, 0, 0, NULL},
     {"init-from", "TPMPI_INIT_FROM", "", "FILE",
-     "start from the weights of FILE (a checkpoint, or llmc:FILE for an llm.c model file); "
-     "fresh optimizer",
+     "start from the weights of FILE (a checkpoint, llmc:FILE for an llm.c model file, or "
+     "hf:DIR for a Hugging Face LLaMA/Qwen2/Mistral directory whose config.json matches the "
+     "model options); fresh optimizer",
      CONFIG_GROUP_CKPT, CONFIG_TYPE_STR, OFF(init_from), SZ(init_from), 0, 0, 0, 0, 0, NULL},
     {"ckpt", "TPMPI_CKPT", "", "PATH",
      "serve/export/eval: checkpoint file, or a --ckpt-dir (its latest checkpoint)",
      CONFIG_GROUP_CKPT, CONFIG_TYPE_STR, OFF(ckpt), SZ(ckpt), 0, 0, 0, 0, 0, NULL},
-    {"format", "TPMPI_FORMAT", "llmc", NULL, "export: output format",
+    {"format", "TPMPI_FORMAT", "llmc", NULL,
+     "export: output format: llmc (an llm.c model file --out=FILE, GPT-2) or hf (a Hugging Face "
+     "directory --out=DIR: config.json + model.safetensors, LLaMA family)",
      CONFIG_GROUP_CKPT, CONFIG_TYPE_CHOICE, OFF(format), SZ(format), 0, 0, 0, 0, 0, format_names},
 
     /* compression */
@@ -576,6 +637,54 @@ tpm_status_t tpm_config_apply_preset(tpm_config_t *cfg)
         if (cfg->n_ctx == 0) {
             cfg->n_ctx = p->n_ctx;
         }
+        /* training builds the preset's model; the other modes take it from a file, or none */
+        if (strcmp(cfg->arch, p->arch) != 0 &&
+            (cfg->mode == TPM_MODE_TRAIN || cfg->mode == TPM_MODE_EVAL ||
+             cfg->mode == TPM_MODE_TRAINSERVE)) {
+            tpm_log_error("--model=%s is a %s preset, but --arch=%s (give --arch=%s, or a %s "
+                          "preset: %s)",
+                          cfg->model, p->arch, cfg->arch, p->arch, cfg->arch,
+                          strcmp(cfg->arch, "llama") == 0
+                              ? "llama-tiny, smollm-135m, qwen2.5-0.5b, llama-3.2-1b"
+                              : "tiny, small, gpt2-124m, gpt2-350m");
+            return TPM_ERR_INVALID_ARG;
+        }
+        if (strcmp(p->arch, "llama") != 0 || strcmp(cfg->arch, "llama") != 0) {
+            return TPM_OK;
+        }
+        if (cfg->vocab_size == 0) {
+            cfg->vocab_size = p->vocab;
+        }
+        if (cfg->n_kv_head == 0) {
+            cfg->n_kv_head = p->n_kv_head;
+        }
+        if (cfg->intermediate_size == 0) {
+            cfg->intermediate_size = p->ffn;
+        }
+        if (cfg->rms_eps == 0.0) {
+            cfg->rms_eps = p->rms_eps;
+        }
+        if (cfg->rope_theta == 0.0) {
+            cfg->rope_theta = p->rope_theta;
+        }
+        if (cfg->rope_factor < 0.0) {
+            cfg->rope_factor = p->rope_factor;
+        }
+        if (cfg->rope_low_freq_factor == 0.0) {
+            cfg->rope_low_freq_factor = p->rope_low;
+        }
+        if (cfg->rope_high_freq_factor == 0.0) {
+            cfg->rope_high_freq_factor = p->rope_high;
+        }
+        if (cfg->rope_orig_ctx == 0) {
+            cfg->rope_orig_ctx = p->rope_orig_ctx;
+        }
+        if (cfg->tie_embeddings < 0) {
+            cfg->tie_embeddings = p->tied;
+        }
+        if (cfg->qkv_bias < 0) {
+            cfg->qkv_bias = p->qkv_bias;
+        }
         return TPM_OK;
     }
     tpm_log_error("--model: unknown preset '%s'", cfg->model);
@@ -583,23 +692,52 @@ tpm_status_t tpm_config_apply_preset(tpm_config_t *cfg)
 }
 
 /*
- * --arch=llama: the backend has the LLaMA ops on the CPU (docs/MODEL.md), but no tensor table
- * or block uses them yet, and the CUDA backend has none. Say which, before anything runs.
+ * --arch: the LLaMA-only options mean nothing to GPT-2; the CUDA backend has no LLaMA kernels
+ * yet, and serving does not split a LLaMA model yet. Say which, before anything runs.
  */
 static tpm_status_t config_check_arch(const tpm_config_t *cfg)
 {
-    if (strcmp(cfg->arch, "llama") != 0 || cfg->mode == TPM_MODE_PREPARE) {
+    if (strcmp(cfg->arch, "llama") != 0) {
+        static const char *const only[] = {
+            "--n-kv-head",  "--intermediate-size",    "--rms-eps",
+            "--rope-theta", "--rope-scaling-factor",  "--rope-low-freq-factor",
+            "--rope-high-freq-factor", "--rope-orig-ctx", "--tie-embeddings",
+            "--qkv-bias"};
+        const int set[] = {cfg->n_kv_head != 0,
+                           cfg->intermediate_size != 0,
+                           cfg->rms_eps != 0.0,
+                           cfg->rope_theta != 0.0,
+                           cfg->rope_factor >= 0.0,
+                           cfg->rope_low_freq_factor != 0.0,
+                           cfg->rope_high_freq_factor != 0.0,
+                           cfg->rope_orig_ctx != 0,
+                           cfg->tie_embeddings >= 0,
+                           cfg->qkv_bias >= 0};
+
+        for (size_t i = 0; i < sizeof(set) / sizeof(set[0]); i++) {
+            if (set[i]) {
+                tpm_log_error("%s is an --arch=llama option; this run is --arch=%s", only[i],
+                              cfg->arch);
+                return TPM_ERR_INVALID_ARG;
+            }
+        }
         return TPM_OK;
+    }
+    if (cfg->mode == TPM_MODE_PREPARE) {
+        return TPM_OK;
+    }
+    if (cfg->mode == TPM_MODE_TRAINSERVE) {
+        tpm_log_error("--mode=trainserve --arch=llama: the live weight push of a LLaMA model is "
+                      "not implemented yet (train, then --mode=serve the checkpoint)");
+        return TPM_ERR_INVALID_ARG;
     }
     if (strcmp(cfg->device, "cuda") == 0) {
         tpm_log_error("--device=cuda --arch=llama: the CUDA backend has no LLaMA kernels "
-                      "(RMSNorm, RoPE, SwiGLU, grouped-query attention) yet; they exist on "
-                      "--device=cpu only");
-    } else {
-        tpm_log_error("--arch=llama: the LLaMA model (tensor table, block, Hugging Face "
-                      "import) is not implemented yet; only its CPU ops exist (docs/MODEL.md)");
+                      "(RMSNorm, RoPE, SwiGLU, grouped-query attention) that have run on a GPU "
+                      "yet; use --device=cpu");
+        return TPM_ERR_INVALID_ARG;
     }
-    return TPM_ERR_INVALID_ARG;
+    return TPM_OK;
 }
 
 /* TPMPI_INPUT holds a colon-separated list of files. */
@@ -882,8 +1020,9 @@ tpm_status_t tpm_config_parse(tpm_config_t *cfg, int argc, char **argv, FILE *ou
         TPM_CHECK(config_add_input(cfg, "--input", argv[i]));
     }
 
-    TPM_CHECK(tpm_config_apply_preset(cfg));
-    return config_check_arch(cfg);
+    /* the LLaMA-only options are checked as given, before a LLaMA preset fills them */
+    TPM_CHECK(config_check_arch(cfg));
+    return tpm_config_apply_preset(cfg);
 }
 
 /* ---- JSON dump and hash -------------------------------------------------------------------- */

@@ -32,14 +32,25 @@ typedef struct tpm_config {
     tpm_mode_t mode;
 
     /* model: preset, then overrides (0 = take from preset / data) */
-    char arch[8];   /* gpt2 | llama (llama: refused until its model lands) */
-    char model[32]; /* tiny | small | gpt2-124m | gpt2-350m */
+    char arch[8];   /* gpt2 | llama (a preset belongs to one of them) */
+    char model[32]; /* tiny | small | gpt2-124m | gpt2-350m | llama-tiny | smollm-135m | ... */
     int  n_layer;
     int  n_head;
     int  n_embd;
     int  seq_len;    /* T used for training (<= n_ctx) */
     int  n_ctx;      /* position table size maxT */
     int  vocab_size; /* 0: from the tokenizer of the data */
+    /* LLaMA only (0 or -1 = from the preset; docs/MODEL.md "LLaMA") */
+    int    n_kv_head;         /* key/value heads, dividing n_head */
+    int    intermediate_size; /* MLP hidden units */
+    double rms_eps;
+    double rope_theta;
+    double rope_factor; /* Llama-3 rope scaling factor; 0 = none, -1 = from the preset */
+    double rope_low_freq_factor;
+    double rope_high_freq_factor;
+    int    rope_orig_ctx;  /* original_max_position_embeddings */
+    int    tie_embeddings; /* -1 = from the preset, 0 = own lm_head, 1 = tied to wte */
+    int    qkv_bias;       /* -1 = from the preset, 0 or 1 */
 
     /* data */
     char data[TPM_PATH_MAX]; /* "" = built-in fortunes corpus */

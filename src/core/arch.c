@@ -74,3 +74,59 @@ const tpm_arch_t tpm_arch_gpt2 = {
     .n_emb   = TPM_EMB_NT,
     .emb     = gpt2_emb,
 };
+
+/*
+ * LLaMA (LlamaForCausalLM, Qwen2ForCausalLM, MistralForCausalLM). Hugging Face keeps q_proj,
+ * k_proj and v_proj as three nn.Linear weights (out, in); tpmpi stores them as one (QKV, C)
+ * tensor whose rows are grouped by KV group (backend.h: the q of the group's NH / NKV heads,
+ * then its k, then its v), so that a tensor-parallel rank owning whole KV groups owns
+ * contiguous rows. The "%d" names below are q_proj's; the layout TPM_XFORM_QKV_GQA says the
+ * rows come from the three files' tensors (docs/MODEL.md). o_proj and down_proj are stored
+ * transposed ([in, out], row-parallel). There is no llm.c layout (llmc_index -1).
+ * Hugging Face initialises every linear weight N(0, initializer_range = 0.02): no residual
+ * scaling.
+ */
+static const tpm_tensor_spec_t llama_block[TPM_LBLOCK_NT] = {
+    [TPM_LB_LN1W]  = {"ln1w", TPM_DIM_C, TPM_DIM_1, TPM_SPLIT_REPLICATED, TPM_INIT_ONE, 0,
+                      "model.layers.%d.input_layernorm.weight", TPM_XFORM_SAME, -1, TPM_XFORM_SAME},
+    [TPM_LB_QKVW]  = {"qkvw", TPM_DIM_QKV, TPM_DIM_C, TPM_SPLIT_HEADS_QKV, TPM_INIT_W, 1,
+                      "model.layers.%d.self_attn.q_proj.weight", TPM_XFORM_QKV_GQA, -1,
+                      TPM_XFORM_SAME},
+    [TPM_LB_OW]    = {"ow", TPM_DIM_C, TPM_DIM_C, TPM_SPLIT_HEADS_IN, TPM_INIT_W, 1,
+                      "model.layers.%d.self_attn.o_proj.weight", TPM_XFORM_TRANSPOSE, -1,
+                      TPM_XFORM_SAME},
+    [TPM_LB_LN2W]  = {"ln2w", TPM_DIM_C, TPM_DIM_1, TPM_SPLIT_REPLICATED, TPM_INIT_ONE, 0,
+                      "model.layers.%d.post_attention_layernorm.weight", TPM_XFORM_SAME, -1,
+                      TPM_XFORM_SAME},
+    [TPM_LB_GATEW] = {"gatew", TPM_DIM_F, TPM_DIM_C, TPM_SPLIT_COL, TPM_INIT_W, 1,
+                      "model.layers.%d.mlp.gate_proj.weight", TPM_XFORM_SAME, -1, TPM_XFORM_SAME},
+    [TPM_LB_UPW]   = {"upw", TPM_DIM_F, TPM_DIM_C, TPM_SPLIT_COL, TPM_INIT_W, 1,
+                      "model.layers.%d.mlp.up_proj.weight", TPM_XFORM_SAME, -1, TPM_XFORM_SAME},
+    [TPM_LB_DOWNW] = {"downw", TPM_DIM_F, TPM_DIM_C, TPM_SPLIT_ROW, TPM_INIT_W, 1,
+                      "model.layers.%d.mlp.down_proj.weight", TPM_XFORM_TRANSPOSE, -1,
+                      TPM_XFORM_SAME},
+    [TPM_LB_QKVB]  = {"qkvb", TPM_DIM_QKV, TPM_DIM_1, TPM_SPLIT_HEADS_QKV, TPM_INIT_ZERO, 0,
+                      "model.layers.%d.self_attn.q_proj.bias", TPM_XFORM_QKV_GQA, -1,
+                      TPM_XFORM_SAME},
+};
+
+static const tpm_tensor_spec_t llama_emb[TPM_LEMB_NT] = {
+    [TPM_LE_WTE]  = {"wte", TPM_DIM_VP, TPM_DIM_C, TPM_SPLIT_VOCAB, TPM_INIT_W, 1,
+                     "model.embed_tokens.weight", TPM_XFORM_SAME, -1, TPM_XFORM_SAME},
+    [TPM_LE_LNFW] = {"lnfw", TPM_DIM_C, TPM_DIM_1, TPM_SPLIT_REPLICATED, TPM_INIT_ONE, 0,
+                     "model.norm.weight", TPM_XFORM_SAME, -1, TPM_XFORM_SAME},
+    [TPM_LE_HEAD] = {"lm_head", TPM_DIM_VP, TPM_DIM_C, TPM_SPLIT_VOCAB, TPM_INIT_W, 1,
+                     "lm_head.weight", TPM_XFORM_SAME, -1, TPM_XFORM_SAME},
+};
+
+#define LLAMA_ARCH(_bias, _untied)                                                                 \
+    {.name    = "llama",                                                                           \
+     .n_block = TPM_LB_QKVB + (_bias),                                                             \
+     .block   = llama_block,                                                                       \
+     .n_emb   = TPM_LE_HEAD + (_untied),                                                           \
+     .emb     = llama_emb}
+
+const tpm_arch_t tpm_arch_llama[2][2] = {
+    {LLAMA_ARCH(0, 0), LLAMA_ARCH(0, 1)},
+    {LLAMA_ARCH(1, 0), LLAMA_ARCH(1, 1)},
+};

@@ -25,6 +25,8 @@ typedef enum {
     TPM_DIM_4C,    /* MLP hidden units */
     TPM_DIM_VP,    /* padded vocabulary (rows from V on are zero) */
     TPM_DIM_MAXT,  /* position table */
+    TPM_DIM_QKV,   /* LLaMA: q of all heads, k and v of the KV heads: (NH + 2 NKV) hs */
+    TPM_DIM_F,     /* LLaMA: MLP hidden units (intermediate size) */
 } tpm_dim_t;
 
 /*
@@ -34,7 +36,8 @@ typedef enum {
  */
 typedef enum {
     TPM_SPLIT_REPLICATED = 0, /* every rank holds all rows */
-    TPM_SPLIT_HEADS_QKV,      /* column-parallel by whole heads: 3 hs rows per head (q, k, v) */
+    TPM_SPLIT_HEADS_QKV,      /* column-parallel by whole heads: 3 hs rows per head (q, k, v);
+                                 LLaMA: by whole KV groups, (NH / NKV + 2) hs rows per group */
     TPM_SPLIT_HEADS_IN,       /* row-parallel by whole heads: hs input rows per head */
     TPM_SPLIT_COL,            /* column-parallel: output rows, equal row blocks */
     TPM_SPLIT_ROW,            /* row-parallel: input rows ([in, out] storage), equal row blocks */
@@ -55,6 +58,8 @@ typedef enum {
     TPM_XFORM_QKV,       /* rows permuted: tpmpi head-grouped, the file q | k | v blocks */
     TPM_XFORM_TRANSPOSE, /* the file holds the transpose */
     TPM_XFORM_QKV_T,     /* the file holds the transpose of the q | k | v permuted rows */
+    TPM_XFORM_QKV_GQA,   /* LLaMA: rows from three files' tensors (q_proj, k_proj, v_proj),
+                            tpmpi grouped by KV group (docs/MODEL.md) */
 } tpm_xform_t;
 
 typedef struct tpm_tensor_spec {
@@ -65,7 +70,7 @@ typedef struct tpm_tensor_spec {
     int             decay;      /* AdamW weight decay applies */
     const char     *hf;         /* Hugging Face name; "%d" is the layer */
     tpm_xform_t     hf_xform;   /* Hugging Face layout */
-    int             llmc_index; /* position in llm.c's file order (0..15) */
+    int             llmc_index; /* position in llm.c's file order (0..15); -1: none */
     tpm_xform_t     llmc_xform; /* llm.c layout */
 } tpm_tensor_spec_t;
 
@@ -93,5 +98,12 @@ void tpm_split_rows(int64_t rows, int world, int rank, int64_t *row0_p, int64_t 
 
 /** The GPT-2 table (static storage). */
 extern const tpm_arch_t tpm_arch_gpt2;
+
+/*
+ * The LLaMA tables (static storage): one block table whose last row (qkvb) exists only with
+ * q/k/v biases, one embedding table whose last row (lm_head) exists only with an untied head;
+ * the four variants share the rows and differ in their counts. Index: [qkv_bias][untied].
+ */
+extern const tpm_arch_t tpm_arch_llama[2][2];
 
 #endif /* TPM_CORE_ARCH_H */

@@ -167,6 +167,54 @@ static void prof_commit_fwd(int training)
         tpm_prof_end(be, (_op), _t0);                                                              \
     } while (0)
 
+const char *tpm_arch_id_name(int arch)
+{
+    return arch == TPM_ARCH_GPT2 ? "gpt2" : arch == TPM_ARCH_LLAMA ? "llama" : NULL;
+}
+
+int tpm_arch_id_parse(const char *name)
+{
+    return strcmp(name, "gpt2") == 0 ? TPM_ARCH_GPT2 : strcmp(name, "llama") == 0 ? TPM_ARCH_LLAMA : -1;
+}
+
+/* the LLaMA-only fields: GQA heads, MLP width, RMSNorm and rotary parameters */
+static tpm_status_t config_finish_llama(tpm_model_config_t *cfg)
+{
+    const int    hs = cfg->C / cfg->NH;
+    float       *inv;
+    tpm_status_t status;
+
+    if (cfg->NKV < 1 || cfg->NKV > cfg->NH || cfg->NH % cfg->NKV != 0) {
+        tpm_log_error("model: n_kv_head %d must divide n_head %d", cfg->NKV, cfg->NH);
+        return TPM_ERR_INVALID_ARG;
+    }
+    if (cfg->F < 1 || cfg->F > TPM_MAX_DIM) {
+        tpm_log_error("model: intermediate_size %d out of range [1, %d]", cfg->F, TPM_MAX_DIM);
+        return TPM_ERR_INVALID_ARG;
+    }
+    if (hs % 2 != 0) {
+        tpm_log_error("model: head size %d (n_embd / n_head) must be even for RoPE", hs);
+        return TPM_ERR_INVALID_ARG;
+    }
+    if (!(cfg->rms_eps > 0.0f && cfg->rms_eps < 1.0f)) {
+        tpm_log_error("model: rms_eps %g out of range (0, 1)", (double)cfg->rms_eps);
+        return TPM_ERR_INVALID_ARG;
+    }
+    if (cfg->tied != 0 && cfg->tied != 1) {
+        tpm_log_error("model: tie_embeddings %d is neither 0 nor 1", cfg->tied);
+        return TPM_ERR_INVALID_ARG;
+    }
+    if (cfg->qkv_bias != 0 && cfg->qkv_bias != 1) {
+        tpm_log_error("model: qkv_bias %d is neither 0 nor 1", cfg->qkv_bias);
+        return TPM_ERR_INVALID_ARG;
+    }
+    /* the rotary parameters: tpm_rope_inv_freq names what is wrong */
+    TPM_CHECK(tpm_malloc((size_t)hs / 2 * sizeof(float), (void **)&inv));
+    status = tpm_rope_inv_freq(hs, cfg->rope_theta, &cfg->rope, inv);
+    tpm_free(inv);
+    return status;
+}
+
 tpm_status_t tpm_model_config_finish(tpm_model_config_t *cfg)
 {
     if (cfg->L < 1 || cfg->L > 1024) {
@@ -190,12 +238,26 @@ tpm_status_t tpm_model_config_finish(tpm_model_config_t *cfg)
         return TPM_ERR_INVALID_ARG;
     }
     cfg->Vp = (cfg->V + TPM_VOCAB_PAD - 1) / TPM_VOCAB_PAD * TPM_VOCAB_PAD;
-    return TPM_OK;
+    switch (cfg->arch) {
+    case TPM_ARCH_GPT2:
+        cfg->NKV      = cfg->NH;
+        cfg->F        = 4 * cfg->C;
+        cfg->tied     = 1;
+        cfg->qkv_bias = 1;
+        return TPM_OK;
+    case TPM_ARCH_LLAMA: return config_finish_llama(cfg);
+    default:
+        tpm_log_error("model: unknown architecture id %d (this tpmpi knows gpt2 and llama)",
+                      cfg->arch);
+        return TPM_ERR_INVALID_ARG;
+    }
 }
 
 const tpm_arch_t *tpm_model_arch(const tpm_model_config_t *cfg)
 {
-    (void)cfg;
+    if (cfg->arch == TPM_ARCH_LLAMA) {
+        return &tpm_arch_llama[cfg->qkv_bias != 0][cfg->tied == 0];
+    }
     return &tpm_arch_gpt2;
 }
 
@@ -208,6 +270,8 @@ int64_t tpm_model_dim(const tpm_model_config_t *cfg, tpm_dim_t d)
     case TPM_DIM_4C: return 4 * (int64_t)cfg->C;
     case TPM_DIM_VP: return cfg->Vp;
     case TPM_DIM_MAXT: return cfg->maxT;
+    case TPM_DIM_QKV: return tpm_model_qkv_rows(cfg);
+    case TPM_DIM_F: return tpm_model_ffn(cfg);
     }
     TPM_ASSERT(0);
     return 0;
@@ -298,7 +362,11 @@ tpm_status_t tpm_acts_create(tpm_backend_t *be, const tpm_model_config_t *cfg, i
                              tpm_acts_t **acts_p)
 {
     const size_t BT = (size_t)B * T, C = (size_t)cfg->C, L = (size_t)cfg->L;
-    const size_t per_block = BT * C * 5 + BT * 3 * C + BT * 4 * C * 2 + BT * 4 +
+    const int    llama = cfg->arch == TPM_ARCH_LLAMA;
+    /* q, k, v rows and MLP units: 3C and 4C for GPT-2; the LLaMA MLP keeps its up projection */
+    const size_t Q = (size_t)tpm_model_qkv_rows(cfg), F = (size_t)tpm_model_ffn(cfg);
+    const size_t nfu = llama ? 1 : 0, hs2 = C / (size_t)cfg->NH / 2;
+    const size_t per_block = BT * C * 5 + BT * Q + BT * F * (2 + nfu) + BT * 4 +
                              (size_t)B * cfg->NH * T;
     size_t       nfloat, off = 0;
     tpm_acts_t  *a;
@@ -311,12 +379,12 @@ tpm_status_t tpm_acts_create(tpm_backend_t *be, const tpm_model_config_t *cfg, i
         return TPM_ERR_INVALID_ARG;
     }
     nfloat = per_block * L + (L + 1) * BT * C + BT * C + 2 * BT + BT * (size_t)cfg->Vp + BT +
-             BT * C * 3 + BT * 3 * C + BT * 4 * C * 2;
+             BT * C * 3 + BT * Q + BT * F * (2 + nfu) + nfu * hs2;
     TPM_CHECK(tpm_calloc(1, sizeof(*a), (void **)&a));
     TPM_CHECK_GOTO(tpm_calloc(L, sizeof(*a->blk), (void **)&a->blk), status, err_free_a);
     TPM_CHECK_GOTO(tpm_calloc(BT, sizeof(float), (void **)&a->losses_h), status, err_free_blk);
-    /* floats, then the two int32 token arrays; 64-byte align every sub-buffer */
-    a->nbytes = (nfloat + 64 * 40) * sizeof(float) + 2 * BT * sizeof(int32_t) + 128;
+    /* floats, then the int32 token (and position) arrays; every sub-buffer 64-byte aligned */
+    a->nbytes = (nfloat + 16 * (14 * L + 32)) * sizeof(float) + 3 * BT * sizeof(int32_t) + 192;
     TPM_CHECK_GOTO(be->ops->alloc(be, a->nbytes, &a->mem), status, err_free_blk);
     TPM_CHECK_GOTO(be->ops->memzero(be, a->mem, a->nbytes), status, err_free_mem);
     base = a->mem;
@@ -329,15 +397,18 @@ tpm_status_t tpm_acts_create(tpm_backend_t *be, const tpm_model_config_t *cfg, i
         b->ln1              = TAKE(BT * C);
         b->ln1_mean         = TAKE(BT);
         b->ln1_rstd         = TAKE(BT);
-        b->qkv              = TAKE(BT * 3 * C);
+        b->qkv              = TAKE(BT * Q);
         b->atty             = TAKE(BT * C);
         b->att_lse          = TAKE((size_t)B * cfg->NH * T);
         b->res2             = TAKE(BT * C);
         b->ln2              = TAKE(BT * C);
         b->ln2_mean         = TAKE(BT);
         b->ln2_rstd         = TAKE(BT);
-        b->fch              = TAKE(BT * 4 * C);
-        b->fch_gelu         = TAKE(BT * 4 * C);
+        b->fch              = TAKE(BT * F);
+        b->fch_gelu         = TAKE(BT * F);
+        if (llama) {
+            b->fcu = TAKE(BT * F);
+        }
     }
     a->resid    = TAKE((L + 1) * BT * C);
     a->lnf      = TAKE(BT * C);
@@ -348,11 +419,38 @@ tpm_status_t tpm_acts_create(tpm_backend_t *be, const tpm_model_config_t *cfg, i
     a->dresid   = TAKE(BT * C);
     a->dbtc     = TAKE(BT * C);
     a->dbtc2    = TAKE(BT * C);
-    a->dqkv     = TAKE(BT * 3 * C);
-    a->dfch     = TAKE(BT * 4 * C);
-    a->dfch2    = TAKE(BT * 4 * C);
+    a->dqkv     = TAKE(BT * Q);
+    a->dfch     = TAKE(BT * F);
+    a->dfch2    = TAKE(BT * F);
     a->tokens   = TAKE(BT);
     a->targets  = TAKE(BT);
+    if (llama) {
+        int32_t *pos_h;
+
+        a->dfch3    = TAKE(BT * F);
+        a->inv_freq = TAKE(hs2);
+        a->pos      = TAKE(BT);
+        TPM_ASSERT(off <= a->nbytes);
+        /* positions 0..T-1 of every sequence, and the configuration's rotary frequencies */
+        TPM_CHECK_GOTO(tpm_malloc(BT * sizeof(int32_t) + hs2 * sizeof(float), (void **)&pos_h),
+                       status, err_free_mem);
+        for (size_t i = 0; i < BT; i++) {
+            pos_h[i] = (int32_t)(i % (size_t)T);
+        }
+        status = tpm_rope_inv_freq((int)(2 * hs2), cfg->rope_theta, &cfg->rope,
+                                   (float *)(void *)(pos_h + BT));
+        if (status == TPM_OK) {
+            status = be->ops->copy(be, a->pos, pos_h, BT * sizeof(int32_t), TPM_COPY_H2D);
+        }
+        if (status == TPM_OK) {
+            status = be->ops->copy(be, a->inv_freq, pos_h + BT, hs2 * sizeof(float),
+                                   TPM_COPY_H2D);
+        }
+        tpm_free(pos_h);
+        if (status != TPM_OK) {
+            goto err_free_mem;
+        }
+    }
 #undef TAKE
     TPM_ASSERT(off <= a->nbytes);
     a->B    = B;
@@ -410,14 +508,21 @@ static inline void progress(tpm_acts_t *a)
 tpm_status_t tpm_model_embed_fwd(tpm_backend_t *be, const tpm_model_config_t *cfg,
                                  const tpm_group_view_t *emb, tpm_acts_t *a)
 {
+    /* LLaMA has no position table (RoPE in the blocks): wte rows only */
+    const float *wpe = cfg->arch == TPM_ARCH_LLAMA ? NULL : emb->t[TPM_E_WPE];
+
     PROF_CALL(TPM_PROF_EMBED_FWD, be->ops->encoder_fwd(be, a->resid, a->tokens, emb->t[TPM_E_WTE],
-                                                       emb->t[TPM_E_WPE], a->B, a->T, cfg->C));
+                                                       wpe, a->B, a->T, cfg->C));
     return TPM_OK;
 }
 
 tpm_block_part_t tpm_block_part_whole(const tpm_model_config_t *cfg)
 {
-    return (tpm_block_part_t){.nh = cfg->NH, .nf = 4 * cfg->C, .add_bias = 1, .comm = NULL};
+    return (tpm_block_part_t){.nh       = cfg->NH,
+                              .nkv      = tpm_model_nkv(cfg),
+                              .nf       = tpm_model_ffn(cfg),
+                              .add_bias = 1,
+                              .comm     = NULL};
 }
 
 static void io_progress(const tpm_block_io_t *io)
@@ -438,8 +543,9 @@ static tpm_status_t block_matmul(tpm_backend_t *be, const tpm_block_io_t *io, fl
     return be->ops->matmul_fwd(be, out, inp, w[t], bias, n, IC, OC, w_trans);
 }
 
-tpm_status_t tpm_block_fwd(tpm_backend_t *be, const tpm_model_config_t *cfg, float *const *w,
-                           const tpm_block_part_t *part, const tpm_block_io_t *io)
+static tpm_status_t gpt2_block_fwd(tpm_backend_t *be, const tpm_model_config_t *cfg,
+                                   float *const *w, const tpm_block_part_t *part,
+                                   const tpm_block_io_t *io)
 {
     const tpm_backend_ops_t *op = be->ops;
     const int                n = io->n, C = cfg->C, nh = part->nh, nf = part->nf;
@@ -498,6 +604,80 @@ tpm_status_t tpm_block_fwd(tpm_backend_t *be, const tpm_model_config_t *cfg, flo
     return TPM_OK;
 }
 
+/*
+ * The LLaMA block (docs/MODEL.md "LLaMA"): x + o(attn(rope(qkv(rms(x))))), then
+ * + down(silu(gate(rms)) * up(rms)). No row-parallel biases; q/k/v biases with qkv_bias.
+ */
+static tpm_status_t llama_block_fwd(tpm_backend_t *be, const tpm_model_config_t *cfg,
+                                    float *const *w, const tpm_block_part_t *part,
+                                    const tpm_block_io_t *io)
+{
+    const tpm_backend_ops_t *op = be->ops;
+    const int                n = io->n, C = cfg->C, nh = part->nh, nkv = part->nkv, nf = part->nf;
+    const int                hs = C / cfg->NH, Cl = nh * hs, Ql = (nh + 2 * nkv) * hs;
+    const size_t             nc    = (size_t)n * (size_t)C;
+    float                   *proj1 = io->part != NULL ? io->part : io->res2;
+    float                   *proj2 = io->part != NULL ? io->part : io->out;
+    const int32_t           *rpos  = io->rope_pos != NULL ? io->rope_pos : io->pos;
+
+    TPM_ASSERT(part->comm == NULL || io->part != NULL);
+    TPM_ASSERT(rpos != NULL && io->inv_freq != NULL && io->fcu != NULL);
+    PROF_CALL(TPM_PROF_LN_FWD, op->rmsnorm_fwd(be, io->ln1, io->ln1_rstd, io->x, w[TPM_LB_LN1W], n,
+                                               C, cfg->rms_eps));
+    PROF_CALL(TPM_PROF_QKV_FWD,
+              block_matmul(be, io, w, TPM_LB_QKVW, io->qkv, io->ln1,
+                           cfg->qkv_bias ? w[TPM_LB_QKVB] : NULL, n, C, Ql, 0));
+    if (nh > 0) {
+        PROF_CALL(TPM_PROF_QKV_FWD, op->rope_fwd(be, io->qkv, rpos, io->inv_freq, n, nh, nkv, hs));
+    }
+    io_progress(io);
+    if (io->ctx > 0) {
+        if (nh > 0) {
+            PROF_CALL(TPM_PROF_ATTN_FWD,
+                      op->attention_gqa_kv(be, io->atty, io->qkv, io->kcache, io->vcache, io->slot,
+                                           io->pos, n, nh, nkv, hs, io->ctx));
+        }
+    } else {
+        PROF_CALL(TPM_PROF_ATTN_FWD, op->attention_gqa_fwd(be, io->atty, io->att_lse, io->qkv,
+                                                           io->B, io->T, nh, nkv, hs));
+    }
+    io_progress(io);
+    PROF_CALL(TPM_PROF_ATTPROJ_FWD,
+              block_matmul(be, io, w, TPM_LB_OW, proj1, io->atty, NULL, n, Cl, C, 1));
+    if (part->comm != NULL) {
+        TPM_CHECK(tpm_comm_all_reduce(part->comm, proj1, proj1, nc, TPM_DT_FLOAT, TPM_RED_SUM));
+    }
+    PROF_CALL(TPM_PROF_RESID_FWD, op->add(be, io->res2, proj1, io->x, nc));
+
+    PROF_CALL(TPM_PROF_LN_FWD, op->rmsnorm_fwd(be, io->ln2, io->ln2_rstd, io->res2,
+                                               w[TPM_LB_LN2W], n, C, cfg->rms_eps));
+    io_progress(io);
+    PROF_CALL(TPM_PROF_FC_FWD,
+              block_matmul(be, io, w, TPM_LB_GATEW, io->fch, io->ln2, NULL, n, C, nf, 0));
+    PROF_CALL(TPM_PROF_FC_FWD,
+              block_matmul(be, io, w, TPM_LB_UPW, io->fcu, io->ln2, NULL, n, C, nf, 0));
+    PROF_CALL(TPM_PROF_GELU_FWD,
+              op->swiglu_fwd(be, io->fch_gelu, io->fch, io->fcu, (size_t)n * (size_t)nf));
+    io_progress(io);
+    PROF_CALL(TPM_PROF_FCPROJ_FWD,
+              block_matmul(be, io, w, TPM_LB_DOWNW, proj2, io->fch_gelu, NULL, n, nf, C, 1));
+    if (part->comm != NULL) {
+        TPM_CHECK(tpm_comm_all_reduce(part->comm, proj2, proj2, nc, TPM_DT_FLOAT, TPM_RED_SUM));
+    }
+    PROF_CALL(TPM_PROF_RESID_FWD, op->add(be, io->out, proj2, io->res2, nc));
+    io_progress(io);
+    return TPM_OK;
+}
+
+tpm_status_t tpm_block_fwd(tpm_backend_t *be, const tpm_model_config_t *cfg, float *const *w,
+                           const tpm_block_part_t *part, const tpm_block_io_t *io)
+{
+    if (cfg->arch == TPM_ARCH_LLAMA) {
+        return llama_block_fwd(be, cfg, w, part, io);
+    }
+    return gpt2_block_fwd(be, cfg, w, part, io);
+}
+
 tpm_status_t tpm_model_block_fwd(tpm_backend_t *be, const tpm_model_config_t *cfg, int l,
                                  const tpm_group_view_t *p, tpm_acts_t *a)
 {
@@ -518,7 +698,10 @@ tpm_status_t tpm_model_block_fwd(tpm_backend_t *be, const tpm_model_config_t *cf
             .ln2_rstd     = b->ln2_rstd,
             .fch          = b->fch,
             .fch_gelu     = b->fch_gelu,
+            .fcu          = b->fcu,
             .out          = a->resid + (size_t)(l + 1) * NC,
+            .rope_pos     = a->pos,
+            .inv_freq     = a->inv_freq,
             .B            = a->B,
             .T            = a->T,
             .att_lse      = b->att_lse,
@@ -535,13 +718,21 @@ tpm_status_t tpm_model_head_fwd_bwd(tpm_backend_t *be, const tpm_model_config_t 
 {
     const tpm_backend_ops_t *op = be->ops;
     const int                N = a->B * a->T, C = cfg->C;
-    const float             *x   = a->resid + (size_t)cfg->L * N * C;
+    const float             *x     = a->resid + (size_t)cfg->L * N * C;
+    const int                llama = cfg->arch == TPM_ARCH_LLAMA;
+    /* the output head: wte (tied) or LLaMA's own lm_head */
+    const int                th = llama && !cfg->tied ? TPM_LE_HEAD : TPM_E_WTE;
     double                   sum = 0.0;
 
-    PROF_CALL(TPM_PROF_LN_FWD, op->layernorm_fwd(be, a->lnf, a->lnf_mean, a->lnf_rstd, x,
-                                                 emb->t[TPM_E_LNFW], emb->t[TPM_E_LNFB], N, C));
+    if (llama) {
+        PROF_CALL(TPM_PROF_LN_FWD, op->rmsnorm_fwd(be, a->lnf, a->lnf_rstd, x, emb->t[TPM_LE_LNFW],
+                                                   N, C, cfg->rms_eps));
+    } else {
+        PROF_CALL(TPM_PROF_LN_FWD, op->layernorm_fwd(be, a->lnf, a->lnf_mean, a->lnf_rstd, x,
+                                                     emb->t[TPM_E_LNFW], emb->t[TPM_E_LNFB], N, C));
+    }
     PROF_CALL(TPM_PROF_LOGITS_FWD,
-              op->matmul_fwd(be, a->logits, a->lnf, emb->t[TPM_E_WTE], NULL, N, C, cfg->Vp, 0));
+              op->matmul_fwd(be, a->logits, a->lnf, emb->t[th], NULL, N, C, cfg->Vp, 0));
     progress(a);
 
     PROF_CALL(TPM_PROF_XENT,
@@ -559,10 +750,16 @@ tpm_status_t tpm_model_head_fwd_bwd(tpm_backend_t *be, const tpm_model_config_t 
         /* logits now hold dlogits: d lnf = dlogits @ wte, d wte += dlogits^T @ lnf */
         PROF_CALL(TPM_PROF_MEMZERO_BWD, op->memzero(be, a->dbtc, (size_t)N * C * sizeof(float)));
         PROF_CALL(TPM_PROF_LOGITS_BWD,
-                  op->matmul_bwd(be, a->dbtc, demb->t[TPM_E_WTE], NULL, a->logits, a->lnf,
-                                 emb->t[TPM_E_WTE], N, C, cfg->Vp, 0));
+                  op->matmul_bwd(be, a->dbtc, demb->t[th], NULL, a->logits, a->lnf, emb->t[th], N,
+                                 C, cfg->Vp, 0));
         progress(a);
         PROF_CALL(TPM_PROF_MEMZERO_BWD, op->memzero(be, a->dresid, (size_t)N * C * sizeof(float)));
+        if (llama) {
+            PROF_CALL(TPM_PROF_LN_BWD,
+                      op->rmsnorm_bwd(be, a->dresid, demb->t[TPM_LE_LNFW], a->dbtc, x,
+                                      emb->t[TPM_LE_LNFW], a->lnf_rstd, N, C));
+            return TPM_OK;
+        }
         PROF_CALL(TPM_PROF_LN_BWD,
                   op->layernorm_bwd(be, a->dresid, demb->t[TPM_E_LNFW], demb->t[TPM_E_LNFB],
                                     a->dbtc, x, emb->t[TPM_E_LNFW], a->lnf_mean, a->lnf_rstd, N,
@@ -574,9 +771,77 @@ tpm_status_t tpm_model_head_fwd_bwd(tpm_backend_t *be, const tpm_model_config_t 
 /* ---------------------------------------------------------------------------------------------- */
 /* backward */
 
+static tpm_status_t gpt2_block_bwd(tpm_backend_t *be, const tpm_model_config_t *cfg, int l,
+                                   const tpm_group_view_t *p, const tpm_group_view_t *dp,
+                                   tpm_acts_t *a);
+
+/* the backward of llama_block_fwd on the whole block; same contract as tpm_model_block_bwd */
+static tpm_status_t llama_block_bwd(tpm_backend_t *be, const tpm_model_config_t *cfg, int l,
+                                    const tpm_group_view_t *p, const tpm_group_view_t *dp,
+                                    tpm_acts_t *a)
+{
+    const tpm_backend_ops_t *op = be->ops;
+    const int                B = a->B, T = a->T, C = cfg->C, N = B * T, F = cfg->F;
+    const int                NH = cfg->NH, NKV = cfg->NKV, hs = C / NH;
+    const int                Q  = (NH + 2 * NKV) * hs;
+    const size_t             NC = (size_t)N * C, NF = (size_t)N * F;
+    tpm_block_acts_t        *b  = &a->blk[l];
+    const float             *x  = a->resid + (size_t)l * NC;
+    float *const            *w  = p->t;
+    float *const            *dw = dp->t;
+
+    /* MLP: a->dresid = d/d out; d act = dout @ down^T, then SwiGLU, then gate and up */
+    PROF_CALL(TPM_PROF_MEMZERO_BWD, op->memzero(be, a->dfch, NF * sizeof(float)));
+    PROF_CALL(TPM_PROF_FCPROJ_BWD,
+              op->matmul_bwd(be, a->dfch, dw[TPM_LB_DOWNW], NULL, a->dresid, b->fch_gelu,
+                             w[TPM_LB_DOWNW], N, F, C, 1));
+    progress(a);
+    PROF_CALL(TPM_PROF_MEMZERO_BWD, op->memzero(be, a->dfch2, NF * sizeof(float)));
+    PROF_CALL(TPM_PROF_MEMZERO_BWD, op->memzero(be, a->dfch3, NF * sizeof(float)));
+    PROF_CALL(TPM_PROF_GELU_BWD,
+              op->swiglu_bwd(be, a->dfch2, a->dfch3, a->dfch, b->fch, b->fcu, NF));
+    PROF_CALL(TPM_PROF_MEMZERO_BWD, op->memzero(be, a->dbtc, NC * sizeof(float)));
+    PROF_CALL(TPM_PROF_FC_BWD, op->matmul_bwd(be, a->dbtc, dw[TPM_LB_GATEW], NULL, a->dfch2,
+                                              b->ln2, w[TPM_LB_GATEW], N, C, F, 0));
+    PROF_CALL(TPM_PROF_FC_BWD, op->matmul_bwd(be, a->dbtc, dw[TPM_LB_UPW], NULL, a->dfch3, b->ln2,
+                                              w[TPM_LB_UPW], N, C, F, 0));
+    progress(a);
+    PROF_CALL(TPM_PROF_LN_BWD, op->rmsnorm_bwd(be, a->dresid, dw[TPM_LB_LN2W], a->dbtc, b->res2,
+                                               w[TPM_LB_LN2W], b->ln2_rstd, N, C));
+    /* a->dresid is now d/d res2: attention */
+    PROF_CALL(TPM_PROF_MEMZERO_BWD, op->memzero(be, a->dbtc, NC * sizeof(float)));
+    PROF_CALL(TPM_PROF_ATTPROJ_BWD, op->matmul_bwd(be, a->dbtc, dw[TPM_LB_OW], NULL, a->dresid,
+                                                   b->atty, w[TPM_LB_OW], N, C, C, 1));
+    progress(a);
+    PROF_CALL(TPM_PROF_MEMZERO_BWD, op->memzero(be, a->dqkv, (size_t)N * Q * sizeof(float)));
+    PROF_CALL(TPM_PROF_ATTN_BWD, op->attention_gqa_bwd(be, a->dqkv, a->dbtc, b->qkv, b->atty,
+                                                       b->att_lse, B, T, NH, NKV, hs));
+    /* qkv holds the rotated q and k: rotate their gradients back */
+    PROF_CALL(TPM_PROF_ATTN_BWD, op->rope_bwd(be, a->dqkv, a->pos, a->inv_freq, N, NH, NKV, hs));
+    progress(a);
+    PROF_CALL(TPM_PROF_MEMZERO_BWD, op->memzero(be, a->dbtc2, NC * sizeof(float)));
+    PROF_CALL(TPM_PROF_QKV_BWD,
+              op->matmul_bwd(be, a->dbtc2, dw[TPM_LB_QKVW], cfg->qkv_bias ? dw[TPM_LB_QKVB] : NULL,
+                             a->dqkv, b->ln1, w[TPM_LB_QKVW], N, C, Q, 0));
+    progress(a);
+    PROF_CALL(TPM_PROF_LN_BWD, op->rmsnorm_bwd(be, a->dresid, dw[TPM_LB_LN1W], a->dbtc2, x,
+                                               w[TPM_LB_LN1W], b->ln1_rstd, N, C));
+    return TPM_OK;
+}
+
 tpm_status_t tpm_model_block_bwd(tpm_backend_t *be, const tpm_model_config_t *cfg, int l,
                                  const tpm_group_view_t *p, const tpm_group_view_t *dp,
                                  tpm_acts_t *a)
+{
+    if (cfg->arch == TPM_ARCH_LLAMA) {
+        return llama_block_bwd(be, cfg, l, p, dp, a);
+    }
+    return gpt2_block_bwd(be, cfg, l, p, dp, a);
+}
+
+static tpm_status_t gpt2_block_bwd(tpm_backend_t *be, const tpm_model_config_t *cfg, int l,
+                                   const tpm_group_view_t *p, const tpm_group_view_t *dp,
+                                   tpm_acts_t *a)
 {
     const tpm_backend_ops_t *op = be->ops;
     const int                B = a->B, T = a->T, C = cfg->C, N = B * T;
@@ -628,7 +893,9 @@ tpm_status_t tpm_model_block_bwd(tpm_backend_t *be, const tpm_model_config_t *cf
 tpm_status_t tpm_model_embed_bwd(tpm_backend_t *be, const tpm_model_config_t *cfg,
                                  const tpm_group_view_t *demb, tpm_acts_t *a)
 {
-    PROF_CALL(TPM_PROF_EMBED_BWD, be->ops->encoder_bwd(be, demb->t[TPM_E_WTE], demb->t[TPM_E_WPE],
-                                                       a->dresid, a->tokens, a->B, a->T, cfg->C));
+    float *dwpe = cfg->arch == TPM_ARCH_LLAMA ? NULL : demb->t[TPM_E_WPE];
+
+    PROF_CALL(TPM_PROF_EMBED_BWD, be->ops->encoder_bwd(be, demb->t[TPM_E_WTE], dwpe, a->dresid,
+                                                       a->tokens, a->B, a->T, cfg->C));
     return TPM_OK;
 }

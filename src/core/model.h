@@ -19,8 +19,15 @@
 #include "base/status.h"
 #include "comm/comm.h"
 #include "core/arch.h"
+#include "core/rope.h"
 
 #define TPM_VOCAB_PAD 128 /* Vp = roundup(V, TPM_VOCAB_PAD), independent of the rank count */
+
+/* the architecture of a model (tpm_model_config_t.arch); 0 is GPT-2, so a zeroed config is one */
+typedef enum {
+    TPM_ARCH_GPT2 = 0,
+    TPM_ARCH_LLAMA,
+} tpm_arch_id_t;
 
 typedef struct tpm_model_config {
     int L;    /* layers */
@@ -28,8 +35,26 @@ typedef struct tpm_model_config {
     int NH;   /* heads */
     int V;    /* vocabulary */
     int Vp;   /* padded vocabulary (derived) */
-    int maxT; /* position table size */
+    int maxT; /* position table size (LLaMA: the longest sequence; there is no position table) */
+    /*
+     * LLaMA family (arch TPM_ARCH_LLAMA; docs/MODEL.md "LLaMA"). tpm_model_config_finish sets
+     * the GPT-2 values for GPT-2 (NKV = NH, F = 4C, tied, biases) whatever was given.
+     */
+    int                arch;       /* tpm_arch_id_t */
+    int                NKV;        /* key/value heads (grouped-query attention), divides NH */
+    int                F;          /* MLP hidden units (intermediate size) */
+    int                tied;       /* the output head is wte (1) or its own lm_head (0) */
+    int                qkv_bias;   /* q, k and v projections have biases */
+    float              rms_eps;    /* RMSNorm epsilon */
+    double             rope_theta; /* rotary base */
+    tpm_rope_scaling_t rope;       /* Llama-3 frequency scaling (factor 0: none) */
 } tpm_model_config_t;
+
+/** "gpt2" or "llama"; NULL for an unknown id. */
+const char *tpm_arch_id_name(int arch);
+
+/** The id of architecture @p name; -1 when unknown. */
+int tpm_arch_id_parse(const char *name);
 
 /* tensors of one transformer block, in storage order: the rows of the table in core/arch.c */
 enum {
@@ -55,6 +80,30 @@ enum {
     TPM_E_LNFW,    /* (C) */
     TPM_E_LNFB,    /* (C) */
     TPM_EMB_NT
+};
+
+/*
+ * Tensors of a LLaMA block, the rows of its table in core/arch.c (docs/MODEL.md "LLaMA").
+ * qkvb comes last: a model without q/k/v biases has the first TPM_LB_QKVB rows only.
+ */
+enum {
+    TPM_LB_LN1W = 0, /* (C) input RMSNorm weight */
+    TPM_LB_QKVW,     /* (QKV, C) q, k, v rows grouped by KV group */
+    TPM_LB_OW,       /* (C, C) o_proj stored [in, out] */
+    TPM_LB_LN2W,     /* (C) post-attention RMSNorm weight */
+    TPM_LB_GATEW,    /* (F, C) gate_proj */
+    TPM_LB_UPW,      /* (F, C) up_proj */
+    TPM_LB_DOWNW,    /* (F, C) down_proj stored [in, out] */
+    TPM_LB_QKVB,     /* (QKV) q, k, v biases (only with qkv_bias) */
+    TPM_LBLOCK_NT
+};
+
+/* tensors of the LLaMA embedding group; lm_head only with an untied head */
+enum {
+    TPM_LE_WTE = 0, /* (Vp, C) embed_tokens (and the tied head) */
+    TPM_LE_LNFW,    /* (C) final RMSNorm weight */
+    TPM_LE_HEAD,    /* (Vp, C) lm_head (untied) */
+    TPM_LEMB_NT
 };
 
 #define TPM_GROUP_MAX_NT TPM_BLOCK_NT
@@ -95,7 +144,25 @@ static inline int tpm_model_n_groups(const tpm_model_config_t *cfg)
  */
 tpm_status_t tpm_model_config_finish(tpm_model_config_t *cfg);
 
-/** The architecture table of @p cfg (static storage; GPT-2 for now). */
+/** Key/value heads: NKV for LLaMA, NH for GPT-2. */
+static inline int tpm_model_nkv(const tpm_model_config_t *cfg)
+{
+    return cfg->arch == TPM_ARCH_LLAMA ? cfg->NKV : cfg->NH;
+}
+
+/** MLP hidden units: F for LLaMA, 4C for GPT-2. */
+static inline int tpm_model_ffn(const tpm_model_config_t *cfg)
+{
+    return cfg->arch == TPM_ARCH_LLAMA ? cfg->F : 4 * cfg->C;
+}
+
+/** Rows of the QKV projection: (NH + 2 NKV) hs (3C for GPT-2). */
+static inline int64_t tpm_model_qkv_rows(const tpm_model_config_t *cfg)
+{
+    return (int64_t)(cfg->NH + 2 * tpm_model_nkv(cfg)) * (cfg->C / cfg->NH);
+}
+
+/** The architecture table of @p cfg (static storage). */
 const tpm_arch_t *tpm_model_arch(const tpm_model_config_t *cfg);
 
 /** The size of dimension @p d in model @p cfg (Vp must be set: tpm_model_config_finish). */
@@ -123,7 +190,11 @@ typedef struct tpm_group_view {
     float *t[TPM_GROUP_MAX_NT];
 } tpm_group_view_t;
 
-/** Saved activations of one block for a (B, T) micro-batch. */
+/**
+ * Saved activations of one block for a (B, T) micro-batch. LLaMA uses the same buffers:
+ * ln1/ln2 hold the RMSNorm outputs (no means), qkv the (B,T,(NH + 2 NKV) hs) projections
+ * after RoPE, fch the gate, fcu the up projection and fch_gelu silu(gate) * up (F each).
+ */
 typedef struct tpm_block_acts {
     float *ln1;      /* (B,T,C) */
     float *ln1_mean; /* (B,T) */
@@ -137,6 +208,7 @@ typedef struct tpm_block_acts {
     float *ln2_rstd; /* (B,T) */
     float *fch;      /* (B,T,4C) pre-GELU */
     float *fch_gelu; /* (B,T,4C) */
+    float *fcu;      /* (B,T,F) LLaMA: the up projection (NULL for GPT-2) */
 } tpm_block_acts_t;
 
 /**
@@ -147,7 +219,8 @@ typedef struct tpm_block_acts {
  * heads, MLP units [f0, f0 + nf); replicated tensors whole.
  */
 typedef struct tpm_block_part {
-    int nh; /* heads computed here (NH: the whole block) */
+    int nh;  /* heads computed here (NH: the whole block) */
+    int nkv; /* LLaMA: key/value heads computed here, whole groups (NKV: the whole block) */
     int nf; /* MLP hidden units computed here (4C: the whole block) */
     /* add the row-parallel biases (attprojb, fcprojb): on exactly one rank of the split */
     int add_bias;
@@ -174,7 +247,11 @@ typedef struct tpm_block_io {
     float       *res2;                      /* (n, C) residual stream after attention */
     float       *ln2, *ln2_mean, *ln2_rstd; /* (n, C), (n), (n) */
     float       *fch, *fch_gelu;            /* (n, nf) */
+    float       *fcu;                       /* (n, nf) LLaMA: the up projection */
     float       *out;                       /* (n, C) block output */
+    /* LLaMA: the rotary position of every token (device int32, n) and inv_freq (hs / 2) */
+    const int32_t *rope_pos;
+    const float   *inv_freq;
     /*
      * (optional) (n, C) scratch for the partial sums of the two row-parallel projections,
      * needed when part->comm is set; NULL: they are written straight into res2 and out.
@@ -230,6 +307,9 @@ typedef struct tpm_acts {
     float *dqkv;   /* (B,T,3C) */
     float *dfch;   /* (B,T,4C) */
     float *dfch2;  /* (B,T,4C) */
+    float *dfch3;  /* (B,T,F) LLaMA: gradient of the up projection */
+    int32_t *pos;      /* (B,T) LLaMA: position t of every token, for RoPE */
+    float   *inv_freq; /* (hs/2) LLaMA: rotary frequencies of the configuration */
     int    n_valid;  /* targets >= 0 in the current batch (set by tpm_model_set_batch) */
     float *losses_h; /* (B,T) host copy of the losses */
     /*

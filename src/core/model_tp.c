@@ -20,16 +20,21 @@
 
 void tpm_tp_partition(const tpm_model_config_t *cfg, int world, int rank, tpm_tp_part_t *p)
 {
-    int64_t h0 = (int64_t)rank * cfg->NH / world, h1 = (int64_t)(rank + 1) * cfg->NH / world;
+    const int NKV = tpm_model_nkv(cfg), rep = cfg->NH / NKV;
+    int64_t   g0 = (int64_t)rank * NKV / world, g1 = (int64_t)(rank + 1) * NKV / world;
+    int64_t   h0 = g0 * rep, h1 = g1 * rep;
 
     /*
      * Heads as evenly as possible. When world divides NH this is the row rule on the QKV
      * rows (3C / world rows = NH / world whole heads); otherwise the row rule would cut
      * heads apart, while a near-even split keeps every head whole on one rank.
      */
-    p->h0 = (int)h0;
-    p->nh = (int)(h1 - h0);
-    tpm_split_rows(4 * (int64_t)cfg->C, world, rank, &p->f0, &p->nf);
+    /* LLaMA: the same on whole KV groups (GPT-2: a group is one head, rep = 1) */
+    p->h0  = (int)h0;
+    p->nh  = (int)(h1 - h0);
+    p->kv0 = (int)g0;
+    p->nkv = (int)(g1 - g0);
+    tpm_split_rows(tpm_model_ffn(cfg), world, rank, &p->f0, &p->nf);
     tpm_split_rows(cfg->Vp, world, rank, &p->v0, &p->nv);
     p->v_stride = tpm_split_block_rows(cfg->Vp, world);
 }
@@ -49,10 +54,13 @@ void tpm_tp_rows(const tpm_model_config_t *cfg, const tpm_tp_part_t *p, const tp
         *row0_p  = 0;
         *nrows_p = d->rows;
         return;
-    case TPM_SPLIT_HEADS_QKV:
-        *row0_p  = 3 * hs * p->h0;
-        *nrows_p = 3 * hs * p->nh;
+    case TPM_SPLIT_HEADS_QKV: {
+        /* whole KV groups: (NH / NKV + 2) hs rows each (GPT-2: 3 hs per head) */
+        const int64_t grp = (int64_t)(cfg->NH / tpm_model_nkv(cfg) + 2) * hs;
+        *row0_p           = grp * p->kv0;
+        *nrows_p          = grp * p->nkv;
         return;
+    }
     case TPM_SPLIT_HEADS_IN:
         *row0_p  = hs * p->h0;
         *nrows_p = hs * p->nh;
@@ -60,7 +68,7 @@ void tpm_tp_rows(const tpm_model_config_t *cfg, const tpm_tp_part_t *p, const tp
     case TPM_SPLIT_COL:
     case TPM_SPLIT_ROW:
         /* the MLP hidden units: the only equal-block split of a block (tpm_tp_part_t f0, nf) */
-        TPM_ASSERT(d->rows == 4 * (int64_t)cfg->C);
+        TPM_ASSERT(d->rows == tpm_model_ffn(cfg));
         *row0_p  = p->f0;
         *nrows_p = p->nf;
         return;
@@ -97,7 +105,9 @@ static void *carve(char *base, size_t *off_p, size_t nbytes)
 static size_t act_layout(tpm_tp_model_t *m, char *base)
 {
     const size_t n = (size_t)m->max_tok, nl = (size_t)m->max_logits, C = (size_t)m->cfg.C;
-    const size_t Cl = (size_t)m->part.nh * (C / (size_t)m->cfg.NH), nf = (size_t)m->part.nf;
+    const size_t hs = C / (size_t)m->cfg.NH, nf = (size_t)m->part.nf;
+    const size_t Cl = (size_t)m->part.nh * hs, Ql = Cl + 2 * (size_t)m->part.nkv * hs;
+    const int    llama = m->cfg.arch == TPM_ARCH_LLAMA;
     const size_t vs = (size_t)m->part.v_stride, f = sizeof(float), i = sizeof(int32_t);
     size_t       off = 0;
 
@@ -106,10 +116,12 @@ static size_t act_layout(tpm_tp_model_t *m, char *base)
     m->ln     = carve(base, &off, n * C * f);
     m->mean   = carve(base, &off, n * f);
     m->rstd   = carve(base, &off, n * f);
-    m->qkv    = carve(base, &off, n * 3 * Cl * f);
+    m->qkv    = carve(base, &off, n * Ql * f);
     m->atty   = carve(base, &off, n * Cl * f);
     m->fch    = carve(base, &off, n * nf * f);
     m->fchg   = carve(base, &off, n * nf * f);
+    m->fcu      = llama ? carve(base, &off, n * nf * f) : NULL;
+    m->inv_freq = llama ? carve(base, &off, hs / 2 * f) : NULL;
     m->sel    = carve(base, &off, nl * C * f);
     m->lnf    = carve(base, &off, nl * C * f);
     m->lg_loc = carve(base, &off, nl * vs * f);
@@ -123,25 +135,31 @@ static size_t act_layout(tpm_tp_model_t *m, char *base)
 
 /*
  * The matrix weights a serving format can hold, with the layout of their fp32 slice:
- * w_trans 0 is (outputs, inputs), 1 the row-parallel (inputs, outputs) storage.
+ * w_trans 0 is (outputs, inputs), 1 the row-parallel (inputs, outputs) storage. They are the
+ * split matrices of the table (GPT-2: qkvw, fcw, attprojw, fcprojw, wte; LLaMA: qkvw, gatew,
+ * upw, ow, downw, wte, lm_head); vectors and replicated tensors stay fp32.
  */
-static int qmat_trans(int g, int t, int L)
+static int qmat_trans(const tpm_model_config_t *cfg, int g, int t)
 {
-    if (g == L) {
-        return t == TPM_E_WTE ? 0 : -1;
+    const tpm_tensor_spec_t *s = tpm_model_spec(cfg, g, t);
+
+    if (s->cols == TPM_DIM_1) {
+        return -1;
     }
-    switch (t) {
-    case TPM_B_QKVW:
-    case TPM_B_FCW: return 0;
-    case TPM_B_ATTPROJW:
-    case TPM_B_FCPROJW: return 1;
-    default: return -1;
+    switch (s->split) {
+    case TPM_SPLIT_HEADS_QKV:
+    case TPM_SPLIT_COL:
+    case TPM_SPLIT_VOCAB: return 0;
+    case TPM_SPLIT_HEADS_IN:
+    case TPM_SPLIT_ROW: return 1;
+    case TPM_SPLIT_REPLICATED: return -1;
     }
+    return -1;
 }
 
 static int held_in_format(const tpm_tp_model_t *m, int g, int t)
 {
-    return m->wdt != TPM_WDT_F32 && qmat_trans(g, t, m->cfg.L) >= 0;
+    return m->wdt != TPM_WDT_F32 && qmat_trans(&m->cfg, g, t) >= 0;
 }
 
 /* bytes of the fp32 slice of (g, t): none for a tensor held in a serving format */
@@ -160,7 +178,7 @@ static size_t slice_bytes(const tpm_tp_model_t *m, int g, int t, const tpm_param
 static size_t held_bytes(const tpm_tp_model_t *m, int g, int t)
 {
     const tpm_tp_slice_t *s = &m->w[(size_t)g * TPM_GROUP_MAX_NT + (size_t)t];
-    const int             tr = qmat_trans(g, t, m->cfg.L);
+    const int             tr = qmat_trans(&m->cfg, g, t);
     const size_t          rows = (size_t)(tr ? s->cols : s->nrows);
     const size_t          cols = (size_t)(tr ? s->nrows : s->cols);
 
@@ -234,6 +252,12 @@ tpm_status_t tpm_tp_set_kv_dtype(tpm_tp_model_t *m, int bf16)
     if (!bf16 == (m->kcache16 == NULL)) {
         return TPM_OK;
     }
+    if (bf16 && m->cfg.arch == TPM_ARCH_LLAMA) {
+        /* the grouped-query attention reads an fp32 cache only (backend.h attention_gqa_kv) */
+        tpm_log_error("a bf16 KV cache is not implemented for LLaMA models yet; use "
+                      "--kv-dtype=fp32");
+        return TPM_ERR_UNSUPPORTED;
+    }
     if (bf16 && m->be->ops->attention_kv16 == NULL) {
         tpm_log_error("a bf16 KV cache needs the CPU backend (the %s backend has no bf16 "
                       "attention yet); use --kv-dtype=fp32",
@@ -302,8 +326,8 @@ tpm_status_t tpm_tp_create(tpm_backend_t *be, tpm_comm_t *comm, const tpm_model_
     }
     TPM_CHECK_GOTO(weights_alloc(m), status, err);
 
-    /* KV cache: (L, slots, ctx, Cl) for K and for V */
-    Cl              = (size_t)m->part.nh * (size_t)(C / cfg->NH);
+    /* KV cache: (L, slots, ctx, Cl) for K and for V, Cl = this rank's KV heads x hs */
+    Cl              = (size_t)m->part.nkv * (size_t)(C / cfg->NH);
     kv_floats       = (size_t)L * (size_t)n_slots * (size_t)ctx * Cl;
     m->mem.kv_bytes = 2 * kv_floats * sizeof(float);
     if (m->mem.kv_bytes > 0) {
@@ -320,6 +344,20 @@ tpm_status_t tpm_tp_create(tpm_backend_t *be, tpm_comm_t *comm, const tpm_model_
     TPM_CHECK_GOTO(be->ops->memzero(be, m->amem, abytes), status, err);
     off = act_layout(m, m->amem);
     TPM_ASSERT(off == abytes);
+    if (cfg->arch == TPM_ARCH_LLAMA) {
+        /* the rotary frequencies of the configuration, once */
+        const int hs = C / cfg->NH;
+        float    *inv;
+
+        TPM_CHECK_GOTO(tpm_malloc((size_t)hs / 2 * sizeof(float), (void **)&inv), status, err);
+        status = tpm_rope_inv_freq(hs, cfg->rope_theta, &cfg->rope, inv);
+        if (status == TPM_OK) {
+            status = be->ops->copy(be, m->inv_freq, inv, (size_t)hs / 2 * sizeof(float),
+                                   TPM_COPY_H2D);
+        }
+        tpm_free(inv);
+        TPM_CHECK_GOTO(status, status, err);
+    }
 
     TPM_CHECK_GOTO(tpm_calloc((size_t)max_tok, sizeof(int32_t), (void **)&m->tok_h), status, err);
     if (comm->rank == 0) {
@@ -433,7 +471,7 @@ static tpm_status_t held_read(tpm_tp_model_t *m, int g, int t, float *dst)
 {
     const tpm_tp_slice_t *s  = tpm_tp_slice(m, g, t);
     const tpm_qmat_t     *q  = &m->q[(size_t)g * TPM_GROUP_MAX_NT + (size_t)t];
-    const int             tr = qmat_trans(g, t, m->cfg.L);
+    const int             tr = qmat_trans(&m->cfg, g, t);
     float                *row;
 
     if (q->w == NULL) {
@@ -477,7 +515,7 @@ static tpm_status_t tp_write(void *ctx, int g, int t, int64_t row0, int64_t nrow
 
     if (held_in_format(m, g, t)) {
         tpm_qmat_t *q  = &m->q[(size_t)g * TPM_GROUP_MAX_NT + (size_t)t];
-        const int   tr = qmat_trans(g, t, m->cfg.L);
+        const int   tr = qmat_trans(&m->cfg, g, t);
         tpm_qmat_t  fresh;
 
         if (row0 != s->row0 || nrows != s->nrows) {
@@ -545,10 +583,11 @@ static tpm_status_t check_batch(const tpm_tp_model_t *m, int n, const int32_t *t
 /* one block on this rank's slice: the training block (tpm_block_fwd) on the partition */
 static tpm_status_t block_fwd(tpm_tp_model_t *m, int l, int n)
 {
-    const int              Cl     = m->part.nh * (m->cfg.C / m->cfg.NH);
-    const size_t           kv_off = (size_t)l * (size_t)m->n_slots * (size_t)m->ctx * (size_t)Cl;
+    const int              Ckv    = m->part.nkv * (m->cfg.C / m->cfg.NH);
+    const size_t           kv_off = (size_t)l * (size_t)m->n_slots * (size_t)m->ctx * (size_t)Ckv;
     const tpm_block_part_t part   = {
           .nh       = m->part.nh,
+          .nkv      = m->part.nkv,
           .nf       = (int)m->part.nf,
           .add_bias = m->comm->rank == 0, /* row-parallel biases count once in the sum */
           .comm     = m->comm,
@@ -568,6 +607,8 @@ static tpm_status_t block_fwd(tpm_tp_model_t *m, int l, int n)
         .ln2_rstd = m->rstd,
         .fch      = m->fch,
         .fch_gelu = m->fchg,
+        .fcu      = m->fcu,
+        .inv_freq = m->inv_freq,
         .out      = m->x,
         .part     = m->buf,
         .kcache   = m->kcache != NULL ? m->kcache + kv_off : NULL,
@@ -582,7 +623,12 @@ static tpm_status_t block_fwd(tpm_tp_model_t *m, int l, int n)
     const tpm_qmat_t *qw[TPM_BLOCK_NT];
     tpm_block_io_t    iq = io;
 
-    for (int t = 0; t < TPM_BLOCK_NT; t++) {
+    const int         nt = tpm_model_arch(&m->cfg)->n_block;
+
+    TPM_ASSERT(nt <= TPM_BLOCK_NT);
+    memset(w, 0, sizeof(w));
+    memset(qw, 0, sizeof(qw));
+    for (int t = 0; t < nt; t++) {
         w[t]  = tpm_tp_slice(m, l, t)->data;
         qw[t] = held_in_format(m, l, t) ? &m->q[(size_t)l * TPM_GROUP_MAX_NT + (size_t)t] : NULL;
     }
@@ -599,22 +645,31 @@ static tpm_status_t head_fwd(tpm_tp_model_t *m, int n_logits, const int32_t *log
     const size_t             rowb = (size_t)C * sizeof(float);
     const size_t             cnt  = (size_t)n_logits * (size_t)m->part.v_stride;
     const int                L    = m->cfg.L;
+    const int                llama = m->cfg.arch == TPM_ARCH_LLAMA;
+    /* the output head: the tied wte, or LLaMA's own lm_head (the same vocabulary rows) */
+    const int                th = llama && !m->cfg.tied ? TPM_LE_HEAD : TPM_E_WTE;
 
     for (int j = 0; j < n_logits; j++) {
         TPM_CHECK(op->copy(be, m->sel + (size_t)j * C, m->x + (size_t)logit_rows[j] * C, rowb,
                            TPM_COPY_D2D));
     }
-    TPM_CHECK(op->layernorm_fwd(be, m->lnf, m->mean, m->rstd, m->sel,
-                                tpm_tp_slice(m, L, TPM_E_LNFW)->data,
-                                tpm_tp_slice(m, L, TPM_E_LNFB)->data, n_logits, C));
+    if (llama) {
+        TPM_CHECK(op->rmsnorm_fwd(be, m->lnf, m->rstd, m->sel,
+                                  tpm_tp_slice(m, L, TPM_LE_LNFW)->data, n_logits, C,
+                                  m->cfg.rms_eps));
+    } else {
+        TPM_CHECK(op->layernorm_fwd(be, m->lnf, m->mean, m->rstd, m->sel,
+                                    tpm_tp_slice(m, L, TPM_E_LNFW)->data,
+                                    tpm_tp_slice(m, L, TPM_E_LNFB)->data, n_logits, C));
+    }
     /* (n_logits, nv) in the first n_logits * nv floats of this rank's v_stride block */
-    if (held_in_format(m, L, TPM_E_WTE)) {
+    if (held_in_format(m, L, th)) {
         TPM_CHECK(op->matmul_fwd_q(be, m->lg_loc, m->lnf,
-                                   &m->q[(size_t)L * TPM_GROUP_MAX_NT + TPM_E_WTE], NULL,
+                                   &m->q[(size_t)L * TPM_GROUP_MAX_NT + (size_t)th], NULL,
                                    n_logits));
     } else {
-        TPM_CHECK(op->matmul_fwd(be, m->lg_loc, m->lnf, tpm_tp_slice(m, L, TPM_E_WTE)->data,
-                                 NULL, n_logits, C, (int)m->part.nv, 0));
+        TPM_CHECK(op->matmul_fwd(be, m->lg_loc, m->lnf, tpm_tp_slice(m, L, th)->data, NULL,
+                                 n_logits, C, (int)m->part.nv, 0));
     }
     TPM_CHECK(tpm_comm_all_gather(m->comm, m->lg_loc, m->lg_all, cnt, TPM_DT_FLOAT, NULL));
     if (m->comm->rank != 0) {
@@ -673,9 +728,11 @@ tpm_status_t tpm_tp_forward(tpm_tp_model_t *m, int n, const int32_t *tokens, con
                                   m->zero, n, 1, C));
     }
     TPM_CHECK(tpm_comm_all_reduce(m->comm, m->x, m->x, nc, TPM_DT_FLOAT, TPM_RED_SUM));
-    TPM_CHECK(op->encoder_fwd(be, m->buf, m->pos, tpm_tp_slice(m, m->cfg.L, TPM_E_WPE)->data,
-                              m->zero, n, 1, C));
-    TPM_CHECK(op->add(be, m->x, m->x, m->buf, nc));
+    if (m->cfg.arch != TPM_ARCH_LLAMA) { /* LLaMA has no position table: RoPE in the blocks */
+        TPM_CHECK(op->encoder_fwd(be, m->buf, m->pos, tpm_tp_slice(m, m->cfg.L, TPM_E_WPE)->data,
+                                  m->zero, n, 1, C));
+        TPM_CHECK(op->add(be, m->x, m->x, m->buf, nc));
+    }
 
     for (int l = 0; l < m->cfg.L; l++) {
         TPM_CHECK(block_fwd(m, l, n));

@@ -30,9 +30,14 @@
 #include "core/model.h"
 #include "core/tensor_io.h"
 
-/** Which rows of the partitioned tensors rank @p rank of @p world owns. */
+/**
+ * Which rows of the partitioned tensors rank @p rank of @p world owns. LLaMA splits by whole
+ * KV groups (a KV head and the NH / NKV query heads that read it): KV heads [kv0, kv0 + nkv)
+ * as evenly as possible, and their query heads [h0, h0 + nh); GPT-2 has kv0 = h0, nkv = nh.
+ */
 typedef struct tpm_tp_part {
     int     h0, nh;   /* heads */
+    int     kv0, nkv; /* key/value heads (KV cache columns) */
     int64_t f0, nf;   /* MLP hidden units (rows of fcw, fcb, fcprojw) */
     int64_t v0, nv;   /* vocabulary rows of wte */
     int64_t v_stride; /* vocabulary rows per rank of the split, ceil(Vp / world) */
@@ -79,7 +84,7 @@ typedef struct tpm_tp_model {
      */
     tpm_wdtype_t wdt;
     tpm_qmat_t  *q;
-    float             *kcache, *vcache; /* (L, n_slots, ctx, nh * hs) each; NULL when bf16 */
+    float             *kcache, *vcache; /* (L, n_slots, ctx, nkv * hs) each; NULL when bf16 */
     uint16_t          *kcache16, *vcache16; /* the same in bf16 (tpm_tp_set_kv_dtype) */
 
     /* activations (device), sized for max_tok tokens / max_logits rows */
@@ -88,10 +93,12 @@ typedef struct tpm_tp_model {
     float   *ln;     /* (max_tok, C) */
     float   *mean;   /* (max_tok) */
     float   *rstd;   /* (max_tok) */
-    float   *qkv;    /* (max_tok, 3 nh hs) */
+    float   *qkv;    /* (max_tok, (nh + 2 nkv) hs) */
     float   *atty;   /* (max_tok, nh hs) */
     float   *fch;    /* (max_tok, nf) */
     float   *fchg;   /* (max_tok, nf) */
+    float   *fcu;    /* (max_tok, nf) LLaMA: the up projection */
+    float   *inv_freq; /* (hs / 2) LLaMA: rotary frequencies */
     float   *sel;    /* (max_logits, C) rows that need logits */
     float   *lnf;    /* (max_logits, C) */
     float   *lg_loc; /* (max_logits, v_stride) this rank's vocabulary slice of the logits */

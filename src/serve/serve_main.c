@@ -66,9 +66,11 @@ static tpm_status_t report_memory(tpm_comm_t *comm, const tpm_tp_model_t *m)
         tpm_tp_part_t p;
 
         tpm_tp_partition(&m->cfg, comm->size, r, &p);
-        tpm_info0("rank %d: heads [%d, %d), mlp rows [%lld, %lld), vocab rows [%lld, %lld): "
-                  "weights %.1f MiB (%s), kv cache %.1f MiB (%s), activations %.1f MiB",
-                  r, p.h0, p.h0 + p.nh, (long long)p.f0, (long long)(p.f0 + p.nf), (long long)p.v0,
+        tpm_info0("rank %d: heads [%d, %d) (kv heads [%d, %d)), mlp rows [%lld, %lld), vocab "
+                  "rows [%lld, %lld): weights %.1f MiB (%s), kv cache %.1f MiB (%s), "
+                  "activations %.1f MiB",
+                  r, p.h0, p.h0 + p.nh, p.kv0, p.kv0 + p.nkv, (long long)p.f0,
+                  (long long)(p.f0 + p.nf), (long long)p.v0,
                   (long long)(p.v0 + p.nv), all[3 * r] / mib, tpm_wdtype_name(m->wdt),
                   all[3 * r + 1] / mib, m->kcache16 != NULL ? "bf16" : "fp32",
                   all[3 * r + 2] / mib);
@@ -265,6 +267,13 @@ tpm_status_t tpm_serve_run(const tpm_config_t *cfg, tpm_comm_t *comm)
 
     mc     = tpm_ckpt_meta(ck)->model;
     status = tpm_model_config_finish(&mc);
+    if (status == TPM_OK && mc.arch == TPM_ARCH_LLAMA && strcmp(cfg->device, "cuda") == 0) {
+        /* the file's metadata and the options: the same answer on every rank */
+        tpm_log_error("%s holds a llama model; the CUDA backend has no LLaMA kernels that have "
+                      "run on a GPU yet: serve it with --device=cpu",
+                      path);
+        status = TPM_ERR_INVALID_ARG;
+    }
     if (status == TPM_OK && root) {
         status = tpm_tokenizer_from_bytes(tpm_ckpt_meta(ck)->tokenizer,
                                           tpm_ckpt_meta(ck)->tokenizer_len, &tok);
@@ -276,9 +285,12 @@ tpm_status_t tpm_serve_run(const tpm_config_t *cfg, tpm_comm_t *comm)
     opts.max_tokens = cfg->max_tokens;
     (void)tpm_wdtype_parse(cfg->serve_dtype, &opts.wdt); /* the option table checked it */
     opts.kv_bf16 = strcmp(cfg->kv_dtype, "bf16") == 0;
-    tpm_info0("serving %s: L=%d C=%d NH=%d V=%d n_ctx=%d on %d rank(s)%s", path, mc.L, mc.C, mc.NH,
-              mc.V, mc.maxT, comm->size,
-              mc.NH % comm->size != 0 ? " (ranks do not divide the heads: uneven head split)" : "");
+    tpm_info0("serving %s: %s L=%d C=%d NH=%d NKV=%d V=%d n_ctx=%d on %d rank(s)%s", path,
+              tpm_arch_id_name(mc.arch), mc.L, mc.C, mc.NH, tpm_model_nkv(&mc), mc.V, mc.maxT,
+              comm->size,
+              tpm_model_nkv(&mc) % comm->size != 0
+                  ? " (ranks do not divide the KV heads: uneven head split)"
+                  : "");
     status = tpm_backend_create(cfg->device, cfg->threads, &be);
     if (status == TPM_OK) {
         status = tpm_backend_set_matmul(be, cfg->cuda_matmul);

@@ -29,6 +29,7 @@
 #include "base/timer.h"
 #include "ckpt/ckpt.h"
 #include "ckpt/ckpt_llmc.h"
+#include "ckpt/hf.h"
 #include "data/loader.h"
 #include "data/prepare.h"
 #include "data/tokenizer.h"
@@ -140,6 +141,19 @@ static tpm_status_t model_config_from(const tpm_config_t *cfg, const data_t *d,
     mc->NH   = cfg->n_head;
     mc->maxT = cfg->n_ctx;
     mc->V    = cfg->vocab_size > 0 ? cfg->vocab_size : d->vocab;
+    mc->arch = tpm_arch_id_parse(cfg->arch);
+    if (mc->arch == TPM_ARCH_LLAMA) {
+        mc->NKV                   = cfg->n_kv_head;
+        mc->F                     = cfg->intermediate_size;
+        mc->rms_eps               = (float)cfg->rms_eps;
+        mc->rope_theta            = cfg->rope_theta;
+        mc->rope.factor           = cfg->rope_factor;
+        mc->rope.low_freq_factor  = cfg->rope_low_freq_factor;
+        mc->rope.high_freq_factor = cfg->rope_high_freq_factor;
+        mc->rope.orig_ctx         = cfg->rope_orig_ctx;
+        mc->tied                  = cfg->tie_embeddings;
+        mc->qkv_bias              = cfg->qkv_bias;
+    }
     if (mc->V == 0) {
         tpm_log_error("%s has no tokenizer.bin: give the vocabulary size with --vocab-size "
                       "(50257 for GPT-2 token shards)",
@@ -566,6 +580,9 @@ static tpm_status_t init_state(const tpm_config_t *cfg, tpm_zero3_t *z, const da
     if (strncmp(cfg->init_from, "llmc:", 5) == 0) {
         return tpm_ckpt_import_llmc(z, cfg->init_from + 5);
     }
+    if (strncmp(cfg->init_from, "hf:", 3) == 0) {
+        return tpm_ckpt_import_hf(z, cfg->init_from + 3);
+    }
     if (cfg->init_from[0] != '\0') {
         TPM_CHECK(ckpt_pick(comm, cfg->init_from, 0, path, sizeof(path)));
         TPM_CHECK(tpm_ckpt_load(z, path, 0, &meta));
@@ -638,8 +655,17 @@ tpm_status_t tpm_train_run_linked(const tpm_config_t *cfg, tpm_comm_t *comm,
     y = x + (size_t)B * T;
     TPM_CHECK_GOTO(open_outputs(cfg, comm, &metrics), status, out);
 
-    tpm_info0("model %s: L=%d C=%d NH=%d V=%d (padded %d) n_ctx=%d, %zu parameters",
-              cfg->model, mc.L, mc.C, mc.NH, mc.V, mc.Vp, mc.maxT, z->lay.logical_numel);
+    if (mc.arch == TPM_ARCH_LLAMA) {
+        tpm_info0("model %s (llama): L=%d C=%d NH=%d NKV=%d F=%d V=%d (padded %d) n_ctx=%d, "
+                  "rope theta %g%s, %s head%s, %zu parameters",
+                  cfg->model, mc.L, mc.C, mc.NH, mc.NKV, mc.F, mc.V, mc.Vp, mc.maxT,
+                  mc.rope_theta, mc.rope.factor > 0 ? " (llama3 scaling)" : "",
+                  mc.tied ? "tied" : "untied", mc.qkv_bias ? ", qkv bias" : "",
+                  z->lay.logical_numel);
+    } else {
+        tpm_info0("model %s: L=%d C=%d NH=%d V=%d (padded %d) n_ctx=%d, %zu parameters",
+                  cfg->model, mc.L, mc.C, mc.NH, mc.V, mc.Vp, mc.maxT, z->lay.logical_numel);
+    }
     tpm_info0("data %s: %zu train tokens, %zu val tokens", d.dir, d.train.n, d.val.n);
     tpm_info0("%d rank(s) x batch %d x grad-accum %d x seq %d = %.0f tokens per step, "
               "backend %s, %d thread(s)",

@@ -9,6 +9,8 @@
  *                         (tiling, everyone-reads-all, partial); bad names and ranges refused
  *   version FILE          a copy with format_version 99 is refused on every rank
  *   set-version IN OUT V  (helper) copy IN to OUT with format_version V, serial HDF5
+ *   set-arch IN OUT NAME  (helper) copy IN to OUT with the "arch" attribute NAME ("-": removed,
+ *                         as in files written before it was recorded), serial HDF5
  *   reset-optim IN OUT    (helper) copy with the AdamW moments zeroed (checksums valid): the
  *                         negative control of tests/ckpt_reshard.sh
  *   fixture FIX OUT.h5    save the parameters of tests/fixtures/gpt_tiny.bin as a checkpoint
@@ -282,6 +284,40 @@ static int set_version(tpm_comm_t *c, const char *in, const char *out, int32_t v
     return 0;
 }
 
+/* rank 0, serial HDF5: copy @p in to @p out with the arch attribute @p name ("-": removed) */
+static int set_arch(tpm_comm_t *c, const char *in, const char *out, const char *name)
+{
+    int ok = 1;
+
+    if (c->rank == 0) {
+        hid_t f, a = -1, t = -1, sp = -1;
+        ok = copy_file(in, out);
+        f  = ok ? H5Fopen(out, H5F_ACC_RDWR, H5P_DEFAULT) : -1;
+        ok = f >= 0 && H5Adelete(f, "arch") >= 0;
+        if (ok && strcmp(name, "-") != 0) {
+            t  = H5Tcopy(H5T_C_S1);
+            ok = t >= 0 && H5Tset_size(t, strlen(name) + 1) >= 0;
+            sp = H5Screate(H5S_SCALAR);
+            a  = ok ? H5Acreate2(f, "arch", t, sp, H5P_DEFAULT, H5P_DEFAULT) : -1;
+            ok = a >= 0 && H5Awrite(a, t, name) >= 0;
+        }
+        if (a >= 0) {
+            H5Aclose(a);
+        }
+        if (sp >= 0) {
+            H5Sclose(sp);
+        }
+        if (t >= 0) {
+            H5Tclose(t);
+        }
+        if (f >= 0) {
+            H5Fclose(f);
+        }
+    }
+    mc_check_all(ok, "make a copy with another arch attribute");
+    return 0;
+}
+
 /* rank 0, serial HDF5: copy @p in to @p out with data_order set to @p v (0: removed) */
 static int set_data_order(tpm_comm_t *c, const char *in, const char *out, int32_t v)
 {
@@ -452,6 +488,8 @@ int main(int argc, char **argv)
         set_version(c, argv[2], argv[3], (int32_t)atoi(argv[4]));
     } else if (strcmp(mode, "set-data-order") == 0 && argc > 4) {
         set_data_order(c, argv[2], argv[3], (int32_t)atoi(argv[4]));
+    } else if (strcmp(mode, "set-arch") == 0 && argc > 4) {
+        set_arch(c, argv[2], argv[3], argv[4]);
     } else if (strcmp(mode, "reset-optim") == 0 && argc > 3) {
         mode_reset_optim(c, argv[2], argv[3]);
     } else if (strcmp(mode, "fixture") == 0 && argc > 3) {
@@ -460,7 +498,7 @@ int main(int argc, char **argv)
         mode_fixture(c, argv[2], NULL, argv[3]);
     } else {
         if (c->rank == 0) {
-            fprintf(stderr, "usage: test_ckpt write|read|version|set-version|set-data-order|"
+            fprintf(stderr, "usage: test_ckpt write|read|version|set-version|set-data-order|set-arch|"
                             "reset-optim|fixture|import ARGS\n");
         }
         mc_fail++;

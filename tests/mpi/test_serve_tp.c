@@ -5,6 +5,7 @@
  * rank count (M that does not divide the heads included).
  *
  *   test_serve_tp [--ckpt=FILE|DIR] [--threads=N] [--dtype=fp32|bf16|int8] [--kv-bf16]
+ *                 [--arch=gpt2|llama|qwen]
  *
  * With --ckpt every rank reads its slices through the engine's loader (each rank its own
  * rows) and, for the reference, whole tensors; without it both come from the counter-RNG
@@ -15,8 +16,11 @@
  * max |serve - train| / max |train| <= 1e-5. With --dtype the serving model holds its matrix
  * weights in bf16 or int8 (tpm_tp_set_weight_dtype) against the same fp32 training forward:
  * the tolerance is then the format's error, 1e-2 (bf16) and 3e-2 (int8; measured about
- * 3e-3 and 1.3e-2 on the test models), far below what a slicing mistake gives. Rank 0 prints
- * "N passed, N failed". --kv-bf16 keeps the KV cache in bf16 (tolerance at least 1e-2).
+ * 3e-3 and 1.3e-2 on the test models), far below what a slicing mistake gives. --arch picks
+ * the initial-weights model: gpt2 (default), llama (GQA NH4 NKV2, untied head, llama3 rope
+ * scaling) or qwen (LLaMA with q/k/v biases, NKV 1 of NH 4, tied head); a checkpoint brings
+ * its own. Rank 0 prints "N passed, N failed". --kv-bf16 keeps the KV cache in bf16
+ * (tolerance at least 1e-2; GPT-2 only).
  */
 #include <math.h>
 #include <mpi.h>
@@ -215,13 +219,31 @@ int main(int argc, char **argv)
             threads = atoi(argv[i] + 10);
         } else if (strcmp(argv[i], "--kv-bf16") == 0) {
             kv16 = 1;
+        } else if (strcmp(argv[i], "--arch=llama") == 0 || strcmp(argv[i], "--arch=qwen") == 0) {
+            const int qwen = argv[i][7] == 'q';
+
+            cfg.arch       = TPM_ARCH_LLAMA;
+            cfg.NKV        = qwen ? 1 : 2;
+            cfg.F          = qwen ? 80 : 96;
+            cfg.tied       = qwen;
+            cfg.qkv_bias   = qwen;
+            cfg.rms_eps    = 1e-5f;
+            cfg.rope_theta = qwen ? 1e6 : 1e4;
+            if (!qwen) {
+                cfg.rope = (tpm_rope_scaling_t){
+                    .factor = 4.0, .low_freq_factor = 1.0, .high_freq_factor = 4.0, .orig_ctx = 16};
+            }
+        } else if (strcmp(argv[i], "--arch=gpt2") == 0) {
+            cfg.arch = TPM_ARCH_GPT2;
         } else if (strncmp(argv[i], "--dtype=", 8) == 0) {
             if (tpm_wdtype_parse(argv[i] + 8, &wdt) != TPM_OK) {
                 return 2;
             }
             TOL = wdt == TPM_WDT_F32 ? 1e-5 : wdt == TPM_WDT_BF16 ? 1e-2 : 3e-2;
         } else {
-            fprintf(stderr, "usage: %s [--ckpt=FILE|DIR] [--threads=N] [--dtype=fp32|bf16|int8]\n",
+            fprintf(stderr,
+                    "usage: %s [--ckpt=FILE|DIR] [--threads=N] [--dtype=fp32|bf16|int8] "
+                    "[--kv-bf16] [--arch=gpt2|llama|qwen]\n",
                     argv[0]);
             return 2;
         }
@@ -260,11 +282,14 @@ int main(int argc, char **argv)
     tpm_ckpt_close(ck);
     tpm_tp_partition(&cfg, comm->size, comm->rank, &part);
     if (c.rank == 0) {
-        printf("model L=%d C=%d NH=%d V=%d Vp=%d on %d rank(s), %s\n", cfg.L, cfg.C, cfg.NH, cfg.V,
+        printf("model %s L=%d C=%d NH=%d NKV=%d V=%d Vp=%d on %d rank(s), %s\n",
+               tpm_arch_id_name(cfg.arch), cfg.L, cfg.C, cfg.NH, tpm_model_nkv(&cfg), cfg.V,
                cfg.Vp, comm->size, ckpt != NULL ? path : "initial weights");
     }
-    printf("rank %d: heads [%d, %d) mlp rows [%lld, %lld) vocab rows [%lld, %lld)\n", c.rank,
-           part.h0, part.h0 + part.nh, (long long)part.f0, (long long)(part.f0 + part.nf),
+    printf("rank %d: heads [%d, %d) kv heads [%d, %d) mlp rows [%lld, %lld) vocab rows "
+           "[%lld, %lld)\n",
+           c.rank, part.h0, part.h0 + part.nh, part.kv0, part.kv0 + part.nkv, (long long)part.f0,
+           (long long)(part.f0 + part.nf),
            (long long)part.v0, (long long)(part.v0 + part.nv));
 
     /* two prompts and their training logits */

@@ -406,7 +406,10 @@ Test(config, bad_input_is_rejected_with_a_message_naming_the_option)
         {"--model=huge", "--model: 'huge' is not one of tiny|small|gpt2-124m|gpt2-350m"},
         {"--device=tpu", "--device: 'tpu' is not one of cpu|cuda"},
         {"--arch=bert", "--arch: 'bert' is not one of gpt2|llama"},
-        {"--arch=llama", "--arch=llama: the LLaMA model"},
+        {"--arch=llama", "--model=tiny is a gpt2 preset, but --arch=llama"},
+        {"--model=llama-tiny", "--model=llama-tiny is a llama preset, but --arch=gpt2"},
+        {"--n-kv-head=2", "--n-kv-head is an --arch=llama option; this run is --arch=gpt2"},
+        {"--model=qwen2.5-0.5b --qkv-bias=0", "--qkv-bias is an --arch=llama option"},
         {"--arch=llama --device=cuda", "--device=cuda --arch=llama: the CUDA backend has no LLaMA"},
         {"--log-level=loud", "--log-level: 'loud' is not one of error|warn|info|debug"},
         {"--foo", "unknown option --foo"},
@@ -433,7 +436,7 @@ Test(config, bad_input_is_rejected_with_a_message_naming_the_option)
     }
 }
 
-Test(config, arch_llama_is_accepted_only_where_no_model_runs)
+Test(config, arch_llama_trains_a_llama_preset_with_its_configuration)
 {
     tpm_config_t cfg;
     char         err[2048];
@@ -441,9 +444,39 @@ Test(config, arch_llama_is_accepted_only_where_no_model_runs)
     cr_expect_eq(parse_line(&cfg, "--mode=prepare --arch=llama", err, sizeof(err)), TPM_OK, "%s",
                  err);
     cr_expect_str_eq(cfg.arch, "llama");
-    cr_expect_eq(parse_line(&cfg, "--mode=export --arch=llama", err, sizeof(err)),
-                 TPM_ERR_INVALID_ARG);
+    /* export and serve take the model from the checkpoint: the preset does not matter */
+    cr_expect_eq(parse_line(&cfg, "--mode=export --arch=llama", err, sizeof(err)), TPM_OK, "%s",
+                 err);
     cr_expect_eq(parse_line(&cfg, "--arch=gpt2", err, sizeof(err)), TPM_OK, "%s", err);
+    cr_expect_eq(cfg.n_kv_head, 0, "gpt2 presets leave the LLaMA fields unset");
+
+    cr_assert_eq(parse_line(&cfg, "--arch=llama --model=llama-tiny", err, sizeof(err)), TPM_OK,
+                 "%s", err);
+    cr_expect_eq(cfg.n_layer, 2);
+    cr_expect_eq(cfg.n_head, 4);
+    cr_expect_eq(cfg.n_kv_head, 2);
+    cr_expect_eq(cfg.intermediate_size, 160);
+    cr_expect_eq(cfg.tie_embeddings, 0);
+    cr_expect_eq(cfg.qkv_bias, 0);
+    cr_expect(cfg.rope_factor == 4.0 && cfg.rope_orig_ctx == 16);
+
+    cr_assert_eq(parse_line(&cfg, "--arch=llama --model=smollm-135m", err, sizeof(err)), TPM_OK,
+                 "%s", err);
+    cr_expect(cfg.n_layer == 30 && cfg.n_embd == 576 && cfg.n_head == 9 && cfg.n_kv_head == 3);
+    cr_expect(cfg.vocab_size == 49152 && cfg.tie_embeddings == 1 && cfg.qkv_bias == 0);
+    cr_expect(cfg.rope_factor == 0.0);
+
+    cr_assert_eq(parse_line(&cfg, "--arch=llama --model=qwen2.5-0.5b", err, sizeof(err)), TPM_OK,
+                 "%s", err);
+    cr_expect(cfg.n_layer == 24 && cfg.n_embd == 896 && cfg.n_head == 14 && cfg.n_kv_head == 2);
+    cr_expect(cfg.qkv_bias == 1 && cfg.tie_embeddings == 1 && cfg.rope_theta == 1e6);
+
+    cr_assert_eq(parse_line(&cfg, "--arch=llama --model=llama-3.2-1b --tie-embeddings=0", err,
+                            sizeof(err)),
+                 TPM_OK, "%s", err);
+    cr_expect(cfg.n_layer == 16 && cfg.n_embd == 2048 && cfg.n_head == 32 && cfg.n_kv_head == 8);
+    cr_expect(cfg.rope_factor == 32.0 && cfg.rope_orig_ctx == 8192 && cfg.rope_theta == 500000.0);
+    cr_expect_eq(cfg.tie_embeddings, 0, "an explicit option overrides the preset");
 }
 
 Test(config, bad_environment_value_is_rejected_naming_the_variable)

@@ -275,10 +275,111 @@ Test(model, gpt2_124m_has_the_published_parameter_count)
     cr_assert_eq(tpm_model_num_params(&c), (size_t)124475904);
 }
 
+/* a LLaMA configuration as the presets of src/cli/config.c give it */
+static tpm_model_config_t llama_cfg(int L, int C, int NH, int NKV, int F, int V, int tied,
+                                    int bias)
+{
+    tpm_model_config_t c = {.L          = L,
+                            .C          = C,
+                            .NH         = NH,
+                            .V          = V,
+                            .maxT       = 64,
+                            .arch       = TPM_ARCH_LLAMA,
+                            .NKV        = NKV,
+                            .F          = F,
+                            .tied       = tied,
+                            .qkv_bias   = bias,
+                            .rms_eps    = 1e-5f,
+                            .rope_theta = 10000.0};
+
+    cr_assert_eq(tpm_model_config_finish(&c), TPM_OK);
+    return c;
+}
+
+Test(model, llama_presets_have_the_published_parameter_counts)
+{
+    /* the counts Hugging Face reports for these models (V is a multiple of 128: Vp = V) */
+    tpm_model_config_t smollm = llama_cfg(30, 576, 9, 3, 1536, 49152, 1, 0);
+    tpm_model_config_t qwen   = llama_cfg(24, 896, 14, 2, 4864, 151936, 1, 1);
+    tpm_model_config_t l32    = llama_cfg(16, 2048, 32, 8, 8192, 128256, 1, 0);
+
+    cr_expect_eq(tpm_model_num_params(&smollm), (size_t)134515008);
+    cr_expect_eq(tpm_model_num_params(&qwen), (size_t)494032768);
+    cr_expect_eq(tpm_model_num_params(&l32), (size_t)1235814400);
+}
+
+Test(model, llama_configurations_that_cannot_be_built_are_refused)
+{
+    tpm_model_config_t c = {.L = 2, .C = 64, .NH = 4, .V = 100, .maxT = 16,
+                            .arch = TPM_ARCH_LLAMA, .NKV = 3, .F = 32, .rms_eps = 1e-5f,
+                            .rope_theta = 1e4};
+
+    cr_expect_eq(tpm_model_config_finish(&c), TPM_ERR_INVALID_ARG, "NKV 3 does not divide NH 4");
+    c.NKV = 2;
+    c.F   = 0;
+    cr_expect_eq(tpm_model_config_finish(&c), TPM_ERR_INVALID_ARG, "no MLP units");
+    c.F          = 32;
+    c.rope_theta = 0.5;
+    cr_expect_eq(tpm_model_config_finish(&c), TPM_ERR_INVALID_ARG, "theta <= 1");
+    c.rope_theta = 1e4;
+    c.rms_eps    = 0.0f;
+    cr_expect_eq(tpm_model_config_finish(&c), TPM_ERR_INVALID_ARG, "eps 0");
+    c.rms_eps = 1e-5f;
+    c.C       = 36; /* hs 9: odd */
+    cr_expect_eq(tpm_model_config_finish(&c), TPM_ERR_INVALID_ARG, "odd head size");
+    c.C    = 64;
+    c.arch = 7;
+    cr_expect_eq(tpm_model_config_finish(&c), TPM_ERR_INVALID_ARG, "unknown architecture");
+    c.arch = TPM_ARCH_LLAMA;
+    cr_expect_eq(tpm_model_config_finish(&c), TPM_OK);
+}
+
 /* ---------------------------------------------------------------------------------------------- */
 /* the architecture table (core/arch.h) */
 
 TestSuite(arch, .timeout = 10);
+
+Test(arch, llama_rows_are_at_their_enum_index_and_the_variants_drop_the_last_rows)
+{
+    static const char *const blk[TPM_LBLOCK_NT] = {
+        [TPM_LB_LN1W] = "ln1w",   [TPM_LB_QKVW] = "qkvw", [TPM_LB_OW] = "ow",
+        [TPM_LB_LN2W] = "ln2w",   [TPM_LB_GATEW] = "gatew", [TPM_LB_UPW] = "upw",
+        [TPM_LB_DOWNW] = "downw", [TPM_LB_QKVB] = "qkvb",
+    };
+    static const char *const emb[TPM_LEMB_NT] = {
+        [TPM_LE_WTE] = "wte", [TPM_LE_LNFW] = "lnfw", [TPM_LE_HEAD] = "lm_head"};
+    tpm_model_config_t c = llama_cfg(2, 32, 4, 2, 48, 100, 0, 1);
+    tpm_param_desc_t   d[TPM_GROUP_MAX_NT];
+
+    for (int bias = 0; bias < 2; bias++) {
+        for (int untied = 0; untied < 2; untied++) {
+            const tpm_arch_t *a = &tpm_arch_llama[bias][untied];
+            cr_assert_eq(a->n_block, TPM_LB_QKVB + bias);
+            cr_assert_eq(a->n_emb, TPM_LE_HEAD + untied);
+            for (int t = 0; t < a->n_block; t++) {
+                cr_assert_str_eq(a->block[t].name, blk[t]);
+                cr_assert_eq(a->block[t].llmc_index, -1);
+            }
+            for (int t = 0; t < a->n_emb; t++) {
+                cr_assert_str_eq(a->emb[t].name, emb[t]);
+            }
+        }
+    }
+    /* the configured shapes: QKV = (NH + 2 NKV) hs = (4 + 4) 8 */
+    cr_assert_eq(tpm_model_arch(&c), &tpm_arch_llama[1][1]);
+    cr_assert_eq(tpm_model_group_desc(&c, 0, d), TPM_LBLOCK_NT);
+    cr_expect(d[TPM_LB_QKVW].rows == 64 && d[TPM_LB_QKVW].cols == 32);
+    cr_expect(d[TPM_LB_QKVB].rows == 64 && d[TPM_LB_QKVB].cols == 1 && !d[TPM_LB_QKVB].decay);
+    cr_expect(d[TPM_LB_DOWNW].rows == 48 && d[TPM_LB_DOWNW].cols == 32);
+    cr_expect(d[TPM_LB_OW].init == TPM_INIT_NORMAL && d[TPM_LB_OW].init_value == 0.02f);
+    cr_expect(d[TPM_LB_LN1W].init == TPM_INIT_CONST && d[TPM_LB_LN1W].init_value == 1.0f);
+    cr_assert_eq(tpm_model_group_desc(&c, 2, d), TPM_LEMB_NT);
+    cr_expect(d[TPM_LE_HEAD].rows == 128 && d[TPM_LE_HEAD].valid_rows == 100);
+    c.tied     = 1;
+    c.qkv_bias = 0;
+    cr_assert_eq(tpm_model_group_desc(&c, 0, d), TPM_LB_QKVB);
+    cr_assert_eq(tpm_model_group_desc(&c, 2, d), TPM_LE_HEAD);
+}
 
 Test(arch, gpt2_rows_are_at_their_enum_index)
 {

@@ -260,3 +260,39 @@ Test(model_tp, serving_formats_compute_the_widened_model)
     free(base_dec);
     tpm_backend_destroy(be);
 }
+
+/* LLaMA: the split unit is a KV group; when M divides NKV the slices are the training shards */
+Test(model_tp, llama_splits_by_whole_kv_groups_and_matches_the_shard_rule_when_m_divides_nkv)
+{
+    tpm_model_config_t c = {.L = 2, .C = 96, .NH = 12, .V = 500, .maxT = 64,
+                            .arch = TPM_ARCH_LLAMA, .NKV = 4, .F = 200, .rms_eps = 1e-5f,
+                            .rope_theta = 1e4};
+    const int64_t      hs = 8, rep = 3, grp = (rep + 2) * hs;
+
+    cr_assert_eq(tpm_model_config_finish(&c), TPM_OK);
+    for (int M = 1; M <= 9; M++) {
+        int     kv = 0, h = 0;
+        int64_t f = 0;
+
+        for (int r = 0; r < M; r++) {
+            tpm_tp_part_t p;
+            int64_t       row0, nrows;
+
+            tpm_tp_partition(&c, M, r, &p);
+            cr_expect_eq(p.kv0, kv, "KV groups contiguous, M=%d r=%d", M, r);
+            cr_expect(p.h0 == rep * p.kv0 && p.nh == rep * p.nkv, "query heads of the groups");
+            cr_expect_eq(p.f0, f, "MLP rows contiguous, M=%d r=%d", M, r);
+            kv += p.nkv, h += p.nh, f += p.nf;
+            if (c.NKV % M == 0) {
+                tpm_split_rows(tpm_model_qkv_rows(&c), M, r, &row0, &nrows);
+                cr_expect(grp * p.kv0 == row0 && grp * p.nkv == nrows, "qkv rows, M=%d r=%d", M,
+                          r);
+                tpm_split_rows(c.C, M, r, &row0, &nrows);
+                cr_expect(hs * p.h0 == row0 && hs * p.nh == nrows, "ow rows, M=%d r=%d", M, r);
+            }
+            tpm_split_rows(c.F, M, r, &row0, &nrows);
+            cr_expect(p.f0 == row0 && p.nf == nrows, "MLP rows follow the row rule on F");
+        }
+        cr_expect(kv == c.NKV && h == c.NH && f == c.F, "M=%d covers every row once", M);
+    }
+}
