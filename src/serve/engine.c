@@ -228,6 +228,22 @@ tpm_status_t tpm_serve_load_model(tpm_tp_model_t *m, tpm_ckpt_t *ck)
             m->cfg.maxT);
         return TPM_ERR_FORMAT; /* same metadata on every rank: the same answer everywhere */
     }
+    /* the same shape can be another architecture (a --watch reload): the whole definition */
+    if (mc->arch != m->cfg.arch || mc->NKV != m->cfg.NKV || mc->F != m->cfg.F ||
+        mc->tied != m->cfg.tied || mc->qkv_bias != m->cfg.qkv_bias ||
+        mc->rms_eps != m->cfg.rms_eps || mc->rope_theta != m->cfg.rope_theta ||
+        mc->rope.factor != m->cfg.rope.factor ||
+        mc->rope.low_freq_factor != m->cfg.rope.low_freq_factor ||
+        mc->rope.high_freq_factor != m->cfg.rope.high_freq_factor ||
+        mc->rope.orig_ctx != m->cfg.rope.orig_ctx) {
+        tpm_log_error("checkpoint model (%s, NKV %d, F %d, tied %d, qkv bias %d) is not the one "
+                      "being served (%s, NKV %d, F %d, tied %d, qkv bias %d, or its norm or "
+                      "rotary settings differ)",
+                      tpm_arch_id_name(mc->arch), mc->NKV, mc->F, mc->tied, mc->qkv_bias,
+                      tpm_arch_id_name(m->cfg.arch), m->cfg.NKV, m->cfg.F, m->cfg.tied,
+                      m->cfg.qkv_bias);
+        return TPM_ERR_FORMAT;
+    }
     /* every rank reads its own rows of each tensor (collective over m->comm) */
     src = tpm_ckpt_tensor_io(ck);
     dst = tpm_tp_tensor_io(m);
