@@ -99,6 +99,11 @@ typedef struct tpm_config {
     int  max_queue;       /* waiting requests before 503 */
     int  max_body_bytes;  /* request body limit */
     char chat_template[16]; /* chatml | llama3 */
+
+    /* evaluation */
+    char    split[8];              /* val | train */
+    int64_t eval_tokens;           /* 0 = eval_batches global batches */
+    char    task[TPM_PATH_MAX];    /* multiple-choice JSONL ("" = loss) */
 } tpm_config_t;
 
 /** Fill @p cfg with the built-in defaults. */
