@@ -1383,6 +1383,27 @@ tpm_status_t tpm_api_models_json(const char *model, int n_ctx, int64_t created, 
     return api_dump(root, json_p, n_p);
 }
 
+tpm_status_t tpm_api_tokenizer_info_json(const tpm_tokenizer_t *tok, int n_ctx, char **json_p,
+                                         size_t *n_p)
+{
+    json_t *root = json_object();
+    int     ok   = root != NULL;
+
+    /* the end-of-text token has no text form: encoding "<|endoftext|>" gives its bytes */
+    api_set(root, "eos_token", json_null(), &ok);
+    api_set(root, "bos_token", json_null(), &ok);
+    api_set(root, "pad_token", json_null(), &ok);
+    api_set(root, "eos_token_id", json_integer(tpm_tokenizer_eot(tok)), &ok);
+    api_set(root, "vocab_size", json_integer(tpm_tokenizer_vocab_size(tok)), &ok);
+    api_set(root, "model_max_length", json_integer(n_ctx), &ok);
+    api_set(root, "tokenizer_class", json_string("tpmpi byte-level BPE"), &ok);
+    if (!ok) {
+        json_decref(root);
+        return TPM_ERR_NO_MEMORY;
+    }
+    return api_dump(root, json_p, n_p);
+}
+
 tpm_status_t tpm_api_tokenize(const char *body, size_t n, const tpm_tokenizer_t *tok, char **json_p,
                               size_t *n_p, tpm_api_error_t *err)
 {
@@ -1396,8 +1417,11 @@ tpm_status_t tpm_api_tokenize(const char *body, size_t n, const tpm_tokenizer_t 
         return err->http_status == 500 ? TPM_ERR_NO_MEMORY : TPM_ERR_INVALID_ARG;
     }
     content = api_field(root, "content");
+    if (content == NULL) {
+        content = api_field(root, "prompt"); /* vLLM's name (lm-evaluation-harness sends it) */
+    }
     if (content == NULL || !json_is_string(content)) {
-        api_bad(err, "content", "'content' must be a string");
+        api_bad(err, "content", "'content' (or 'prompt') must be a string");
         json_decref(root);
         return TPM_ERR_INVALID_ARG;
     }
@@ -1487,6 +1511,7 @@ tpm_status_t tpm_api_detokenize(const char *body, size_t n, const tpm_tokenizer_
     out = json_object();
     if (out != NULL) {
         api_set(out, "content", api_json_string(text, n_text), &ok);
+        api_set(out, "prompt", api_json_string(text, n_text), &ok); /* vLLM's name */
     }
     tpm_free(text);
     if (out == NULL || !ok) {

@@ -166,8 +166,17 @@ tpm_status_t tpm_api_models_json(const char *model, int n_ctx, int64_t created, 
                                  char **json_p, size_t *n_p);
 
 /**
- * POST /tokenize: {"content": "..."} -> {"tokens": [...]}. POST /detokenize:
- * {"tokens": [...]} -> {"content": "..."} (invalid UTF-8 repaired). Bad requests:
+ * GET /tokenizer_info (vLLM's, what lm-evaluation-harness's remote tokenizer reads):
+ * eos/bos/pad token texts (null: the end-of-text token has no text form), eos_token_id,
+ * vocab_size, model_max_length.
+ */
+tpm_status_t tpm_api_tokenizer_info_json(const tpm_tokenizer_t *tok, int n_ctx, char **json_p,
+                                         size_t *n_p);
+
+/**
+ * POST /tokenize: {"content": "..."} (or vLLM's "prompt") -> {"tokens": [...]}. POST
+ * /detokenize: {"tokens": [...]} -> {"content": "...", "prompt": "..."} (invalid UTF-8
+ * repaired). Bad requests:
  * TPM_ERR_INVALID_ARG with @p err filled. Caller owns *json_p (free()). Pure.
  */
 tpm_status_t tpm_api_tokenize(const char *body, size_t n, const tpm_tokenizer_t *tok, char **json_p,

@@ -65,6 +65,7 @@ typedef enum {
     ROUTE_METRICS,
     ROUTE_TOKENIZE,
     ROUTE_DETOKENIZE,
+    ROUTE_TOKENIZER_INFO,
 } http_route_t;
 
 static const struct {
@@ -81,6 +82,7 @@ static const struct {
     {"/metrics", ROUTE_METRICS, 0},
     {"/tokenize", ROUTE_TOKENIZE, 1},
     {"/detokenize", ROUTE_DETOKENIZE, 1},
+    {"/tokenizer_info", ROUTE_TOKENIZER_INFO, 0},
 };
 
 #define N_ROUTES      (sizeof(http_routes) / sizeof(http_routes[0]))
@@ -1082,6 +1084,17 @@ static enum MHD_Result http_models(http_req_t *r, const char *id)
     return http_json(r, 200, json, n);
 }
 
+static enum MHD_Result http_tokenizer_info(http_req_t *r)
+{
+    char  *json = NULL;
+    size_t n    = 0;
+
+    if (tpm_api_tokenizer_info_json(r->h->tok, r->h->lim.n_ctx, &json, &n) != TPM_OK) {
+        return http_oom(r);
+    }
+    return http_json(r, 200, json, n);
+}
+
 static enum MHD_Result http_tokens(http_req_t *r)
 {
     tpm_api_error_t err;
@@ -1236,6 +1249,7 @@ static enum MHD_Result http_handler(void *cls, struct MHD_Connection *conn, cons
     case ROUTE_EMBEDDINGS: return http_completions(r);
     case ROUTE_TOKENIZE:
     case ROUTE_DETOKENIZE: return http_tokens(r);
+    case ROUTE_TOKENIZER_INFO: return http_tokenizer_info(r);
     case ROUTE_MODELS: return http_models(r, NULL);
     case ROUTE_MODEL: return http_models(r, r->url + strlen(MODELS_PREFIX));
     case ROUTE_HEALTH: return http_health(r);

@@ -393,7 +393,8 @@ Test(api, tokenize_and_detokenize_round_trip)
     json_decref(root);
     free(json);
     cr_assert_eq(tpm_api_detokenize(body, strlen(body), tok, &json, &n, &err), TPM_OK);
-    cr_assert_str_eq(json, "{\"content\":\"Hello world \xC3\xA9\"}");
+    cr_assert_str_eq(json, "{\"content\":\"Hello world \xC3\xA9\",\"prompt\":\"Hello world "
+                           "\xC3\xA9\"}");
     free(json);
     free(body);
 
@@ -405,8 +406,38 @@ Test(api, tokenize_and_detokenize_round_trip)
     cr_assert_str_eq(err.param, "content");
     /* a single byte token that is not UTF-8 by itself comes back repaired */
     cr_assert_eq(tpm_api_detokenize("{\"tokens\":[255]}", 16, tok, &json, &n, &err), TPM_OK);
-    cr_assert_str_eq(json, "{\"content\":\"\xEF\xBF\xBD\"}");
+    cr_assert_str_eq(json, "{\"content\":\"\xEF\xBF\xBD\",\"prompt\":\"\xEF\xBF\xBD\"}");
     free(json);
+}
+
+/* vLLM's names, which lm-evaluation-harness's remote tokenizer uses */
+Test(api, tokenize_takes_prompt_and_tokenizer_info_names_the_end_of_text_id)
+{
+    tpm_api_error_t err;
+    char           *a, *b;
+    size_t          n;
+    json_t         *root;
+    const char     *c = "{\"content\":\"Hello world\"}";
+    const char     *p = "{\"prompt\":\"Hello world\",\"add_special_tokens\":false}";
+
+    cr_assert_eq(tpm_api_tokenize(c, strlen(c), tok, &a, &n, &err), TPM_OK);
+    cr_assert_eq(tpm_api_tokenize(p, strlen(p), tok, &b, &n, &err), TPM_OK);
+    cr_assert_str_eq(a, b);
+    free(a);
+    free(b);
+    cr_assert_eq(tpm_api_tokenize("{}", 2, tok, &a, &n, &err), TPM_ERR_INVALID_ARG);
+    cr_assert_eq(err.http_status, 400);
+
+    cr_assert_eq(tpm_api_tokenizer_info_json(tok, 64, &a, &n), TPM_OK);
+    root = json_loads(a, 0, NULL);
+    cr_assert_not_null(root);
+    cr_assert(json_is_null(json_object_get(root, "eos_token")), "%s", a);
+    cr_assert_eq(json_integer_value(json_object_get(root, "eos_token_id")), tpm_tokenizer_eot(tok));
+    cr_assert_eq(json_integer_value(json_object_get(root, "vocab_size")),
+                 tpm_tokenizer_vocab_size(tok));
+    cr_assert_eq(json_integer_value(json_object_get(root, "model_max_length")), 64);
+    json_decref(root);
+    free(a);
 }
 
 Test(api, utf8_repair_replaces_each_invalid_byte)
