@@ -947,3 +947,95 @@ Test(api, embeddings_requests_are_parsed_and_answered)
                  2);
     json_decref(d);
 }
+
+/* several completions in one request: the bodies of the candidates, prompt-major */
+Test(api, fanout_splits_prompts_and_candidates)
+{
+    tpm_api_fanout_t f;
+    tpm_api_error_t  err;
+    const char      *b1 = "{\"prompt\":\"x\"}";
+    const char      *b2 = "{\"prompt\":[\"a\",[1,2]],\"n\":2,\"best_of\":3,\"seed\":7}";
+    json_t          *o;
+
+    cr_assert_eq(tpm_api_fanout(b1, strlen(b1), 0, &f, &err), TPM_OK);
+    cr_assert_eq(f.n_sub, 0, "one completion: the single path");
+    tpm_api_fanout_free(&f);
+
+    cr_assert_eq(tpm_api_fanout(b2, strlen(b2), 0, &f, &err), TPM_OK);
+    cr_assert_eq(f.n_sub, 6);
+    cr_assert_eq(f.n_prompts, 2);
+    cr_assert_eq(f.n, 2);
+    cr_assert_eq(f.best_of, 3);
+    for (int k = 0; k < 6; k++) {
+        o = json_loadb(f.bodies[k], f.lens[k], 0, NULL);
+        cr_assert_not_null(o);
+        cr_assert_null(json_object_get(o, "n"));
+        cr_assert_null(json_object_get(o, "best_of"));
+        cr_assert_eq(json_integer_value(json_object_get(o, "seed")), 7 + k % 3, "%s", f.bodies[k]);
+        if (k < 3) {
+            cr_assert_str_eq(json_string_value(json_object_get(o, "prompt")), "a");
+        } else {
+            cr_assert_eq(json_array_size(json_object_get(o, "prompt")), 2);
+        }
+        json_decref(o);
+    }
+    tpm_api_fanout_free(&f);
+
+    /* chat: n only; best_of is left to the chat parser */
+    b1 = "{\"messages\":[],\"n\":3}";
+    cr_assert_eq(tpm_api_fanout(b1, strlen(b1), 1, &f, &err), TPM_OK);
+    cr_assert_eq(f.n_sub, 3);
+    tpm_api_fanout_free(&f);
+}
+
+Test(api, fanout_refuses_what_stays_refused)
+{
+    static const struct {
+        const char *body, *param;
+    } bad[] = {
+        {"{\"prompt\":\"x\",\"n\":0}", "n"},
+        {"{\"prompt\":\"x\",\"n\":17}", "n"},
+        {"{\"prompt\":\"x\",\"n\":\"2\"}", "n"},
+        {"{\"prompt\":\"x\",\"n\":3,\"best_of\":2}", "best_of"},
+        {"{\"prompt\":\"x\",\"n\":2,\"stream\":true}", "stream"},
+        {"{\"prompt\":[\"x\",\"y\"],\"stream\":true}", "stream"},
+        {"{\"prompt\":[\"a\",\"b\",\"c\",\"d\",\"e\",\"f\"],\"n\":3}", "prompt"},
+        {"{\"prompt\":\"x\",\"best_of\":17}", "best_of"},
+    };
+    tpm_api_fanout_t f;
+    tpm_api_error_t  err;
+
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        cr_assert_eq(tpm_api_fanout(bad[i].body, strlen(bad[i].body), 0, &f, &err),
+                     TPM_ERR_INVALID_ARG, "accepted: %s", bad[i].body);
+        cr_assert_eq(err.http_status, 400);
+        cr_assert_str_eq(err.param, bad[i].param, "%s", bad[i].body);
+        cr_assert_eq(f.n_sub, 0);
+    }
+}
+
+Test(api, choices_merge_reindexes_and_sums_usage)
+{
+    const char *a =
+        "{\"id\":\"cmpl-1\",\"object\":\"text_completion\",\"choices\":[{\"text\":\"A\","
+        "\"index\":0}],\"usage\":{\"prompt_tokens\":3}}";
+    const char *b =
+        "{\"id\":\"cmpl-2\",\"object\":\"text_completion\",\"choices\":[{\"text\":\"B\","
+        "\"index\":0}],\"usage\":{\"prompt_tokens\":3}}";
+    const char *in[2]   = {a, b};
+    size_t      lens[2] = {strlen(a), strlen(b)}, n;
+    char       *json;
+    json_t     *o, *ch;
+
+    cr_assert_eq(tpm_api_choices_merge(in, lens, 2, 3, 9, &json, &n), TPM_OK);
+    o  = json_loads(json, 0, NULL);
+    ch = json_object_get(o, "choices");
+    cr_assert_str_eq(json_string_value(json_object_get(o, "id")), "cmpl-1");
+    cr_assert_eq(json_array_size(ch), 2);
+    cr_assert_str_eq(json_string_value(json_object_get(json_array_get(ch, 1), "text")), "B");
+    cr_assert_eq(json_integer_value(json_object_get(json_array_get(ch, 1), "index")), 1);
+    cr_assert_eq(json_integer_value(json_object_get(json_object_get(o, "usage"), "total_tokens")),
+                 12);
+    json_decref(o);
+    free(json);
+}
