@@ -22,6 +22,7 @@
 #include "comm/comm.h"
 #include "core/reshard.h"
 #include "data/prepare.h"
+#include "eval/eval.h"
 #include "serve/engine.h"
 #include "train/train.h"
 
@@ -271,9 +272,10 @@ int main(int argc, char **argv)
     case TPM_MODE_EXPORT: status = run_export(&cfg, comm); break;
     case TPM_MODE_SERVE: status = tpm_serve_run(&cfg, comm); break;
     case TPM_MODE_TRAINSERVE: status = run_trainserve(&cfg, comm); break;
+    case TPM_MODE_EVAL: status = tpm_eval_run(&cfg, comm); break;
     default:
         tpm_error0("--mode=%s is not implemented yet in this version (available: train, "
-                   "prepare, export, serve, trainserve)",
+                   "prepare, export, serve, eval, trainserve)",
                    tpm_mode_name(cfg.mode));
         status = TPM_ERR_UNSUPPORTED;
         break;

@@ -32,12 +32,13 @@ expect 1 2 "steps" --mode=train --steps=0
 expect 1 2 "lr" --mode=train --lr=-1
 expect 1 2 "mode" --mode=dance
 expect 2 2 "does not divide" --mode=train --model=tiny --n-head=5
-expect 1 2 "not implemented" --mode=eval
+expect 2 2 "needs --ckpt" --mode=eval
 expect 2 2 "needs --ckpt" --mode=serve
 # errors are errors: --log-level=error must not silence the only message before exit 2
 expect 2 2 "needs --ckpt" --mode=serve --log-level=error
 expect 1 2 "needs --ckpt" --mode=export --log-level=error
-expect 1 2 "not implemented" --mode=eval --log-level=error
+expect 1 2 "needs --ckpt" --mode=eval --log-level=error
+expect 2 2 "split" --mode=eval --split=test
 expect 2 2 "no such file" --mode=serve --ckpt="$dir/none.h5"
 expect 1 2 "exceeds the position table" --mode=train --model=tiny --seq-len=128
 expect 2 2 "precision" --mode=train --precision=fp8

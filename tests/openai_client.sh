@@ -189,11 +189,18 @@ if target == "real":
 else:
     check(c3.choices[0].logprobs is not None, "chat logprobs object (fake engine: empty)")
 
+c4 = client.completions.create(model=model, prompt="x", n=2, max_tokens=3)
+check([c.index for c in c4.choices] == [0, 1], "completions n=2: two choices through the client")
+c5 = client.completions.create(model=model, prompt=["x", "y"], max_tokens=2, best_of=2)
+check([c.index for c in c5.choices] == [0, 1], "two prompts with best_of=2: one choice each")
+c6 = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}],
+                                    n=2, max_tokens=3)
+check([c.index for c in c6.choices] == [0, 1], "chat n=2: two choices through the client")
 try:
-    client.completions.create(model=model, prompt="x", n=2)
-    check(False, "n=2 accepted")
+    client.completions.create(model=model, prompt="x", n=2, stream=True)
+    check(False, "n=2 with stream accepted")
 except openai.BadRequestError as e:
-    check(e.status_code == 400 and "n" in str(e), "n=2 -> BadRequestError")
+    check(e.status_code == 400 and "stream" in str(e), "n=2 with stream -> BadRequestError")
 try:
     client.completions.create(model="no-such-model", prompt="x")
     check(False, "unknown model accepted")

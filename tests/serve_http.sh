@@ -254,24 +254,52 @@ bad() { # bad WANT_STATUS WANT_PARAM_OR_- BODY_JSON
     [ "$want" = 400 ] && n400=$((n400 + 1))
     check $ok "bad request $3: got $code $(head -c 300 "$dir/body") (want $want, param $param)"
 }
+# several completions in one request, as OpenAI's reference defines them: choices indexed
+# in order, prompt-major (prompt i's k-th at i * n + k); best_of's n picks best first by the
+# sum of their log-probabilities; the prompt counted once per prompt in usage
+code=$(post /v1/completions '{"prompt": "x", "max_tokens": 3, "n": 2, "temperature": 1, "seed": 5}')
+check "$([ "$code" = 200 ] && jcheck "$dir/body" "d['object'] == 'text_completion' and [c['index'] for c in d['choices']] == [0, 1] and all(c['logprobs'] is None for c in d['choices'])")" \
+    "n=2: two choices, indexed 0 and 1 (got $code $(head -c 300 "$dir/body"))"
+code=$(post /v1/completions '{"prompt": ["x", [1, 2]], "max_tokens": 2, "n": 2, "temperature": 0}')
+check "$([ "$code" = 200 ] && jcheck "$dir/body" "[c['index'] for c in d['choices']] == [0, 1, 2, 3] and d['choices'][0]['text'] == d['choices'][1]['text'] and d['choices'][2]['text'] == d['choices'][3]['text']")" \
+    "two prompts x n=2: four choices, prompt-major; greedy samples of one prompt agree"
+post /v1/completions '{"prompt": [1, 2], "max_tokens": 2, "temperature": 0}' >/dev/null
+cp "$dir/body" "$dir/one_prompt.json"
+post /v1/completions '{"prompt": ["x", [1, 2]], "max_tokens": 2, "temperature": 0}' >/dev/null
+check "$(python3 -c 'import json,sys; a=json.load(open(sys.argv[1])); b=json.load(open(sys.argv[2])); print(int(b["choices"][1]["text"] == a["choices"][0]["text"] and b["usage"]["prompt_tokens"] > a["usage"]["prompt_tokens"]))' "$dir/one_prompt.json" "$dir/body")" \
+    "a list of prompts: each choice is that prompt's own completion; usage counts both prompts"
+code=$(post /v1/completions '{"prompt": "x", "max_tokens": 4, "n": 2, "best_of": 4, "temperature": 1, "seed": 9, "logprobs": 1}')
+check "$([ "$code" = 200 ] && jcheck "$dir/body" "len(d['choices']) == 2 and sum(d['choices'][0]['logprobs']['token_logprobs']) >= sum(d['choices'][1]['logprobs']['token_logprobs'])")" \
+    "best_of=4, n=2: two choices, best first by the sum of log-probabilities (got $code)"
+code=$(post /v1/completions '{"prompt": "x", "max_tokens": 4, "best_of": 3, "temperature": 1}')
+check "$([ "$code" = 200 ] && jcheck "$dir/body" "len(d['choices']) == 1 and d['choices'][0]['logprobs'] is None")" \
+    "best_of=3: one choice; the ranking's log-probabilities are not in the answer"
+code=$(post /v1/chat/completions '{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "n": 2}')
+check "$([ "$code" = 200 ] && jcheck "$dir/body" "d['object'] == 'chat.completion' and [c['index'] for c in d['choices']] == [0, 1]")" \
+    "chat n=2: two choices"
 bad 400 - '{"prompt": "x", '
 bad 400 - '[1, 2, 3]'
 bad 400 - ''
 bad 400 prompt '{"max_tokens": 3}'
 bad 400 prompt '{"prompt": 12}'
 bad 400 prompt '{"prompt": []}'
-bad 400 prompt '{"prompt": ["a", "b"]}'
+bad 400 prompt '{"prompt": ["a", []]}'
 bad 400 prompt '{"prompt": [1, "a"]}'
 bad 400 prompt '{"prompt": [1, 99999999]}'
 bad 400 prompt '{"prompt": [-1]}'
-bad 400 n '{"prompt": "x", "n": 2}'
+bad 400 n '{"prompt": "x", "n": 17}'
+bad 400 n '{"prompt": "x", "n": 0}'
+bad 400 stream '{"prompt": "x", "n": 2, "stream": true}'
+bad 400 stream '{"prompt": ["x", "y"], "stream": true}'
 bad 400 echo '{"prompt": "x", "echo": true, "stream": true}'
 bad 400 logprobs '{"prompt": "x", "logprobs": 21}'
 bad 400 logprobs '{"prompt": "x", "logprobs": 2, "stream": true}'
 bad 400 logit_bias '{"prompt": "x", "logit_bias": {"abc": 1}}'
 bad 400 presence_penalty '{"prompt": "x", "presence_penalty": 3}'
 bad 400 suffix '{"prompt": "x", "suffix": "y"}'
-bad 400 best_of '{"prompt": "x", "best_of": 3}'
+bad 400 best_of '{"prompt": "x", "n": 3, "best_of": 2}'
+bad 400 best_of '{"prompt": "x", "n": 2, "best_of": 17}'
+bad 400 prompt '{"prompt": ["a", "b", "c", "d", "e", "f"], "n": 3}'
 bad 400 max_tokens '{"prompt": "x", "max_tokens": 0}'
 bad 400 max_tokens '{"prompt": "x", "max_tokens": 49}'
 bad 400 max_tokens '{"prompt": "x", "max_tokens": "5"}'

@@ -45,6 +45,7 @@ typedef enum {
     CONFIG_GROUP_CKPT,
     CONFIG_GROUP_COMPRESS,
     CONFIG_GROUP_SERVE,
+    CONFIG_GROUP_EVAL,
     CONFIG_GROUP_COUNT,
 } config_group_t;
 
@@ -98,10 +99,12 @@ static const char *const compression_names[] = {"none", "2bit", NULL};
 static const char *const residual_names[]    = {"fp32", "bf16", "none", NULL};
 static const char *const push_dtype_names[]  = {"fp32", "bf16", NULL};
 static const char *const swap_policy_names[] = {"keep", "recompute", NULL};
+static const char *const split_names[]         = {"val", "train", NULL};
 static const char *const level_names[]  = {"error", "warn", "info", "debug", NULL};
 
 static const char *const group_titles[CONFIG_GROUP_COUNT] = {
-    "General", "Model", "Data", "Training", "Logging", "Checkpoints", "Compression", "Serving",
+    "General",     "Model",       "Data",    "Training",   "Logging",
+    "Checkpoints", "Compression", "Serving", "Evaluation",
 };
 
 typedef struct {
@@ -143,7 +146,7 @@ static const config_preset_t presets[] = {
 static const config_opt_t options[] = {
     /* general */
     {"mode", "TPMPI_MODE", "train", NULL,
-     "what to run (eval is not available yet)",
+     "what to run (eval: loss and perplexity of a checkpoint, or a multiple-choice task)",
      CONFIG_GROUP_GENERAL, CONFIG_TYPE_MODE, OFF(mode), SZ(mode), 0, 0, 0, 0, 0, mode_names},
     {"device", "TPMPI_DEVICE", "cpu", NULL, "compute device of every rank",
      CONFIG_GROUP_GENERAL, CONFIG_TYPE_CHOICE, OFF(device), SZ(device), 0, 0, 0, 0, 0,
@@ -226,7 +229,7 @@ static const config_opt_t options[] = {
     {"data", "TPMPI_DATA", "", "DIR", "prepared data directory (empty = built-in fortunes corpus)",
      CONFIG_GROUP_DATA, CONFIG_TYPE_STR, OFF(data), SZ(data), 0, 0, 0, 0, 0, NULL},
     {"out", "TPMPI_OUT", "", "DIR",
-     "output directory (prepare: the data directory; train: the run directory)",
+     "output (prepare: the data directory; train: the run directory; eval: a JSON result file)",
      CONFIG_GROUP_DATA, CONFIG_TYPE_STR, OFF(out), SZ(out), 0, 0, 0, 0, 0, NULL},
     {"input", "TPMPI_INPUT", NULL, "FILE",
      "prepare: input text file; repeatable, extra arguments are inputs too (environment: "
@@ -389,6 +392,17 @@ static const config_opt_t options[] = {
      "with the new weights",
      CONFIG_GROUP_SERVE, CONFIG_TYPE_CHOICE, OFF(swap_policy), SZ(swap_policy), 0, 0, 0, 0, 0,
      swap_policy_names},
+
+    /* evaluation */
+    {"split", "TPMPI_SPLIT", "val", NULL,
+     "eval: the token split of --data whose loss is measured",
+     CONFIG_GROUP_EVAL, CONFIG_TYPE_CHOICE, OFF(split), SZ(split), 0, 0, 0, 0, 0, split_names},
+    {"eval-tokens", "TPMPI_EVAL_TOKENS", "0", "N",
+     "eval: measure ceil(N / seq_len) windows (0 = --eval-batches global batches of the run)",
+     CONFIG_GROUP_EVAL, CONFIG_TYPE_I64, OFF(eval_tokens), 0, 0, I64_MAX, 0, 0, 0, NULL},
+    {"task", "TPMPI_TASK", "", "FILE",
+     "eval: multiple-choice task (JSONL: context, choices, label) instead of the loss",
+     CONFIG_GROUP_EVAL, CONFIG_TYPE_STR, OFF(task), SZ(task), 0, 0, 0, 0, 0, NULL},
 };
 /* clang-format on */
 

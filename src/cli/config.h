@@ -119,6 +119,11 @@ typedef struct tpm_config {
     int64_t push_every;       /* push the weights every S steps (0 = only at the end) */
     char    push_dtype[16];   /* fp32 | bf16: what the push moves */
     char    swap_policy[16];  /* keep | recompute: running sequences at a swap */
+
+    /* evaluation */
+    char    split[8];              /* val | train */
+    int64_t eval_tokens;           /* 0 = eval_batches global batches */
+    char    task[TPM_PATH_MAX];    /* multiple-choice JSONL ("" = loss) */
 } tpm_config_t;
 
 /** Fill @p cfg with the built-in defaults. */

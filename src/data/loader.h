@@ -52,6 +52,12 @@ tpm_status_t tpm_tokens_batch(const tpm_tokens_t *toks, uint64_t seed, uint64_t 
 #define TPM_DATA_ORDER_SAMPLE     2 /* window (seed ^ salt, s, (a*N + r)*B + b): split-free */
 #define TPM_DATA_ORDER            TPM_DATA_ORDER_SAMPLE /* what new runs use */
 
+/*
+ * Validation windows: global batch e of an evaluation is keyed like a training step e in
+ * data order 2, with the run's seed xor this salt (train.c evaluate, eval/eval.c)
+ */
+#define TPM_DATA_VAL_SALT 0x76616cULL /* "val" */
+
 /** Where micro-step @p a of rank @p r in step @p s reads its B rows. */
 typedef struct tpm_data_key {
     uint64_t seed, stream, first;

@@ -687,6 +687,154 @@ err_bad:
 
 /* ---- chat completions ---------------------------------------------------------------------- */
 
+void tpm_api_fanout_free(tpm_api_fanout_t *f)
+{
+    if (f == NULL) {
+        return;
+    }
+    for (int i = 0; i < f->n_sub; i++) {
+        free(f->bodies[i]);
+    }
+    free(f->bodies);
+    free(f->lens);
+    memset(f, 0, sizeof(*f));
+}
+
+tpm_status_t tpm_api_fanout(const char *body, size_t n, int chat, tpm_api_fanout_t *f,
+                            tpm_api_error_t *err)
+{
+    json_t    *root = api_load_object(body, n, err), *prompt, *seed;
+    json_int_t nn = 1, bo = 1;
+    int        has_bo = 0, stream = 0, multi_prompt = 0, ok = 1;
+    size_t     n_prompts = 1;
+
+    memset(f, 0, sizeof(*f));
+    if (root == NULL) {
+        return err->http_status == 500 ? TPM_ERR_NO_MEMORY : TPM_ERR_INVALID_ARG;
+    }
+    prompt = api_field(root, "prompt");
+    if (!chat && prompt != NULL && json_is_array(prompt) && json_array_size(prompt) > 1 &&
+        !json_is_integer(json_array_get(prompt, 0))) {
+        multi_prompt = 1;
+        n_prompts    = json_array_size(prompt);
+    }
+    if (!api_get_int(root, "n", 1, TPM_API_MAX_CHOICES, &nn, NULL, err) ||
+        (!chat && !api_get_int(root, "best_of", 1, TPM_API_MAX_CHOICES, &bo, &has_bo, err)) ||
+        !api_get_bool(root, "stream", &stream, err)) {
+        json_decref(root);
+        return TPM_ERR_INVALID_ARG;
+    }
+    if (!has_bo) {
+        bo = nn;
+    }
+    if (bo < nn) {
+        api_bad(err, "best_of", "'best_of' (%lld) must be at least 'n' (%lld)", (long long)bo,
+                (long long)nn);
+        json_decref(root);
+        return TPM_ERR_INVALID_ARG;
+    }
+    if (n_prompts * (size_t)bo > TPM_API_MAX_CHOICES) {
+        api_bad(err, multi_prompt ? "prompt" : "best_of",
+                "%zu prompt(s) x %lld candidate(s) is more than the %d completions one request "
+                "may ask for",
+                n_prompts, (long long)bo, TPM_API_MAX_CHOICES);
+        json_decref(root);
+        return TPM_ERR_INVALID_ARG;
+    }
+    if (n_prompts == 1 && bo == 1) {
+        json_decref(root); /* one completion: the single-job path parses the body itself */
+        return TPM_OK;
+    }
+    if (stream) {
+        api_bad(err, "stream",
+                "streaming is available for one completion per request: not with n > 1, "
+                "best_of > 1 or several prompts");
+        json_decref(root);
+        return TPM_ERR_INVALID_ARG;
+    }
+    seed         = api_field(root, "seed");
+    f->n_prompts = (int)n_prompts;
+    f->n         = (int)nn;
+    f->best_of   = (int)bo;
+    f->bodies    = calloc(n_prompts * (size_t)bo, sizeof(char *));
+    f->lens      = calloc(n_prompts * (size_t)bo, sizeof(size_t));
+    ok           = f->bodies != NULL && f->lens != NULL;
+    for (size_t i = 0; ok && i < n_prompts; i++) {
+        for (json_int_t j = 0; ok && j < bo; j++) {
+            json_t *sub = json_deep_copy(root);
+
+            ok = sub != NULL;
+            if (ok) {
+                json_object_del(sub, "n");
+                json_object_del(sub, "best_of");
+                if (multi_prompt) {
+                    ok = json_object_set(sub, "prompt", json_array_get(prompt, i)) == 0;
+                }
+                /* candidates of one prompt must differ: a given seed moves by the candidate */
+                if (ok && seed != NULL && json_is_integer(seed)) {
+                    ok = json_object_set_new(sub, "seed",
+                                             json_integer(json_integer_value(seed) + j)) == 0;
+                }
+            }
+            if (ok) {
+                char *text = json_dumps(sub, JSON_COMPACT);
+
+                ok = text != NULL;
+                if (ok) {
+                    f->bodies[f->n_sub] = text;
+                    f->lens[f->n_sub]   = strlen(text);
+                    f->n_sub++;
+                }
+            }
+            json_decref(sub);
+        }
+    }
+    json_decref(root);
+    if (!ok) {
+        tpm_api_fanout_free(f);
+        api_oom(err);
+        return TPM_ERR_NO_MEMORY;
+    }
+    return TPM_OK;
+}
+
+tpm_status_t tpm_api_choices_merge(const char *const *jsons, const size_t *lens, int n,
+                                   int64_t prompt_tokens, int64_t completion_tokens, char **json_p,
+                                   size_t *n_p)
+{
+    json_t *out = NULL, *choices = json_array(), *usage = json_object();
+    int     ok = choices != NULL && usage != NULL && n > 0;
+
+    for (int i = 0; ok && i < n; i++) {
+        json_t *one = json_loadb(jsons[i], lens[i], 0, NULL);
+        json_t *ch  = one != NULL ? json_array_get(json_object_get(one, "choices"), 0) : NULL;
+
+        ok = ch != NULL && json_object_set_new(ch, "index", json_integer(i)) == 0 &&
+             json_array_append(choices, ch) == 0;
+        if (ok && out == NULL) {
+            out = one; /* id, object, created, model and timings of the first */
+            one = NULL;
+        }
+        json_decref(one);
+    }
+    api_set(usage, "prompt_tokens", json_integer((json_int_t)prompt_tokens), &ok);
+    api_set(usage, "completion_tokens", json_integer((json_int_t)completion_tokens), &ok);
+    api_set(usage, "total_tokens", json_integer((json_int_t)(prompt_tokens + completion_tokens)),
+            &ok);
+    if (ok) {
+        api_set(out, "choices", choices, &ok);
+        api_set(out, "usage", usage, &ok);
+        choices = usage = NULL;
+    }
+    json_decref(choices);
+    json_decref(usage);
+    if (!ok) {
+        json_decref(out);
+        return TPM_ERR_NO_MEMORY;
+    }
+    return api_dump(out, json_p, n_p);
+}
+
 /* the chat templates: how a list of messages becomes one prompt (docs/SERVING.md) */
 static const struct {
     const char *name;
@@ -1394,6 +1542,27 @@ tpm_status_t tpm_api_models_json(const char *model, int n_ctx, int64_t created, 
     return api_dump(root, json_p, n_p);
 }
 
+tpm_status_t tpm_api_tokenizer_info_json(const tpm_tokenizer_t *tok, int n_ctx, char **json_p,
+                                         size_t *n_p)
+{
+    json_t *root = json_object();
+    int     ok   = root != NULL;
+
+    /* the end-of-text token has no text form: encoding "<|endoftext|>" gives its bytes */
+    api_set(root, "eos_token", json_null(), &ok);
+    api_set(root, "bos_token", json_null(), &ok);
+    api_set(root, "pad_token", json_null(), &ok);
+    api_set(root, "eos_token_id", json_integer(tpm_tokenizer_eot(tok)), &ok);
+    api_set(root, "vocab_size", json_integer(tpm_tokenizer_vocab_size(tok)), &ok);
+    api_set(root, "model_max_length", json_integer(n_ctx), &ok);
+    api_set(root, "tokenizer_class", json_string("tpmpi byte-level BPE"), &ok);
+    if (!ok) {
+        json_decref(root);
+        return TPM_ERR_NO_MEMORY;
+    }
+    return api_dump(root, json_p, n_p);
+}
+
 tpm_status_t tpm_api_tokenize(const char *body, size_t n, const tpm_tokenizer_t *tok, char **json_p,
                               size_t *n_p, tpm_api_error_t *err)
 {
@@ -1407,8 +1576,11 @@ tpm_status_t tpm_api_tokenize(const char *body, size_t n, const tpm_tokenizer_t 
         return err->http_status == 500 ? TPM_ERR_NO_MEMORY : TPM_ERR_INVALID_ARG;
     }
     content = api_field(root, "content");
+    if (content == NULL) {
+        content = api_field(root, "prompt"); /* vLLM's name (lm-evaluation-harness sends it) */
+    }
     if (content == NULL || !json_is_string(content)) {
-        api_bad(err, "content", "'content' must be a string");
+        api_bad(err, "content", "'content' (or 'prompt') must be a string");
         json_decref(root);
         return TPM_ERR_INVALID_ARG;
     }
@@ -1498,6 +1670,7 @@ tpm_status_t tpm_api_detokenize(const char *body, size_t n, const tpm_tokenizer_
     out = json_object();
     if (out != NULL) {
         api_set(out, "content", api_json_string(text, n_text), &ok);
+        api_set(out, "prompt", api_json_string(text, n_text), &ok); /* vLLM's name */
     }
     tpm_free(text);
     if (out == NULL || !ok) {

@@ -91,9 +91,9 @@ tpm_status_t tpm_api_completion_parse(const char *body, size_t n, const tpm_api_
  * lim->chat_template, with the generation prompt for the assistant's turn, then encoded;
  * max_completion_tokens (or max_tokens), temperature, top_p, top_k, seed, stop (at most 3:
  * the template's end-of-turn marker is added as a stop string), stream and stream_options
- * as for completions. What stays refused (n > 1, logprobs, penalties, logit_bias, tools,
- * a response_format other than text) is 400. Sets req_p->chat. Otherwise as
- * tpm_api_completion_parse.
+ * as for completions. What stays refused (n > 1: the front-end splits such a request with
+ * tpm_api_fanout first; tools, a response_format other than text) is 400. Sets
+ * req_p->chat. Otherwise as tpm_api_completion_parse.
  */
 tpm_status_t tpm_api_chat_parse(const char *body, size_t n, const tpm_api_limits_t *lim,
                                 const tpm_tokenizer_t *tok, uint64_t default_seed,
@@ -111,6 +111,37 @@ tpm_status_t tpm_api_embeddings_parse(const char *body, size_t n, const tpm_api_
 /** {"object": "list", "data": [{"object": "embedding", "index": 0, "embedding"}], ...}. */
 tpm_status_t tpm_api_embeddings_json(const char *model, const float *vec, int C, int prompt_tokens,
                                      char **json_p, size_t *n_p);
+
+/** Most completions (prompts x best_of) one request may ask for. */
+#define TPM_API_MAX_CHOICES 16
+
+/**
+ * A request for several completions (completions: "n", "best_of", a list of prompts; chat:
+ * "n"), split into n_prompts x best_of single-completion bodies, prompt-major: body
+ * i * best_of + j is prompt i's candidate j, without "n" and "best_of", with "seed" + j when
+ * a seed was given (the caller gives each body its own default seed otherwise). n_sub is 0
+ * when the request asks for one completion (parse the original body). Refused (400): n or
+ * best_of outside [1, TPM_API_MAX_CHOICES], best_of < n, more than TPM_API_MAX_CHOICES in
+ * all, and "stream" with more than one completion. Pure; free with tpm_api_fanout_free.
+ */
+typedef struct tpm_api_fanout {
+    int     n_sub, n_prompts, n, best_of;
+    char  **bodies; /* (n_sub) malloc'd JSON texts */
+    size_t *lens;
+} tpm_api_fanout_t;
+
+tpm_status_t tpm_api_fanout(const char *body, size_t n, int chat, tpm_api_fanout_t *f,
+                            tpm_api_error_t *err);
+void         tpm_api_fanout_free(tpm_api_fanout_t *f); /* NULL ok */
+
+/**
+ * One answer from @p n single-completion answers (tpm_api_completion_json FULL texts), in
+ * order: the first's id, object, created, model and timings; every one's choice, re-indexed
+ * 0..n-1; usage from the given counts. Pure; caller owns *json_p (free()).
+ */
+tpm_status_t tpm_api_choices_merge(const char *const *jsons, const size_t *lens, int n,
+                                   int64_t prompt_tokens, int64_t completion_tokens, char **json_p,
+                                   size_t *n_p);
 
 /** Free a job made by tpm_api_completion_parse (prompt, stop strings, the job). NULL ok. */
 void tpm_api_job_free(tpm_serve_job_t *job);
@@ -171,8 +202,17 @@ tpm_status_t tpm_api_models_json(const char *model, int n_ctx, int64_t created, 
                                  int64_t weights_step, char **json_p, size_t *n_p);
 
 /**
- * POST /tokenize: {"content": "..."} -> {"tokens": [...]}. POST /detokenize:
- * {"tokens": [...]} -> {"content": "..."} (invalid UTF-8 repaired). Bad requests:
+ * GET /tokenizer_info (vLLM's, what lm-evaluation-harness's remote tokenizer reads):
+ * eos/bos/pad token texts (null: the end-of-text token has no text form), eos_token_id,
+ * vocab_size, model_max_length.
+ */
+tpm_status_t tpm_api_tokenizer_info_json(const tpm_tokenizer_t *tok, int n_ctx, char **json_p,
+                                         size_t *n_p);
+
+/**
+ * POST /tokenize: {"content": "..."} (or vLLM's "prompt") -> {"tokens": [...]}. POST
+ * /detokenize: {"tokens": [...]} -> {"content": "...", "prompt": "..."} (invalid UTF-8
+ * repaired). Bad requests:
  * TPM_ERR_INVALID_ARG with @p err filled. Caller owns *json_p (free()). Pure.
  */
 tpm_status_t tpm_api_tokenize(const char *body, size_t n, const tpm_tokenizer_t *tok, char **json_p,

@@ -67,6 +67,7 @@ typedef enum {
     ROUTE_DETOKENIZE,
     ROUTE_ADMIN_PUSH,
     ROUTE_ADMIN_RELOAD,
+    ROUTE_TOKENIZER_INFO,
 } http_route_t;
 
 static const struct {
@@ -85,6 +86,7 @@ static const struct {
     {"/detokenize", ROUTE_DETOKENIZE, 1},
     {"/admin/push", ROUTE_ADMIN_PUSH, 1},
     {"/admin/reload", ROUTE_ADMIN_RELOAD, 1},
+    {"/tokenizer_info", ROUTE_TOKENIZER_INFO, 0},
 };
 
 #define N_ROUTES      (sizeof(http_routes) / sizeof(http_routes[0]))
@@ -154,6 +156,7 @@ struct http_req {
     float             *emb; /* an embedding job's vector (n_emb floats) */
     int                n_emb;
     int                n_lps, cap_lps;
+    int                lp_hidden; /* logprobs only for best_of's ranking: not in the answer */
 
     /* stream writer state (the connection's thread only) */
     size_t sent;      /* bytes of gen already sent */
@@ -665,14 +668,42 @@ static int http_echo_text(http_req_t *r, char **out_p, size_t *n_p)
     return 1;
 }
 
-static enum MHD_Result http_completion_wait(http_req_t *r)
+/* the non-streaming answer of a finished completion with @p reason (under r->mu) */
+static tpm_status_t http_full_json(http_req_t *r, const char *reason, char **json_p, size_t *n_p)
 {
     tpm_api_result_t res;
-    tpm_api_error_t  err;
-    const char      *reason;
-    char            *json = NULL, *echo_text = NULL;
-    size_t           n = 0, n_echo = 0;
+    char            *echo_text = NULL;
+    size_t           n_echo    = 0;
     tpm_status_t     status;
+
+    if (r->echo) {
+        /* the answer's text starts with the prompt's */
+        if (!http_echo_text(r, &echo_text, &n_echo)) {
+            return TPM_ERR_NO_MEMORY;
+        }
+        http_result(r, &res, echo_text, n_echo, reason);
+    } else {
+        http_result(r, &res, r->gen, r->n_gen, reason);
+    }
+    if (r->job->logprobs && !r->lp_hidden) {
+        static const tpm_api_logprob_t none; /* lp must not be NULL: "logprobs": {...} */
+
+        res.lp   = r->lps != NULL ? r->lps : &none;
+        res.n_lp = r->n_lps;
+        res.tok  = r->h->tok;
+    }
+    status = tpm_api_completion_json(&res, TPM_API_JSON_FULL, json_p, n_p);
+    free(echo_text);
+    return status;
+}
+
+static enum MHD_Result http_completion_wait(http_req_t *r)
+{
+    tpm_api_error_t err;
+    const char     *reason;
+    char           *json = NULL;
+    size_t          n    = 0;
+    tpm_status_t    status;
 
     pthread_mutex_lock(&r->mu);
     while (!r->done && !r->stop_hit && !r->failed) {
@@ -707,26 +738,8 @@ static enum MHD_Result http_completion_wait(http_req_t *r)
         }
         return http_json(r, 200, json, n);
     }
-    if (r->echo) {
-        /* the answer's text starts with the prompt's */
-        if (!http_echo_text(r, &echo_text, &n_echo)) {
-            pthread_mutex_unlock(&r->mu);
-            return http_oom(r);
-        }
-        http_result(r, &res, echo_text, n_echo, reason);
-    } else {
-        http_result(r, &res, r->gen, r->n_gen, reason);
-    }
-    if (r->job->logprobs) {
-        static const tpm_api_logprob_t none; /* lp must not be NULL: "logprobs": {...} */
-
-        res.lp   = r->lps != NULL ? r->lps : &none;
-        res.n_lp = r->n_lps;
-        res.tok  = r->h->tok;
-    }
-    status = tpm_api_completion_json(&res, TPM_API_JSON_FULL, &json, &n);
+    status = http_full_json(r, reason, &json, &n);
     pthread_mutex_unlock(&r->mu);
-    free(echo_text);
     if (status != TPM_OK) {
         return http_oom(r);
     }
@@ -923,41 +936,22 @@ static enum MHD_Result http_completion_stream(http_req_t *r)
     return ret;
 }
 
-static enum MHD_Result http_completions(http_req_t *r)
+/*
+ * Hand the parsed job @p c to the engine as request @p r's: callbacks, the id, the engine's
+ * reference and a place in the active list, then the queue. 1 when queued; 0 with @p err set
+ * (the job stays r's and is freed with it).
+ */
+static int http_submit(http_req_t *r, const tpm_api_completion_t *c, uint64_t seq,
+                       tpm_api_error_t *err)
 {
-    tpm_http_t          *h = r->h;
-    tpm_api_completion_t c;
-    tpm_api_error_t      err;
-    tpm_status_t         status;
-    uint64_t             seq;
+    tpm_http_t  *h = r->h;
+    tpm_status_t status;
 
-    if (!h->stats->ready) {
-        return http_fail(r, 503, "server_error", "model_loading", NULL, NULL,
-                         "the model is still loading; retry when GET /health answers 200");
-    }
-    pthread_mutex_lock(&h->mu);
-    seq = h->n_requests;
-    pthread_mutex_unlock(&h->mu);
-    seq = http_mix(seq ^ ((uint64_t)(r->t_arrival * 1e9) << 20));
-    if (r->route == ROUTE_CHAT) {
-        status = tpm_api_chat_parse(r->body != NULL ? r->body : "", r->n_body, &h->lim, h->tok, seq,
-                                    &c, &err);
-    } else if (r->route == ROUTE_EMBEDDINGS) {
-        memset(&c, 0, sizeof(c));
-        status = tpm_api_embeddings_parse(r->body != NULL ? r->body : "", r->n_body, &h->lim,
-                                          h->tok, &c.job, &err);
-    } else {
-        status = tpm_api_completion_parse(r->body != NULL ? r->body : "", r->n_body, &h->lim,
-                                          h->tok, seq, &c, &err);
-    }
-    if (status != TPM_OK) {
-        return http_error(r, &err, NULL);
-    }
-    r->job           = c.job;
-    r->stream        = c.stream;
-    r->include_usage = c.include_usage;
-    r->chat          = c.chat;
-    r->echo          = c.echo;
+    r->job           = c->job;
+    r->stream        = c->stream;
+    r->include_usage = c->include_usage;
+    r->chat          = c->chat;
+    r->echo          = c->echo;
     r->created       = (int64_t)time(NULL);
     snprintf(r->id, sizeof(r->id), "%s-%016" PRIx64 "%08" PRIx32,
              r->chat ? "chatcmpl" : (r->route == ROUTE_EMBEDDINGS ? "emb" : "cmpl"), http_mix(seq),
@@ -977,15 +971,17 @@ static enum MHD_Result http_completions(http_req_t *r)
             memset(&first, 0, sizeof(first));
             first.token = r->job->prompt[0];
             if (!http_lp_append(r, &first)) {
-                return http_oom(r);
+                tpm_api_error_set(err, 500, "server_error", NULL, NULL, "out of memory");
+                return 0;
             }
         }
     }
     r->t_submit = r->job->t_submit = tpm_time_now();
 
     if (http_closing(h)) {
-        return http_fail(r, 503, "server_error", "shutting_down", NULL, NULL,
-                         "the server is shutting down");
+        tpm_api_error_set(err, 503, "server_error", "shutting_down", NULL,
+                          "the server is shutting down");
+        return 0;
     }
     /* the engine's reference and a place in the active list, before the engine can see it */
     pthread_mutex_lock(&r->mu);
@@ -1005,22 +1001,265 @@ static enum MHD_Result http_completions(http_req_t *r)
         r->refs--; /* never reached the engine; the connection still holds one */
         pthread_mutex_unlock(&r->mu);
         if (status == TPM_ERR_OVERFLOW && http_closing(h)) {
-            return http_fail(r, 503, "server_error", "shutting_down", NULL, NULL,
-                             "the server is shutting down");
+            tpm_api_error_set(err, 503, "server_error", "shutting_down", NULL,
+                              "the server is shutting down");
+        } else if (status == TPM_ERR_OVERFLOW) {
+            tpm_api_error_set(err, 503, "server_error", "queue_full", NULL,
+                              "the server is busy: %d requests are already waiting "
+                              "(--max-queue); retry later",
+                              tpm_serve_queue_len(h->q));
+        } else {
+            tpm_api_error_set(err, 500, "server_error", NULL, NULL,
+                              "the request could not be queued: %s", tpm_status_str(status));
         }
-        if (status == TPM_ERR_OVERFLOW) {
-            return http_fail(r, 503, "server_error", "queue_full", NULL, NULL,
-                             "the server is busy: %d requests are already waiting "
-                             "(--max-queue); retry later",
-                             tpm_serve_queue_len(h->q));
-        }
-        return http_fail(r, 500, "server_error", NULL, NULL, NULL,
-                         "the request could not be queued: %s", tpm_status_str(status));
+        return 0;
     }
     tpm_log_debug("http: %s queued: %d prompt tokens, max_tokens %d%s", r->id, r->job->n_prompt,
                   r->job->max_tokens, r->stream ? ", streaming" : "");
     if (http_stopping(h)) {
         r->job->cancel = 1; /* tpm_http_stop may have passed the active list already */
+    }
+    return 1;
+}
+
+/* ---- several completions in one request (n, best_of, a list of prompts) ------------------- */
+
+/* a sub-request of @p parent: its own job and answer state, owned by the parent (one ref) */
+static http_req_t *http_sub_new(http_req_t *parent)
+{
+    tpm_http_t *h = parent->h;
+    http_req_t *c = http_req_new(h, parent->conn);
+
+    if (c == NULL) {
+        return NULL;
+    }
+    pthread_mutex_lock(&h->mu);
+    h->in_flight--; /* the connection is the parent's: counted once */
+    h->n_requests--;
+    pthread_mutex_unlock(&h->mu);
+    c->route     = parent->route;
+    c->t_arrival = parent->t_arrival;
+    return c;
+}
+
+/* sum of the generated tokens' log-probabilities (best_of's ranking; under c->mu) */
+static double http_gen_logprob(const http_req_t *c)
+{
+    int    skip = c->job->echo ? c->job->n_prompt : 0;
+    double s    = 0.0;
+
+    for (int i = skip; i < c->n_lps; i++) {
+        s += c->lps[i].has ? (double)c->lps[i].logprob : 0.0;
+    }
+    return s;
+}
+
+/* wait until sub-request @p c has finished; 0: stopped or the client left (all cancelled) */
+static int http_sub_wait(http_req_t *r, http_req_t **subs, int n_sub, http_req_t *c, int *gone_p)
+{
+    pthread_mutex_lock(&c->mu);
+    while (!c->done && !c->stop_hit && !c->failed) {
+        int stop = http_stopping(r->h), gone = !stop && http_peer_gone(r->fd);
+
+        if (stop || gone) {
+            pthread_mutex_unlock(&c->mu);
+            for (int k = 0; k < n_sub; k++) {
+                pthread_mutex_lock(&subs[k]->mu);
+                subs[k]->job->cancel = 1;
+                pthread_mutex_unlock(&subs[k]->mu);
+            }
+            *gone_p = gone;
+            return 0;
+        }
+        http_wait(c);
+    }
+    pthread_mutex_unlock(&c->mu);
+    return 1;
+}
+
+static enum MHD_Result http_completions_multi(http_req_t *r, const tpm_api_fanout_t *f,
+                                              uint64_t seq)
+{
+    tpm_http_t     *h      = r->h;
+    http_req_t    **subs   = calloc((size_t)f->n_sub, sizeof(*subs));
+    double         *score  = calloc((size_t)f->n_sub, sizeof(double));
+    char          **texts  = calloc((size_t)f->n_sub, sizeof(char *));
+    size_t         *lens   = calloc((size_t)f->n_sub, sizeof(size_t));
+    char           *json   = NULL;
+    size_t          n_json = 0;
+    tpm_api_error_t err;
+    int             n_made = 0, n_out = 0, failed = 0, gone = 0, oom = 0;
+    int64_t         prompt_tokens = 0, completion_tokens = 0;
+
+    memset(&err, 0, sizeof(err));
+    if (subs == NULL || score == NULL || texts == NULL || lens == NULL) {
+        free(subs);
+        free(score);
+        free(texts);
+        free(lens);
+        return http_oom(r);
+    }
+    /* parse and queue every candidate; the first failure ends the request */
+    for (int k = 0; k < f->n_sub && !failed; k++) {
+        tpm_api_completion_t c;
+        tpm_status_t         st;
+        uint64_t             sseq = http_mix(seq + (uint64_t)k);
+
+        subs[k] = http_sub_new(r);
+        if (subs[k] == NULL) {
+            tpm_api_error_set(&err, 500, "server_error", NULL, NULL, "out of memory");
+            failed = 1;
+            break;
+        }
+        n_made++;
+        if (r->route == ROUTE_CHAT) {
+            st = tpm_api_chat_parse(f->bodies[k], f->lens[k], &h->lim, h->tok, sseq, &c, &err);
+        } else {
+            st =
+                tpm_api_completion_parse(f->bodies[k], f->lens[k], &h->lim, h->tok, sseq, &c, &err);
+        }
+        if (st != TPM_OK) {
+            failed = 1;
+            break;
+        }
+        if (f->best_of > f->n && !c.job->logprobs) {
+            /* the ranking needs each candidate's log-probability, the answer does not */
+            c.job->logprobs     = 1;
+            c.job->top_logprobs = 0;
+            subs[k]->lp_hidden  = 1;
+        }
+        if (!http_submit(subs[k], &c, sseq, &err)) {
+            failed = 1;
+        }
+    }
+    for (int k = 0; k < n_made && failed; k++) {
+        if (subs[k]->job != NULL) {
+            subs[k]->job->cancel = 1;
+        }
+    }
+    /* wait for all, then collect the answers */
+    for (int k = 0; k < n_made && !failed; k++) {
+        if (!http_sub_wait(r, subs, n_made, subs[k], &gone)) {
+            failed = 1;
+            if (!gone) {
+                tpm_api_error_set(&err, 503, "server_error", "shutting_down", NULL,
+                                  "the server is shutting down");
+            }
+        }
+    }
+    for (int i = 0; !failed && !oom && i < f->n_prompts; i++) {
+        int order[TPM_API_MAX_CHOICES];
+
+        /* best_of: the n candidates with the largest sum of log-probabilities, best first;
+         * otherwise the n samples in order */
+        for (int j = 0; j < f->best_of; j++) {
+            int k = i * f->best_of + j, at = j;
+
+            pthread_mutex_lock(&subs[k]->mu);
+            score[k] = http_gen_logprob(subs[k]);
+            pthread_mutex_unlock(&subs[k]->mu);
+            if (f->best_of > f->n) {
+                while (at > 0 && score[i * f->best_of + order[at - 1]] < score[k]) {
+                    order[at] = order[at - 1];
+                    at--;
+                }
+            }
+            order[at] = j;
+        }
+        for (int j = 0; !failed && !oom && j < f->best_of; j++) {
+            http_req_t *c = subs[i * f->best_of + order[j]];
+            const char *reason;
+
+            pthread_mutex_lock(&c->mu);
+            reason = http_finish_reason(c, &err);
+            if (reason == NULL) {
+                failed = 1;
+            } else if (j < f->n) {
+                oom = http_full_json(c, reason, &texts[n_out], &lens[n_out]) != TPM_OK;
+                n_out += !oom;
+            }
+            completion_tokens += c->n_tokens; /* every candidate was generated */
+            if (j == 0) {
+                prompt_tokens += c->job->n_prompt;
+            }
+            pthread_mutex_unlock(&c->mu);
+        }
+    }
+    if (!failed && !oom) {
+        oom = tpm_api_choices_merge((const char *const *)texts, lens, n_out, prompt_tokens,
+                                    completion_tokens, &json, &n_json) != TPM_OK;
+    }
+    for (int k = 0; k < n_made; k++) {
+        http_req_unref(subs[k]);
+    }
+    for (int k = 0; k < n_out; k++) {
+        free(texts[k]);
+    }
+    free(subs);
+    free(score);
+    free(texts);
+    free(lens);
+    if (gone) {
+        tpm_log_info("http: client went away during a request for %d completions; cancelled",
+                     f->n_sub);
+        http_count_status(r, 499);
+        return MHD_NO;
+    }
+    if (failed) {
+        return http_error(r, &err, NULL);
+    }
+    if (oom) {
+        return http_oom(r);
+    }
+    return http_json(r, 200, json, n_json);
+}
+
+static enum MHD_Result http_completions(http_req_t *r)
+{
+    tpm_http_t          *h = r->h;
+    tpm_api_completion_t c;
+    tpm_api_error_t      err;
+    tpm_status_t         status;
+    uint64_t             seq;
+
+    if (!h->stats->ready) {
+        return http_fail(r, 503, "server_error", "model_loading", NULL, NULL,
+                         "the model is still loading; retry when GET /health answers 200");
+    }
+    pthread_mutex_lock(&h->mu);
+    seq = h->n_requests;
+    pthread_mutex_unlock(&h->mu);
+    seq = http_mix(seq ^ ((uint64_t)(r->t_arrival * 1e9) << 20));
+    if (r->route != ROUTE_EMBEDDINGS) {
+        tpm_api_fanout_t f;
+        enum MHD_Result  ret;
+
+        if (tpm_api_fanout(r->body != NULL ? r->body : "", r->n_body, r->route == ROUTE_CHAT, &f,
+                           &err) != TPM_OK) {
+            return http_error(r, &err, NULL);
+        }
+        if (f.n_sub > 0) {
+            ret = http_completions_multi(r, &f, seq);
+            tpm_api_fanout_free(&f);
+            return ret;
+        }
+    }
+    if (r->route == ROUTE_CHAT) {
+        status = tpm_api_chat_parse(r->body != NULL ? r->body : "", r->n_body, &h->lim, h->tok, seq,
+                                    &c, &err);
+    } else if (r->route == ROUTE_EMBEDDINGS) {
+        memset(&c, 0, sizeof(c));
+        status = tpm_api_embeddings_parse(r->body != NULL ? r->body : "", r->n_body, &h->lim,
+                                          h->tok, &c.job, &err);
+    } else {
+        status = tpm_api_completion_parse(r->body != NULL ? r->body : "", r->n_body, &h->lim,
+                                          h->tok, seq, &c, &err);
+    }
+    if (status != TPM_OK) {
+        return http_error(r, &err, NULL);
+    }
+    if (!http_submit(r, &c, seq, &err)) {
+        return http_error(r, &err, NULL);
     }
     return r->stream ? http_completion_stream(r) : http_completion_wait(r);
 }
@@ -1162,6 +1401,17 @@ static enum MHD_Result http_admin_reload(http_req_t *r)
                  "\"weights_step\":%lld}",
                  (long long)h->stats->weights_step);
     return http_json(r, 202, json, (size_t)n);
+}
+
+static enum MHD_Result http_tokenizer_info(http_req_t *r)
+{
+    char  *json = NULL;
+    size_t n    = 0;
+
+    if (tpm_api_tokenizer_info_json(r->h->tok, r->h->lim.n_ctx, &json, &n) != TPM_OK) {
+        return http_oom(r);
+    }
+    return http_json(r, 200, json, n);
 }
 
 static enum MHD_Result http_tokens(http_req_t *r)
@@ -1318,6 +1568,7 @@ static enum MHD_Result http_handler(void *cls, struct MHD_Connection *conn, cons
     case ROUTE_EMBEDDINGS: return http_completions(r);
     case ROUTE_TOKENIZE:
     case ROUTE_DETOKENIZE: return http_tokens(r);
+    case ROUTE_TOKENIZER_INFO: return http_tokenizer_info(r);
     case ROUTE_MODELS: return http_models(r, NULL);
     case ROUTE_MODEL: return http_models(r, r->url + strlen(MODELS_PREFIX));
     case ROUTE_HEALTH: return http_health(r);

@@ -203,8 +203,8 @@ static tpm_status_t evaluate(const tpm_config_t *cfg, tpm_zero3_t *z, const data
 
     for (int e = 0; e < cfg->eval_batches; e++) {
         for (int a = 0; a < A; a++) {
-            tpm_data_key_t k = tpm_data_key(TPM_DATA_ORDER_SAMPLE, cfg->seed ^ 0x76616cULL, e, a,
-                                            A, z->comm->rank, N, z->B);
+            tpm_data_key_t k = tpm_data_key(TPM_DATA_ORDER_SAMPLE, cfg->seed ^ TPM_DATA_VAL_SALT, e,
+                                            a, A, z->comm->rank, N, z->B);
             TPM_CHECK(tpm_tokens_batch(&d->val, k.seed, k.stream, k.first, z->B, z->T, x, y));
             TPM_CHECK(tpm_zero3_forward(z, x, y, &loss));
             sum += loss;

@@ -84,7 +84,24 @@ static void fuzz_completion(const char *body, size_t n)
     tpm_api_result_t       r;
     char                  *text = NULL, *json = NULL;
     size_t                 n_text = 0, n_json = 0, safe = 0, at;
+    tpm_api_fanout_t       f;
 
+    /* several completions: every candidate body is a request of its own */
+    if (tpm_api_fanout(body, n, 0, &f, &err) != TPM_OK) {
+        fuzz_check_error(&err);
+    } else {
+        FUZZ_CHECK(f.n_sub == 0 || (f.n_sub == f.n_prompts * f.best_of && f.n >= 1 &&
+                                    f.n <= f.best_of && f.n_sub <= TPM_API_MAX_CHOICES));
+        for (int k = 0; k < f.n_sub; k++) {
+            if (tpm_api_completion_parse(f.bodies[k], f.lens[k], &lim, fuzz_tok, 1, &c, &err) ==
+                TPM_OK) {
+                tpm_api_job_free(c.job);
+            } else {
+                fuzz_check_error(&err);
+            }
+        }
+        tpm_api_fanout_free(&f);
+    }
     if (tpm_api_completion_parse(body, n, &lim, fuzz_tok, 1, &c, &err) != TPM_OK) {
         fuzz_check_error(&err);
         return;

@@ -394,7 +394,8 @@ Test(api, tokenize_and_detokenize_round_trip)
     json_decref(root);
     free(json);
     cr_assert_eq(tpm_api_detokenize(body, strlen(body), tok, &json, &n, &err), TPM_OK);
-    cr_assert_str_eq(json, "{\"content\":\"Hello world \xC3\xA9\"}");
+    cr_assert_str_eq(json, "{\"content\":\"Hello world \xC3\xA9\",\"prompt\":\"Hello world "
+                           "\xC3\xA9\"}");
     free(json);
     free(body);
 
@@ -406,8 +407,38 @@ Test(api, tokenize_and_detokenize_round_trip)
     cr_assert_str_eq(err.param, "content");
     /* a single byte token that is not UTF-8 by itself comes back repaired */
     cr_assert_eq(tpm_api_detokenize("{\"tokens\":[255]}", 16, tok, &json, &n, &err), TPM_OK);
-    cr_assert_str_eq(json, "{\"content\":\"\xEF\xBF\xBD\"}");
+    cr_assert_str_eq(json, "{\"content\":\"\xEF\xBF\xBD\",\"prompt\":\"\xEF\xBF\xBD\"}");
     free(json);
+}
+
+/* vLLM's names, which lm-evaluation-harness's remote tokenizer uses */
+Test(api, tokenize_takes_prompt_and_tokenizer_info_names_the_end_of_text_id)
+{
+    tpm_api_error_t err;
+    char           *a, *b;
+    size_t          n;
+    json_t         *root;
+    const char     *c = "{\"content\":\"Hello world\"}";
+    const char     *p = "{\"prompt\":\"Hello world\",\"add_special_tokens\":false}";
+
+    cr_assert_eq(tpm_api_tokenize(c, strlen(c), tok, &a, &n, &err), TPM_OK);
+    cr_assert_eq(tpm_api_tokenize(p, strlen(p), tok, &b, &n, &err), TPM_OK);
+    cr_assert_str_eq(a, b);
+    free(a);
+    free(b);
+    cr_assert_eq(tpm_api_tokenize("{}", 2, tok, &a, &n, &err), TPM_ERR_INVALID_ARG);
+    cr_assert_eq(err.http_status, 400);
+
+    cr_assert_eq(tpm_api_tokenizer_info_json(tok, 64, &a, &n), TPM_OK);
+    root = json_loads(a, 0, NULL);
+    cr_assert_not_null(root);
+    cr_assert(json_is_null(json_object_get(root, "eos_token")), "%s", a);
+    cr_assert_eq(json_integer_value(json_object_get(root, "eos_token_id")), tpm_tokenizer_eot(tok));
+    cr_assert_eq(json_integer_value(json_object_get(root, "vocab_size")),
+                 tpm_tokenizer_vocab_size(tok));
+    cr_assert_eq(json_integer_value(json_object_get(root, "model_max_length")), 64);
+    json_decref(root);
+    free(a);
 }
 
 Test(api, utf8_repair_replaces_each_invalid_byte)
@@ -969,4 +1000,96 @@ Test(api, trainserve_answers_carry_the_weights_step)
     cr_assert_eq(tpm_api_metrics_text(&m, &g, &text, &n), TPM_OK);
     cr_assert_null(strstr(text, "weights_step"));
     free(text);
+}
+
+/* several completions in one request: the bodies of the candidates, prompt-major */
+Test(api, fanout_splits_prompts_and_candidates)
+{
+    tpm_api_fanout_t f;
+    tpm_api_error_t  err;
+    const char      *b1 = "{\"prompt\":\"x\"}";
+    const char      *b2 = "{\"prompt\":[\"a\",[1,2]],\"n\":2,\"best_of\":3,\"seed\":7}";
+    json_t          *o;
+
+    cr_assert_eq(tpm_api_fanout(b1, strlen(b1), 0, &f, &err), TPM_OK);
+    cr_assert_eq(f.n_sub, 0, "one completion: the single path");
+    tpm_api_fanout_free(&f);
+
+    cr_assert_eq(tpm_api_fanout(b2, strlen(b2), 0, &f, &err), TPM_OK);
+    cr_assert_eq(f.n_sub, 6);
+    cr_assert_eq(f.n_prompts, 2);
+    cr_assert_eq(f.n, 2);
+    cr_assert_eq(f.best_of, 3);
+    for (int k = 0; k < 6; k++) {
+        o = json_loadb(f.bodies[k], f.lens[k], 0, NULL);
+        cr_assert_not_null(o);
+        cr_assert_null(json_object_get(o, "n"));
+        cr_assert_null(json_object_get(o, "best_of"));
+        cr_assert_eq(json_integer_value(json_object_get(o, "seed")), 7 + k % 3, "%s", f.bodies[k]);
+        if (k < 3) {
+            cr_assert_str_eq(json_string_value(json_object_get(o, "prompt")), "a");
+        } else {
+            cr_assert_eq(json_array_size(json_object_get(o, "prompt")), 2);
+        }
+        json_decref(o);
+    }
+    tpm_api_fanout_free(&f);
+
+    /* chat: n only; best_of is left to the chat parser */
+    b1 = "{\"messages\":[],\"n\":3}";
+    cr_assert_eq(tpm_api_fanout(b1, strlen(b1), 1, &f, &err), TPM_OK);
+    cr_assert_eq(f.n_sub, 3);
+    tpm_api_fanout_free(&f);
+}
+
+Test(api, fanout_refuses_what_stays_refused)
+{
+    static const struct {
+        const char *body, *param;
+    } bad[] = {
+        {"{\"prompt\":\"x\",\"n\":0}", "n"},
+        {"{\"prompt\":\"x\",\"n\":17}", "n"},
+        {"{\"prompt\":\"x\",\"n\":\"2\"}", "n"},
+        {"{\"prompt\":\"x\",\"n\":3,\"best_of\":2}", "best_of"},
+        {"{\"prompt\":\"x\",\"n\":2,\"stream\":true}", "stream"},
+        {"{\"prompt\":[\"x\",\"y\"],\"stream\":true}", "stream"},
+        {"{\"prompt\":[\"a\",\"b\",\"c\",\"d\",\"e\",\"f\"],\"n\":3}", "prompt"},
+        {"{\"prompt\":\"x\",\"best_of\":17}", "best_of"},
+    };
+    tpm_api_fanout_t f;
+    tpm_api_error_t  err;
+
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        cr_assert_eq(tpm_api_fanout(bad[i].body, strlen(bad[i].body), 0, &f, &err),
+                     TPM_ERR_INVALID_ARG, "accepted: %s", bad[i].body);
+        cr_assert_eq(err.http_status, 400);
+        cr_assert_str_eq(err.param, bad[i].param, "%s", bad[i].body);
+        cr_assert_eq(f.n_sub, 0);
+    }
+}
+
+Test(api, choices_merge_reindexes_and_sums_usage)
+{
+    const char *a =
+        "{\"id\":\"cmpl-1\",\"object\":\"text_completion\",\"choices\":[{\"text\":\"A\","
+        "\"index\":0}],\"usage\":{\"prompt_tokens\":3}}";
+    const char *b =
+        "{\"id\":\"cmpl-2\",\"object\":\"text_completion\",\"choices\":[{\"text\":\"B\","
+        "\"index\":0}],\"usage\":{\"prompt_tokens\":3}}";
+    const char *in[2]   = {a, b};
+    size_t      lens[2] = {strlen(a), strlen(b)}, n;
+    char       *json;
+    json_t     *o, *ch;
+
+    cr_assert_eq(tpm_api_choices_merge(in, lens, 2, 3, 9, &json, &n), TPM_OK);
+    o  = json_loads(json, 0, NULL);
+    ch = json_object_get(o, "choices");
+    cr_assert_str_eq(json_string_value(json_object_get(o, "id")), "cmpl-1");
+    cr_assert_eq(json_array_size(ch), 2);
+    cr_assert_str_eq(json_string_value(json_object_get(json_array_get(ch, 1), "text")), "B");
+    cr_assert_eq(json_integer_value(json_object_get(json_array_get(ch, 1), "index")), 1);
+    cr_assert_eq(json_integer_value(json_object_get(json_object_get(o, "usage"), "total_tokens")),
+                 12);
+    json_decref(o);
+    free(json);
 }
