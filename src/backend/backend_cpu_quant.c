@@ -86,12 +86,8 @@ static float q8_block(const float *x, int n, int8_t *q)
     return d;
 }
 
-/*
- * a weight row: the scale is rounded to fp16 first and the codes made with that scale; the
- * codes are stored offset by 128 (q + 128 as an unsigned byte, the operand vpdpbusd takes
- * unsigned), padding included (128 = code 0)
- */
-static void q8_row(const float *x, int cols, int kb, uint8_t *q, uint16_t *d)
+/* a weight row: the scale is rounded to fp16 first and the codes made with that scale */
+static void q8_row(const float *x, int cols, int kb, int8_t *q, uint16_t *d)
 {
     for (int b = 0; b < kb; b++) {
         const int n = cols - b * TPM_Q8_BLOCK < TPM_Q8_BLOCK ? cols - b * TPM_Q8_BLOCK
@@ -106,8 +102,7 @@ static void q8_row(const float *x, int cols, int kb, uint8_t *q, uint16_t *d)
         inv  = ds > 0.0f ? 1.0f / ds : 0.0f;
         for (int i = 0; i < TPM_Q8_BLOCK; i++) {
             float v = i < n ? nearbyintf(x[b * TPM_Q8_BLOCK + i] * inv) : 0.0f;
-            v       = v > 127.0f ? 127.0f : v < -127.0f ? -127.0f : v;
-            q[b * TPM_Q8_BLOCK + i] = (uint8_t)((int)v + 128);
+            q[b * TPM_Q8_BLOCK + i] = (int8_t)(v > 127.0f ? 127.0f : v < -127.0f ? -127.0f : v);
         }
     }
 }
@@ -161,7 +156,7 @@ tpm_status_t tpm_qmat_create(tpm_qmat_t *m, tpm_wdtype_t dt, const float *w, int
                 dst[c] = tpm_bf16_rne(src[c]);
             }
         } else {
-            q8_row(src, cols, m->kb, (uint8_t *)m->w + r * (size_t)m->kb * TPM_Q8_BLOCK,
+            q8_row(src, cols, m->kb, (int8_t *)m->w + r * (size_t)m->kb * TPM_Q8_BLOCK,
                    m->d + r * (size_t)m->kb);
         }
     }
@@ -195,10 +190,10 @@ void tpm_qmat_row_f32(const tpm_qmat_t *m, int r, float *dst)
             dst[c] = tpm_bf16_to_float(src[c]);
         }
     } else {
-        const uint8_t  *q = (const uint8_t *)m->w + (size_t)r * (size_t)m->kb * TPM_Q8_BLOCK;
+        const int8_t   *q = (const int8_t *)m->w + (size_t)r * (size_t)m->kb * TPM_Q8_BLOCK;
         const uint16_t *d = m->d + (size_t)r * (size_t)m->kb;
         for (size_t c = 0; c < C; c++) {
-            dst[c] = tpm_fp16_to_float(d[c / TPM_Q8_BLOCK]) * (float)((int)q[c] - 128);
+            dst[c] = tpm_fp16_to_float(d[c / TPM_Q8_BLOCK]) * (float)q[c];
         }
     }
 }
@@ -208,9 +203,9 @@ void tpm_qmat_row_f32(const tpm_qmat_t *m, int r, float *dst)
 /* an input row prepared for one matrix: fp32 as is, or int8 codes + fp32 block scales */
 typedef struct {
     const float   *x;
-    const int8_t  *xq; /* int8: codes, blocks of 32 */
-    const float   *xd; /* int8: block scales */
-    const int32_t *xc; /* int8: 128 * the sum of each 4 codes (the weight offset's share) */
+    const int8_t  *xq;
+    const uint8_t *xu; /* xq + 128: the unsigned operand of vpdpbusd */
+    const float   *xd;
 } qk_in_t;
 
 typedef float (*qk_dot_t)(const tpm_qmat_t *m, int r, const qk_in_t *in);
@@ -239,14 +234,14 @@ static float dot_bf16_ref(const tpm_qmat_t *m, int r, const qk_in_t *in)
 
 static float dot_q8_ref(const tpm_qmat_t *m, int r, const qk_in_t *in)
 {
-    const uint8_t  *q = (const uint8_t *)m->w + (size_t)r * (size_t)m->kb * TPM_Q8_BLOCK;
+    const int8_t   *q = (const int8_t *)m->w + (size_t)r * (size_t)m->kb * TPM_Q8_BLOCK;
     const uint16_t *d = m->d + (size_t)r * (size_t)m->kb;
     float           s = 0.0f;
 
     for (int b = 0; b < m->kb; b++) {
         int32_t acc = 0;
         for (int i = 0; i < TPM_Q8_BLOCK; i++) {
-            acc += ((int32_t)q[b * TPM_Q8_BLOCK + i] - 128) * (int32_t)in->xq[b * TPM_Q8_BLOCK + i];
+            acc += (int32_t)q[b * TPM_Q8_BLOCK + i] * (int32_t)in->xq[b * TPM_Q8_BLOCK + i];
         }
         s += (float)acc * (tpm_fp16_to_float(d[b]) * in->xd[b]);
     }
@@ -312,15 +307,13 @@ QK_AVX2_TARGET static float dot_bf16_avx2(const tpm_qmat_t *m, int r, const qk_i
 
 QK_AVX2_TARGET static float dot_q8_avx2(const tpm_qmat_t *m, int r, const qk_in_t *in)
 {
-    const uint8_t  *q    = (const uint8_t *)m->w + (size_t)r * (size_t)m->kb * TPM_Q8_BLOCK;
+    const int8_t   *q    = (const int8_t *)m->w + (size_t)r * (size_t)m->kb * TPM_Q8_BLOCK;
     const uint16_t *d    = m->d + (size_t)r * (size_t)m->kb;
-    const __m256i   ones = _mm256_set1_epi16(1), off = _mm256_set1_epi8((char)0x80);
+    const __m256i   ones = _mm256_set1_epi16(1);
     __m256          acc  = _mm256_setzero_ps();
 
     for (int b = 0; b < m->kb; b++) {
-        /* the stored q + 128 back to the signed code: flip the top bit */
-        const __m256i w  = _mm256_xor_si256(
-            _mm256_loadu_si256((const __m256i *)(const void *)(q + b * 32)), off);
+        const __m256i w  = _mm256_loadu_si256((const __m256i *)(const void *)(q + b * 32));
         const __m256i x  = _mm256_loadu_si256((const __m256i *)(const void *)(in->xq + b * 32));
         /* |w| (unsigned) times sign(w) * x (signed): the products of w * x, pairwise in 16
          * bits (at most 2 * 127 * 127, no saturation), then in 32 bits */
@@ -377,88 +370,61 @@ QK_AVX512_TARGET static float dot_bf16_avx512(const tpm_qmat_t *m, int r, const 
 }
 
 /*
- * Rows r .. r + nr - 1 (nr <= 4) at once, 64 codes (two blocks) a step. The weights are
- * stored as q + 128, the unsigned operand of vpdpbusd, so each 32-bit lane gets
- * sum (q + 128) x over 4 products; the offset's share, 128 * (the 4 codes' sum of x), is the
- * same for every row and was computed once per input (qk_in_t.xc). Lanes 0-7 hold block b,
- * lanes 8-15 block b + 1; the per-block scales d_w * d_x of 16 blocks are converted at once
- * and spread to the lanes with one permute. The input's codes, offsets and scales are
- * loaded once for the rows together.
+ * 64 codes (two blocks) a step. vpdpbusd multiplies unsigned by signed bytes, so the
+ * activations are offset to u = x + 128 (once per input row, qk_in_t.xu) and the offset is
+ * taken out again: sum u w = sum x w + 128 sum w, with sum w from a second vpdpbusd on a
+ * vector of ones (no mask registers in the loop: a sign-transfer through vpmovb2m measured
+ * 4x slower on this Zen 5). Each 32-bit lane sums 4 products, so lanes 0-7 hold block b
+ * and lanes 8-15 block b + 1; the per-block scales d_w * d_x of 16 blocks are converted at
+ * once and spread to the lanes with one permute.
  */
-QK_AVX512_TARGET static void dotn_q8_avx512(const tpm_qmat_t *m, int r, int nr,
-                                            const qk_in_t *in, float *out)
+QK_AVX512_TARGET static float dot_q8_avx512(const tpm_qmat_t *m, int r, const qk_in_t *in)
 {
+    const int8_t   *q    = (const int8_t *)m->w + (size_t)r * (size_t)m->kb * TPM_Q8_BLOCK;
+    const uint16_t *d    = m->d + (size_t)r * (size_t)m->kb;
     const int       kb   = m->kb;
-    const size_t    rowb = (size_t)kb * TPM_Q8_BLOCK;
-    /* rows past nr repeat row r: computed and dropped (only at the end of a row tile) */
-    const uint8_t  *q0 = (const uint8_t *)m->w + (size_t)r * rowb;
-    const uint8_t  *q1 = nr > 1 ? q0 + rowb : q0, *q2 = nr > 2 ? q0 + 2 * rowb : q0;
-    const uint8_t  *q3 = nr > 3 ? q0 + 3 * rowb : q0;
-    const uint16_t *d0 = m->d + (size_t)r * (size_t)kb;
-    const uint16_t *d1 = nr > 1 ? d0 + kb : d0, *d2 = nr > 2 ? d0 + 2 * kb : d0;
-    const uint16_t *d3 = nr > 3 ? d0 + 3 * kb : d0;
-    const __m512i   z = _mm512_setzero_si512(), step = _mm512_set1_epi32(2);
-    __m512          a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    float           y[4];
+    const __m512i   z    = _mm512_setzero_si512();
+    const __m512i   ones = _mm512_set1_epi8(1);
+    const __m512i   lo   = _mm512_set1_epi32(0), step = _mm512_set1_epi32(2);
+    __m512          a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
 
     for (int b0 = 0; b0 < kb; b0 += 16) {
         const int       nb = kb - b0 < 16 ? kb - b0 : 16;
         const __mmask16 km = nb == 16 ? (__mmask16)0xffff : (__mmask16)((1u << nb) - 1u);
-        const __m512    xd = _mm512_maskz_loadu_ps(km, in->xd + b0);
-        const __m512    s0 = _mm512_mul_ps(_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(km, d0 + b0)), xd);
-        const __m512    s1 = _mm512_mul_ps(_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(km, d1 + b0)), xd);
-        const __m512    s2 = _mm512_mul_ps(_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(km, d2 + b0)), xd);
-        const __m512    s3 = _mm512_mul_ps(_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(km, d3 + b0)), xd);
+        const __m512    sc = _mm512_mul_ps(_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(km, d + b0)),
+                                           _mm512_maskz_loadu_ps(km, in->xd + b0));
         /* lanes 0-7 pick scale p, lanes 8-15 scale p + 1 */
-        __m512i idx = _mm512_mask_blend_epi32((__mmask16)0xff00, z, _mm512_set1_epi32(1));
+        __m512i idx = _mm512_mask_blend_epi32((__mmask16)0xff00, lo, _mm512_set1_epi32(1));
+        int     p   = 0;
 
-#define QK_ROW(_w, _s, _a)                                                                         \
-    _a = _mm512_fmadd_ps(                                                                          \
-        _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_dpbusd_epi32(z, (_w), x), xc)),                 \
-        _mm512_permutexvar_ps(idx, _s), _a)
-        int p = 0;
-        /* plain loads: masked byte loads measured 3x slower on this Zen 5 */
         for (; p + 2 <= nb; p += 2) {
-            const size_t  o  = (size_t)(b0 + p) * 32;
-            const __m512i x  = _mm512_loadu_si512((const void *)(in->xq + o));
-            const __m512i xc = _mm512_loadu_si512((const void *)(in->xc + o / 4));
-            QK_ROW(_mm512_loadu_si512((const void *)(q0 + o)), s0, a0);
-            QK_ROW(_mm512_loadu_si512((const void *)(q1 + o)), s1, a1);
-            QK_ROW(_mm512_loadu_si512((const void *)(q2 + o)), s2, a2);
-            QK_ROW(_mm512_loadu_si512((const void *)(q3 + o)), s3, a3);
+            const __m512i w  = _mm512_loadu_si512((const void *)(q + (b0 + p) * 32));
+            const __m512i u  = _mm512_loadu_si512((const void *)(in->xu + (b0 + p) * 32));
+            const __m512i su = _mm512_dpbusd_epi32(z, u, w);
+            const __m512i sw = _mm512_dpbusd_epi32(z, ones, w);
+            const __m512  f  = _mm512_cvtepi32_ps(_mm512_sub_epi32(su, _mm512_slli_epi32(sw, 7)));
+            if ((p & 2) == 0) {
+                a0 = _mm512_fmadd_ps(f, _mm512_permutexvar_ps(idx, sc), a0);
+            } else {
+                a1 = _mm512_fmadd_ps(f, _mm512_permutexvar_ps(idx, sc), a1);
+            }
             idx = _mm512_add_epi32(idx, step);
         }
         if (p < nb) {
-            /* a last single block: 32 bytes zero-extended, so the upper lanes add nothing */
-            const size_t  o  = (size_t)(b0 + p) * 32;
-            const __m512i x  = _mm512_zextsi256_si512(
-                _mm256_loadu_si256((const __m256i *)(const void *)(in->xq + o)));
-            const __m512i xc = _mm512_zextsi256_si512(
-                _mm256_loadu_si256((const __m256i *)(const void *)(in->xc + o / 4)));
-#define QK_HALF(_q) \
-    _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)(const void *)((_q) + o)))
-            QK_ROW(QK_HALF(q0), s0, a0);
-            QK_ROW(QK_HALF(q1), s1, a1);
-            QK_ROW(QK_HALF(q2), s2, a2);
-            QK_ROW(QK_HALF(q3), s3, a3);
-#undef QK_HALF
+            /* one block left: the upper half of the codes is zero, so is its sum */
+            const __m512i w  = _mm512_zextsi256_si512(
+                _mm256_loadu_si256((const __m256i *)(const void *)(q + (b0 + p) * 32)));
+            const __m512i u  = _mm512_zextsi256_si512(
+                _mm256_loadu_si256((const __m256i *)(const void *)(in->xu + (b0 + p) * 32)));
+            const __m512i su = _mm512_dpbusd_epi32(z, u, w);
+            const __m512i sw = _mm512_dpbusd_epi32(z, ones, w);
+            const __m512  f  = _mm512_cvtepi32_ps(_mm512_sub_epi32(su, _mm512_slli_epi32(sw, 7)));
+            a0 = _mm512_fmadd_ps(f, _mm512_permutexvar_ps(idx, sc), a0);
         }
-#undef QK_ROW
     }
-    y[0] = _mm512_reduce_add_ps(a0);
-    y[1] = _mm512_reduce_add_ps(a1);
-    y[2] = _mm512_reduce_add_ps(a2);
-    y[3] = _mm512_reduce_add_ps(a3);
-    memcpy(out, y, (size_t)nr * sizeof(float));
+    return _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
 }
 
-QK_AVX512_TARGET static float dot_q8_avx512(const tpm_qmat_t *m, int r, const qk_in_t *in)
-{
-    float y;
-
-    dotn_q8_avx512(m, r, 1, in, &y);
-    return y;
-}
 
 /* row r widened to fp32 (prefill): 16 values a step */
 QK_AVX512_TARGET static void widen_avx512(const tpm_qmat_t *m, int r, float *dst)
@@ -474,13 +440,12 @@ QK_AVX512_TARGET static void widen_avx512(const tpm_qmat_t *m, int r, float *dst
         return;
     }
     {
-        const uint8_t  *q = (const uint8_t *)m->w + (size_t)r * (size_t)m->kb * TPM_Q8_BLOCK;
+        const int8_t   *q = (const int8_t *)m->w + (size_t)r * (size_t)m->kb * TPM_Q8_BLOCK;
         const uint16_t *d = m->d + (size_t)r * (size_t)m->kb;
         for (int c = 0; c < C; c += 16) {
             const __mmask16 k = C - c >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (C - c)) - 1u);
-            const __m512    v = _mm512_cvtepi32_ps(_mm512_sub_epi32(
-                _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(const void *)(q + c))),
-                _mm512_set1_epi32(128)));
+            const __m512    v = _mm512_cvtepi32_ps(
+                _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(const void *)(q + c))));
             const __m512 sc = _mm512_set1_ps(_cvtsh_ss(d[c / TPM_Q8_BLOCK]));
             _mm512_mask_storeu_ps(dst + c, k, _mm512_mul_ps(v, sc));
         }
@@ -580,42 +545,37 @@ static tpm_status_t qmat_gemv(const tpm_qmat_t *m, float *out, const float *inp,
     const int      R = m->rows, C = m->cols, kb = m->kb;
     const int      ntile = (R + QK_ROW_TILE - 1) / QK_ROW_TILE;
     qk_in_t        in[TPM_QMAT_GEMV_MAX];
-    const int      multi = m->dt == TPM_WDT_Q8 && tpm_qkernel_active() == TPM_QK_AVX512;
-    int8_t        *xq    = NULL;
-    float         *xd    = NULL;
-    int32_t       *xc    = NULL;
-    const size_t   nq    = (size_t)n_in * (size_t)kb * TPM_Q8_BLOCK;
+    int8_t        *xq = NULL;
+    float         *xd = NULL;
+    const size_t   nq = (size_t)n_in * (size_t)kb * TPM_Q8_BLOCK;
 
-    (void)multi;
     if (m->dt == TPM_WDT_Q8) {
-        TPM_CHECK(tpm_malloc(nq + 1, (void **)&xq));
-        if (tpm_malloc((size_t)n_in * (size_t)kb * sizeof(float), (void **)&xd) != TPM_OK ||
-            tpm_malloc(nq + 1, (void **)&xc) != TPM_OK) { /* nq / 4 int32 */
+        TPM_CHECK(tpm_malloc(2 * nq, (void **)&xq)); /* codes, then codes + 128 */
+        if (tpm_malloc((size_t)n_in * (size_t)kb * sizeof(float), (void **)&xd) != TPM_OK) {
             tpm_free(xq);
-            tpm_free(xd);
             return TPM_ERR_NO_MEMORY;
         }
     }
     for (int n = 0; n < n_in; n++) {
         in[n].x  = inp + (size_t)n * (size_t)C;
         in[n].xq = NULL;
+        in[n].xu = NULL;
         in[n].xd = NULL;
-        in[n].xc = NULL;
         if (xq != NULL) {
             int8_t  *qn = xq + (size_t)n * (size_t)kb * TPM_Q8_BLOCK;
+            uint8_t *un = (uint8_t *)(xq + nq) + (size_t)n * (size_t)kb * TPM_Q8_BLOCK;
             float   *dn = xd + (size_t)n * (size_t)kb;
-            int32_t *cn = xc + (size_t)n * (size_t)kb * (TPM_Q8_BLOCK / 4);
             for (int b = 0; b < kb; b++) {
                 const int nv = C - b * TPM_Q8_BLOCK < TPM_Q8_BLOCK ? C - b * TPM_Q8_BLOCK
                                                                    : TPM_Q8_BLOCK;
                 dn[b] = q8_block(in[n].x + b * TPM_Q8_BLOCK, nv, qn + b * TPM_Q8_BLOCK);
             }
-            for (size_t i = 0; i < (size_t)kb * (TPM_Q8_BLOCK / 4); i++) {
-                cn[i] = 128 * ((int32_t)qn[4 * i] + qn[4 * i + 1] + qn[4 * i + 2] + qn[4 * i + 3]);
+            for (size_t i = 0; i < (size_t)kb * TPM_Q8_BLOCK; i++) {
+                un[i] = (uint8_t)(qn[i] + 128);
             }
             in[n].xq = qn;
+            in[n].xu = un;
             in[n].xd = dn;
-            in[n].xc = cn;
         }
     }
 #pragma omp parallel for schedule(static) if ((size_t)R * (size_t)C >= QK_PAR_MIN)
@@ -623,23 +583,13 @@ static tpm_status_t qmat_gemv(const tpm_qmat_t *m, float *out, const float *inp,
         const int r1 = (t + 1) * QK_ROW_TILE < R ? (t + 1) * QK_ROW_TILE : R;
         for (int n = 0; n < n_in; n++) {
             float *o = out + (size_t)n * (size_t)R;
-            int    r = t * QK_ROW_TILE;
-#if QK_X86
-            for (; multi && r < r1; r += 4) {
-                dotn_q8_avx512(m, r, r1 - r < 4 ? r1 - r : 4, &in[n], o + r);
-                for (int i = r; i < r + 4 && i < r1; i++) {
-                    o[i] += bias != NULL ? bias[i] : 0.0f;
-                }
-            }
-#endif
-            for (; r < r1; r++) {
+            for (int r = t * QK_ROW_TILE; r < r1; r++) {
                 o[r] = dot(m, r, &in[n]) + (bias != NULL ? bias[r] : 0.0f);
             }
         }
     }
     tpm_free(xq);
     tpm_free(xd);
-    tpm_free(xc);
     return TPM_OK;
 }
 

@@ -14,8 +14,7 @@
  *         (the last one zero-padded); a block holds 32 int8 codes q in [-127, 127] and one
  *         fp16 scale d = max|w| / 127, w ~ d * q. 34 bytes per 32 weights (1.0625 bytes a
  *         weight), like llama.cpp's Q8_0; codes and scales are kept in two planes so that
- *         the SIMD kernels load 64 codes at once, and a code is stored as the unsigned byte
- *         q + 128 (the unsigned operand of AVX-512 VNNI's vpdpbusd).
+ *         the SIMD kernels load 64 codes at once.
  *
  * Products: out[n, r] = sum_c inp[n, c] * W[r, c] (+ bias[r]). For int8 the activations are
  * quantized the same way (blocks of 32, int8 codes, an fp32 scale per block) and each block

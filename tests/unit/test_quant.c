@@ -106,11 +106,7 @@ Test(quant, int8_codes_within_half_a_step)
     cr_assert_eq(m.kb, 3);
     cr_assert_eq(m.bytes, (size_t)rows * 3 * 34);
     for (int r = 0; r < rows; r++) {
-        const uint8_t *qs = (const uint8_t *)m.w + (size_t)r * 96; /* stored q + 128 */
-        int            q[96];
-        for (int i = 0; i < 96; i++) {
-            q[i] = (int)qs[i] - 128;
-        }
+        const int8_t *q = (const int8_t *)m.w + (size_t)r * 96;
         for (int b = 0; b < 3; b++) {
             const float d    = tpm_fp16_to_float(m.d[r * 3 + b]);
             int         qmax = 0;
