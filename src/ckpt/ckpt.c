@@ -1438,6 +1438,24 @@ static void close_written(hid_t file, const char *tmp)
     }
 }
 
+
+/*
+ * The rows of group @p g of set @p set in host memory: the shard itself on a host backend
+ * (@p stage NULL), else a copy into @p stage (device shards).
+ */
+static tpm_status_t group_host_rows(tpm_zero3_t *z, int set, const tpm_shard_group_t *g,
+                                    float *stage, const float **src_p)
+{
+    const float *src = set_base(z, set) + g->shard_base;
+
+    *src_p = src;
+    if (stage == NULL) {
+        return TPM_OK;
+    }
+    *src_p = stage;
+    return z->be->ops->copy(z->be, stage, src, g->shard_numel * sizeof(float), TPM_COPY_D2H);
+}
+
 /*
  * Read the closed temporary back and compare every dataset with what was written: the sums
  * of the row hashes computed from memory (@p want, n_ds of them, summed over ranks) and the
@@ -1657,14 +1675,11 @@ tpm_status_t tpm_ckpt_save(tpm_zero3_t *z, const char *path, const tpm_ckpt_meta
      */
     for (int set = 0; set < CK_N_SETS; set++) {
         for (int gi = 0; gi < z->lay.n_groups; gi++) {
-            const tpm_shard_group_t *g   = &z->lay.g[gi];
-            const float             *src = set_base(z, set) + g->shard_base;
-            if (!host) {
-                status = z->be->ops->copy(z->be, stage, src, g->shard_numel * sizeof(float),
-                                          TPM_COPY_D2H);
-                TPM_CHECK_GOTO(tpm_ckpt_agree(c, status), status, out_close);
-                src = stage;
-            }
+            const tpm_shard_group_t *g = &z->lay.g[gi];
+            const float             *src;
+
+            status = group_host_rows(z, set, g, host ? NULL : stage, &src);
+            TPM_CHECK_GOTO(tpm_ckpt_agree(c, status), status, out_close);
             for (int t = 0; t < g->n_tensors; t++, d++) {
                 const tpm_shard_tensor_t *st = &g->t[t];
                 int64_t                   row0, nrows;
@@ -1714,14 +1729,11 @@ tpm_status_t tpm_ckpt_save(tpm_zero3_t *z, const char *path, const tpm_ckpt_meta
     d = 0;
     for (int set = 0; set < CK_N_SETS; set++) {
         for (int gi = 0; gi < z->lay.n_groups; gi++) {
-            const tpm_shard_group_t *g   = &z->lay.g[gi];
-            const float             *src = set_base(z, set) + g->shard_base;
-            if (!host) {
-                status = z->be->ops->copy(z->be, stage, src, g->shard_numel * sizeof(float),
-                                          TPM_COPY_D2H);
-                TPM_CHECK_GOTO(tpm_ckpt_agree(c, status), status, out_close);
-                src = stage;
-            }
+            const tpm_shard_group_t *g = &z->lay.g[gi];
+            const float             *src;
+
+            status = group_host_rows(z, set, g, host ? NULL : stage, &src);
+            TPM_CHECK_GOTO(tpm_ckpt_agree(c, status), status, out_close);
             for (int t = 0; t < g->n_tensors; t++, d++) {
                 const tpm_shard_tensor_t *st = &g->t[t];
                 char                      name[CK_NAME_MAX];

@@ -165,6 +165,24 @@ static json_t *api_load_object(const char *body, size_t n, tpm_api_error_t *err)
     return root;
 }
 
+/* "model", when given, is a string naming the served model (404 otherwise, as OpenAI's) */
+static int api_model_check(json_t *root, const tpm_api_limits_t *lim, tpm_api_error_t *err)
+{
+    json_t *v = api_field(root, "model");
+
+    if (v != NULL && !json_is_string(v)) {
+        api_bad(err, "model", "'model' must be a string");
+        return 0;
+    }
+    if (v != NULL && lim->model != NULL && strcmp(json_string_value(v), lim->model) != 0) {
+        tpm_api_error_set(err, 404, "invalid_request_error", "model_not_found", "model",
+                          "the model '%.128s' does not exist; this server serves '%.128s'",
+                          json_string_value(v), lim->model);
+        return 0;
+    }
+    return 1;
+}
+
 /* numeric field (integer or real) in [lo, hi]; absent/null leaves *v_p */
 static int api_get_number(json_t *root, const char *key, double lo, double hi, double *v_p,
                           tpm_api_error_t *err)
@@ -625,15 +643,7 @@ tpm_status_t tpm_api_completion_parse(const char *body, size_t n, const tpm_api_
     if (root == NULL) {
         return err->http_status == 500 ? TPM_ERR_NO_MEMORY : TPM_ERR_INVALID_ARG;
     }
-    v = api_field(root, "model");
-    if (v != NULL && !json_is_string(v)) {
-        api_bad(err, "model", "'model' must be a string");
-        goto err_bad;
-    }
-    if (v != NULL && lim->model != NULL && strcmp(json_string_value(v), lim->model) != 0) {
-        tpm_api_error_set(err, 404, "invalid_request_error", "model_not_found", "model",
-                          "the model '%.128s' does not exist; this server serves '%.128s'",
-                          json_string_value(v), lim->model);
+    if (!api_model_check(root, lim, err)) {
         goto err_bad;
     }
     if (!api_check_unsupported(root, err)) {
@@ -1046,15 +1056,7 @@ tpm_status_t tpm_api_chat_parse(const char *body, size_t n, const tpm_api_limits
     if (root == NULL) {
         return err->http_status == 500 ? TPM_ERR_NO_MEMORY : TPM_ERR_INVALID_ARG;
     }
-    v = api_field(root, "model");
-    if (v != NULL && !json_is_string(v)) {
-        api_bad(err, "model", "'model' must be a string");
-        goto err_bad;
-    }
-    if (v != NULL && lim->model != NULL && strcmp(json_string_value(v), lim->model) != 0) {
-        tpm_api_error_set(err, 404, "invalid_request_error", "model_not_found", "model",
-                          "the model '%.128s' does not exist; this server serves '%.128s'",
-                          json_string_value(v), lim->model);
+    if (!api_model_check(root, lim, err)) {
         goto err_bad;
     }
     if (!api_chat_check_unsupported(root, err)) {
@@ -1162,15 +1164,7 @@ tpm_status_t tpm_api_embeddings_parse(const char *body, size_t n, const tpm_api_
     if (root == NULL) {
         return err->http_status == 500 ? TPM_ERR_NO_MEMORY : TPM_ERR_INVALID_ARG;
     }
-    v = api_field(root, "model");
-    if (v != NULL && !json_is_string(v)) {
-        api_bad(err, "model", "'model' must be a string");
-        goto err_bad;
-    }
-    if (v != NULL && lim->model != NULL && strcmp(json_string_value(v), lim->model) != 0) {
-        tpm_api_error_set(err, 404, "invalid_request_error", "model_not_found", "model",
-                          "the model '%.128s' does not exist; this server serves '%.128s'",
-                          json_string_value(v), lim->model);
+    if (!api_model_check(root, lim, err)) {
         goto err_bad;
     }
     v = api_field(root, "encoding_format");

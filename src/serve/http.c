@@ -1341,11 +1341,13 @@ static enum MHD_Result http_models(http_req_t *r, const char *id)
 }
 
 /*
- * POST /admin/push (trainserve): ask the trainer for a push at its next step boundary. The
- * engine thread forwards the request (serve/swap.c); 202 with the weights step served now.
- * Admin endpoints need --api-key (checked like every route; without a key they are refused).
+ * POST /admin/push and /admin/reload: set the request flag the engine thread polls and answer
+ * 202 with the weights step served now. Admin endpoints need --api-key (checked like every
+ * route; without a key configured they are refused with 403), and a server that can do it.
  */
-static enum MHD_Result http_admin_push(http_req_t *r)
+static enum MHD_Result http_admin_request(http_req_t *r, const char *what, int available,
+                                          const char *code, const char *needs,
+                                          volatile int *flag_p, const char *object)
 {
     tpm_http_t *h = r->h;
     char       *json;
@@ -1353,54 +1355,40 @@ static enum MHD_Result http_admin_push(http_req_t *r)
 
     if (h->api_key_len == 0) {
         return http_fail(r, 403, "invalid_request_error", "admin_disabled", NULL, NULL,
-                         "POST /admin/push needs the server to run with --api-key");
+                         "POST %s needs the server to run with --api-key", what);
     }
-    if (!h->stats->trainserve) {
-        return http_fail(r, 400, "invalid_request_error", "push_unavailable", NULL, NULL,
-                         "POST /admin/push needs --mode=trainserve (this server serves a "
-                         "checkpoint)");
+    if (!available) {
+        return http_fail(r, 400, "invalid_request_error", code, NULL, NULL, "POST %s needs %s",
+                         what, needs);
     }
-    h->stats->push_requested = 1;
-    json                     = malloc(128);
+    *flag_p = 1;
+    json    = malloc(128);
     if (json == NULL) {
         return http_oom(r);
     }
-    n = snprintf(json, 128,
-                 "{\"object\":\"push_request\",\"status\":\"requested\","
-                 "\"weights_step\":%lld}",
-                 (long long)h->stats->weights_step);
+    n = snprintf(json, 128, "{\"object\":\"%s\",\"status\":\"requested\",\"weights_step\":%lld}",
+                 object, (long long)h->stats->weights_step);
     return http_json(r, 202, json, (size_t)n);
 }
 
-/*
- * POST /admin/reload (serve --watch): look for a newer checkpoint now instead of at the next
- * periodic look; the engine loads and swaps it, or refuses it (logged). 202 with the weights
- * step served now. Needs --api-key, like /admin/push.
- */
+/* POST /admin/push (trainserve): the trainer pushes at its next step boundary (serve/swap.c) */
+static enum MHD_Result http_admin_push(http_req_t *r)
+{
+    tpm_serve_stats_t *st = r->h->stats;
+
+    return http_admin_request(r, "/admin/push", st->trainserve, "push_unavailable",
+                              "--mode=trainserve (this server serves a checkpoint)",
+                              &st->push_requested, "push_request");
+}
+
+/* POST /admin/reload (serve --watch): look for a newer checkpoint now (serve/watch.c) */
 static enum MHD_Result http_admin_reload(http_req_t *r)
 {
-    tpm_http_t *h = r->h;
-    char       *json;
-    int         n;
+    tpm_serve_stats_t *st = r->h->stats;
 
-    if (h->api_key_len == 0) {
-        return http_fail(r, 403, "invalid_request_error", "admin_disabled", NULL, NULL,
-                         "POST /admin/reload needs the server to run with --api-key");
-    }
-    if (!h->stats->reloadable) {
-        return http_fail(r, 400, "invalid_request_error", "reload_unavailable", NULL, NULL,
-                         "POST /admin/reload needs --mode=serve --ckpt=DIR --watch");
-    }
-    h->stats->reload_requested = 1;
-    json                       = malloc(128);
-    if (json == NULL) {
-        return http_oom(r);
-    }
-    n = snprintf(json, 128,
-                 "{\"object\":\"reload_request\",\"status\":\"requested\","
-                 "\"weights_step\":%lld}",
-                 (long long)h->stats->weights_step);
-    return http_json(r, 202, json, (size_t)n);
+    return http_admin_request(r, "/admin/reload", st->reloadable, "reload_unavailable",
+                              "--mode=serve --ckpt=DIR --watch", &st->reload_requested,
+                              "reload_request");
 }
 
 static enum MHD_Result http_tokenizer_info(http_req_t *r)

@@ -82,6 +82,18 @@ static tpm_status_t report_memory(tpm_comm_t *comm, const tpm_tp_model_t *m)
     return status;
 }
 
+/* the engine's options from the command line (the option table checked the names) */
+static void engine_opts(const tpm_config_t *cfg, const tpm_model_config_t *mc,
+                        tpm_engine_opts_t *opts)
+{
+    memset(opts, 0, sizeof(*opts));
+    opts->n_slots    = cfg->parallel;
+    opts->ctx        = cfg->ctx_size > 0 ? cfg->ctx_size : mc->maxT;
+    opts->max_tokens = cfg->max_tokens;
+    (void)tpm_wdtype_parse(cfg->serve_dtype, &opts->wdt);
+    opts->kv_bf16 = strcmp(cfg->kv_dtype, "bf16") == 0;
+}
+
 /* a start-up failure of the serving group once the trainer is running: stop the whole job */
 static void trainserve_fail(tpm_status_t status, const char *what)
 {
@@ -123,13 +135,8 @@ static tpm_status_t serve_linked(const tpm_config_t *cfg, tpm_comm_t *comm,
     if (tpm_comm_agree(comm, status) != TPM_OK) {
         trainserve_fail(status, "model or tokenizer from the trainer");
     }
-    memset(&opts, 0, sizeof(opts));
-    opts.n_slots    = cfg->parallel;
-    opts.ctx        = cfg->ctx_size > 0 ? cfg->ctx_size : mc.maxT;
-    opts.max_tokens = cfg->max_tokens;
-    (void)tpm_wdtype_parse(cfg->serve_dtype, &opts.wdt); /* refused with pushes (model_tp.c) */
-    opts.kv_bf16 = strcmp(cfg->kv_dtype, "bf16") == 0;
-    status       = tpm_backend_create(cfg->device, cfg->threads, &be);
+    engine_opts(cfg, &mc, &opts); /* bf16/int8 weights are refused with pushes (model_tp.c) */
+    status = tpm_backend_create(cfg->device, cfg->threads, &be);
     if (status == TPM_OK) {
         status = tpm_backend_set_matmul(be, cfg->cuda_matmul);
     }
@@ -279,12 +286,7 @@ tpm_status_t tpm_serve_run(const tpm_config_t *cfg, tpm_comm_t *comm)
                                           tpm_ckpt_meta(ck)->tokenizer_len, &tok);
     }
     TPM_CHECK_GOTO(tpm_comm_agree(comm, status), status, out);
-    memset(&opts, 0, sizeof(opts));
-    opts.n_slots    = cfg->parallel;
-    opts.ctx        = cfg->ctx_size > 0 ? cfg->ctx_size : mc.maxT;
-    opts.max_tokens = cfg->max_tokens;
-    (void)tpm_wdtype_parse(cfg->serve_dtype, &opts.wdt); /* the option table checked it */
-    opts.kv_bf16 = strcmp(cfg->kv_dtype, "bf16") == 0;
+    engine_opts(cfg, &mc, &opts);
     tpm_info0("serving %s: %s L=%d C=%d NH=%d NKV=%d V=%d n_ctx=%d on %d rank(s)%s", path,
               tpm_arch_id_name(mc.arch), mc.L, mc.C, mc.NH, tpm_model_nkv(&mc), mc.V, mc.maxT,
               comm->size,
