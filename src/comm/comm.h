@@ -67,7 +67,7 @@ typedef struct tpm_comm_stats {
 
 /** A non-blocking collective in flight; opaque storage for the implementation's handle. */
 typedef struct tpm_comm_req {
-    unsigned char opaque[32];
+    _Alignas(8) unsigned char opaque[32]; /* aligned: implementations keep handles in it */
     int           active;
 } tpm_comm_req_t;
 
