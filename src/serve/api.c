@@ -249,6 +249,25 @@ static int api_get_bool(json_t *root, const char *key, int *v_p, tpm_api_error_t
     return 1;
 }
 
+/* "stream_options": an object whose "include_usage" (a boolean) asks for a usage chunk */
+static int api_stream_options(json_t *root, int *include_usage_p, tpm_api_error_t *err)
+{
+    json_t *v = api_field(root, "stream_options");
+
+    if (v == NULL) {
+        return 1;
+    }
+    if (!json_is_object(v)) {
+        api_bad(err, "stream_options", "'stream_options' must be an object");
+        return 0;
+    }
+    if (!api_get_bool(v, "include_usage", include_usage_p, err)) {
+        snprintf(err->param, sizeof(err->param), "stream_options.include_usage");
+        return 0;
+    }
+    return 1;
+}
+
 /* OpenAI parameters we do not implement: refuse them rather than silently ignoring them */
 static int api_check_unsupported(json_t *root, tpm_api_error_t *err)
 {
@@ -671,16 +690,8 @@ tpm_status_t tpm_api_completion_parse(const char *body, size_t n, const tpm_api_
                 job->logprobs ? "logprobs" : "echo");
         goto err_bad;
     }
-    v = api_field(root, "stream_options");
-    if (v != NULL) {
-        if (!json_is_object(v)) {
-            api_bad(err, "stream_options", "'stream_options' must be an object");
-            goto err_bad;
-        }
-        if (!api_get_bool(v, "include_usage", &include_usage, err)) {
-            snprintf(err->param, sizeof(err->param), "stream_options.include_usage");
-            goto err_bad;
-        }
+    if (!api_stream_options(root, &include_usage, err)) {
+        goto err_bad;
     }
     json_decref(root);
     req_p->job           = job;
@@ -1122,16 +1133,8 @@ tpm_status_t tpm_api_chat_parse(const char *body, size_t n, const tpm_api_limits
         api_bad(err, "logprobs", "'logprobs' is not supported with 'stream' yet");
         goto err_bad;
     }
-    v = api_field(root, "stream_options");
-    if (v != NULL) {
-        if (!json_is_object(v)) {
-            api_bad(err, "stream_options", "'stream_options' must be an object");
-            goto err_bad;
-        }
-        if (!api_get_bool(v, "include_usage", &include_usage, err)) {
-            snprintf(err->param, sizeof(err->param), "stream_options.include_usage");
-            goto err_bad;
-        }
+    if (!api_stream_options(root, &include_usage, err)) {
+        goto err_bad;
     }
     json_decref(text);
     free(prompt.s);
